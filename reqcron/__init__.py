@@ -1,0 +1,54 @@
+"""reqcron: a built-in scheduler for any WSGI application, with no daemon and no cron.
+
+Only ``Task`` and the errors are imported eagerly, so that a task process
+starts fast; the rest loads on first use.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    ConfigError,
+    DocrootError,
+    ReqCronError,
+    ScheduleError,
+    StateError,
+    TaskLookupError,
+)
+from .task import Task
+
+if TYPE_CHECKING:
+    from .docroot import Docroot
+    from .middleware import ReqCron
+    from .store import Status, Trigger
+
+__all__ = [
+    "ConfigError",
+    "Docroot",
+    "DocrootError",
+    "ReqCron",
+    "ReqCronError",
+    "ScheduleError",
+    "StateError",
+    "Status",
+    "Task",
+    "TaskLookupError",
+    "Trigger",
+]
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Docroot": "docroot",
+    "ReqCron": "middleware",
+    "Status": "store",
+    "Trigger": "store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'reqcron' has no attribute {name!r}")

@@ -1,0 +1,53 @@
+"""reqcron's exceptions: each builds its one-sentence message itself."""
+
+from __future__ import annotations
+
+
+class ReqCronError(Exception):
+    """Base of every error reqcron raises on purpose."""
+
+
+class ScheduleError(ReqCronError, ValueError):
+    """A task's schedule is invalid."""
+
+    def __init__(self, task: str, problem: str):
+        self.task = task
+        self.problem = problem
+        super().__init__(f"task {task!r} has an invalid schedule: {problem}")
+
+
+class ConfigError(ReqCronError, ValueError):
+    """reqcron.toml cannot be used."""
+
+    def __init__(self, path: str, problem: str, line: int | None = None):
+        self.path = path
+        self.line = line
+        self.problem = problem
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {problem}")
+
+
+class DocrootError(ReqCronError, FileNotFoundError):
+    """The DOCROOT does not exist or is not a directory."""
+
+    def __init__(self, path: str):
+        self.path = path
+        super().__init__(f"DOCROOT {path!r} does not exist or is not a directory")
+
+
+class TaskLookupError(ReqCronError, LookupError):
+    """No registered task has that name."""
+
+    def __init__(self, name: str, known: list[str]):
+        self.name = name
+        self.known = known
+        listed = ", ".join(known) if known else "none"
+        super().__init__(f"no task named {name!r}; known tasks: {listed}")
+
+
+class StateError(ReqCronError, OSError):
+    """The state directory or database cannot be used."""
+
+    def __init__(self, path: str, problem: str):
+        self.path = path
+        super().__init__(f"state at {path} cannot be used: {problem}")

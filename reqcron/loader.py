@@ -1,0 +1,189 @@
+"""Import DOCROOT/__tasks__.py under a name unique to the DOCROOT -> registered tasks + errors."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import traceback
+import types
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from pathlib import Path
+
+from .config import TASKS_FILE
+from .errors import ScheduleError
+from .task import Task
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")
+
+
+@dataclass(frozen=True)
+class LoadError:
+    """One problem found while loading a DOCROOT, with where it is."""
+
+    file: str
+    line: int | None
+    message: str
+    task: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class Loaded:
+    """The outcome of one load: the tasks that registered, and what went wrong."""
+
+    tasks: dict[str, Task] = field(default_factory=dict)
+    errors: list[LoadError] = field(default_factory=list)
+    #: False when the file as a whole failed (syntax or import error).
+    file_ok: bool = True
+    #: The tasks file's (mtime_ns, size) when it was read; None if absent.
+    stamp: tuple[int, int] | None = None
+
+
+def module_name(docroot: Path) -> str:
+    """Return the module name __tasks__.py is imported under, unique per DOCROOT."""
+    digest = hashlib.sha256(os.path.realpath(docroot).encode()).hexdigest()[:12]
+    return f"_reqcron_tasks_{digest}"
+
+
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """Return (mtime_ns, size) of ``path``, or None when it does not exist."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+def load_tasks(
+    docroot: Path, zone: tzinfo | None, *, only: str | None = None, compile_schedules: bool = True
+) -> Loaded:
+    """Import DOCROOT/__tasks__.py afresh and register its Task subclasses.
+
+    Schedules are compiled (and so validated) for every task, or only for
+    ``only`` when given, or for none without ``compile_schedules``: a task process
+    need not import croniter for the other tasks.
+    """
+    path = docroot / TASKS_FILE
+    loaded = Loaded(stamp=file_stamp(path))
+    if loaded.stamp is None:
+        return loaded
+    try:
+        source = path.read_bytes()
+        # compile() ourselves: no __pycache__ in the DOCROOT, and no stale
+        # bytecode when the file changes twice within one second.
+        code = compile(source, str(path), "exec")
+    except SyntaxError as exc:
+        loaded.file_ok = False
+        loaded.errors.append(LoadError(str(path), exc.lineno, f"SyntaxError: {exc.msg}"))
+        return loaded
+    except (OSError, ValueError) as exc:
+        loaded.file_ok = False
+        loaded.errors.append(LoadError(str(path), None, f"cannot be read: {exc}"))
+        return loaded
+
+    name = module_name(docroot)
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    previous = sys.modules.get(name)
+    sys.modules[name] = module  # dataclasses and pickling look classes up here
+    added_path = str(docroot) not in sys.path
+    if added_path:
+        sys.path.insert(0, str(docroot))  # so tasks can import their neighbours
+    try:
+        exec(code, module.__dict__)
+    except (Exception, SystemExit) as exc:
+        if previous is not None:
+            sys.modules[name] = previous
+        else:
+            sys.modules.pop(name, None)
+        loaded.file_ok = False
+        loaded.errors.append(_error_at(path, exc))
+        return loaded
+    finally:
+        if added_path and not only:
+            sys.path.remove(str(docroot))
+
+    classes: list[type[Task]] = []
+    for value in list(module.__dict__.values()):
+        if (
+            isinstance(value, type)
+            and issubclass(value, Task)
+            and value is not Task
+            and not value.__dict__.get("abstract", False)
+            and value not in classes
+        ):
+            classes.append(value)
+    by_name: dict[str, list[type[Task]]] = {}
+    for cls in classes:
+        by_name.setdefault(str(cls.name), []).append(cls)
+    for task_name, group in by_name.items():
+        line = _class_line(group[0])
+        if len(group) > 1:
+            names = " and ".join(c.__qualname__ for c in group)
+            loaded.errors.append(
+                LoadError(
+                    str(path),
+                    _class_line(group[1]),
+                    f"task name {task_name!r} is used by {names}",
+                    task_name,
+                )
+            )
+            continue
+        if not isinstance(task_name, str) or not _NAME.fullmatch(task_name):
+            loaded.errors.append(
+                LoadError(
+                    str(path),
+                    line,
+                    f"task name {task_name!r} must be letters, digits, "
+                    "'_', '.' or '-', starting with a letter or '_'",
+                    str(task_name),
+                )
+            )
+            continue
+        try:
+            task = group[0]()
+            if compile_schedules and (only is None or only == task_name):
+                task.compiled_schedule(zone)
+        except ScheduleError as exc:
+            loaded.errors.append(LoadError(str(path), line, str(exc), task_name))
+            continue
+        except Exception as exc:
+            err = _error_at(path, exc, default_line=line)
+            loaded.errors.append(
+                LoadError(
+                    err.file,
+                    err.line,
+                    f"task {task_name!r} cannot be created: {err.message}",
+                    task_name,
+                )
+            )
+            continue
+        loaded.tasks[task_name] = task
+    return loaded
+
+
+def _class_line(cls: type) -> int | None:
+    for attr in ("__init__", "run"):
+        func = cls.__dict__.get(attr)
+        code = getattr(func, "__code__", None)
+        if code is not None:
+            return int(code.co_firstlineno)
+    return None
+
+
+def _error_at(path: Path, exc: BaseException, default_line: int | None = None) -> LoadError:
+    """Describe ``exc`` at the deepest line of the tasks file it passed through."""
+    line = default_line
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == str(path):
+            line = frame.lineno
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return LoadError(exc.filename, exc.lineno, f"SyntaxError: {exc.msg}")
+    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return LoadError(str(path), line, message)

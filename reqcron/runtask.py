@@ -1,0 +1,8 @@
+"""``python -m reqcron.runtask DOCROOT TASKNAME``: the entry point of every task process."""
+
+import sys
+
+from .cli import runtask_main
+
+if __name__ == "__main__":
+    sys.exit(runtask_main())

@@ -1,0 +1,83 @@
+"""Shared fixtures: isolated state, DOCROOTs made on the fly, real runtask processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Give every test its own state directory (inherited by its subprocesses)."""
+    home = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
+    monkeypatch.delenv("REQCRON_DEBUG", raising=False)
+    return home
+
+
+@pytest.fixture
+def make_docroot(tmp_path: Path) -> Callable[..., Path]:
+    """Write a DOCROOT with the given __tasks__.py (and reqcron.toml) source."""
+    counter = [0]
+
+    def make(tasks: str | None = None, toml: str | None = None, name: str | None = None) -> Path:
+        counter[0] += 1
+        root = tmp_path / (name or f"site{counter[0]}")
+        root.mkdir()
+        if tasks is not None:
+            (root / "__tasks__.py").write_text(textwrap.dedent(tasks))
+        if toml is not None:
+            (root / "reqcron.toml").write_text(textwrap.dedent(toml))
+        return root
+
+    return make
+
+
+def write(path: Path, source: str) -> None:
+    """Replace a file's content and make sure its mtime moves."""
+    before = path.stat().st_mtime_ns if path.exists() else 0
+    path.write_text(textwrap.dedent(source))
+    if path.stat().st_mtime_ns == before:
+        os.utime(path, ns=(before + 1_000_000, before + 1_000_000))
+
+
+def runtask(docroot: Path | str, *args: str, timeout: float = 60,
+            **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run the real `python -m reqcron.runtask` and wait for it."""
+    return subprocess.run([sys.executable, "-m", "reqcron.runtask", str(docroot), *args],
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def start_runtask(docroot: Path | str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "reqcron.runtask", str(docroot), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def reqcron_cmd(*args: str, timeout: float = 60,
+                **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run the real `python -m reqcron ...` and wait for it."""
+    return subprocess.run([sys.executable, "-m", "reqcron", *args],
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
+             message: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
