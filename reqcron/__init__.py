@@ -4,7 +4,7 @@ Only ``Task`` and the errors are imported eagerly, so that a task process
 starts fast; the rest loads on first use.
 """
 
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
 from .errors import (
     ConfigError,
@@ -16,7 +16,10 @@ from .errors import (
 )
 from .task import Task
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
+    from typing import Any
+
     from .docroot import Docroot
     from .middleware import ReqCron
     from .store import Status, Trigger

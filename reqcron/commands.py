@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, NoReturn
+
+from .cli import EXIT_USAGE
 
 
-def build_parser(parser_class: type[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one sentence and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser_class = _Parser
     parser = parser_class(prog="reqcron", description="See and steer a DOCROOT's tasks.")
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=parser_class

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
-import tomllib
-from dataclasses import dataclass, field
+import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError
+from .records import Record
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
+if TYPE_CHECKING:
+    from typing import Any
+    from zoneinfo import ZoneInfo
 
 CONFIG_FILE = "reqcron.toml"
 TASKS_FILE = "__tasks__.py"
@@ -21,17 +24,30 @@ TASKS_FILE = "__tasks__.py"
 _KEYS = {"timezone", "state_dir", "database", "python", "history"}
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(Record):
     """The settings of one DOCROOT, all derived from the DOCROOT alone."""
 
-    docroot: Path
-    zone: ZoneInfo
-    state_dir: Path
-    database: str | None = None
-    python: str = field(default_factory=lambda: default_python())
-    history: int = 100
-    config: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    __slots__ = ("docroot", "timezone", "state_dir", "database", "python", "history", "config",
+                 "_zone")
+
+    def __init__(self, docroot: Path, timezone: str | None, state_dir: Path,
+                 database: str | None = None, python: str | None = None, history: int = 100,
+                 config: Mapping[str, Any] | None = None):
+        self.docroot = docroot
+        self.timezone = timezone  # None: the system's local zone
+        self.state_dir = state_dir
+        self.database = database
+        self.python = python or default_python()
+        self.history = history
+        self.config: Mapping[str, Any] = MappingProxyType(dict(config or {}))
+        self._zone: ZoneInfo | None = None
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The zone schedules are read in (resolved on first use: zoneinfo is slow to load)."""
+        if self._zone is None:
+            self._zone = zone_named(self.timezone) if self.timezone else local_zone()
+        return self._zone
 
 
 def load_settings(docroot: Path) -> Settings:
@@ -39,6 +55,8 @@ def load_settings(docroot: Path) -> Settings:
     path = docroot / CONFIG_FILE
     data: dict[str, Any] = {}
     if path.exists():
+        import tomllib  # only when there is a file: it costs a task process 2 ms
+
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
@@ -72,10 +90,11 @@ def load_settings(docroot: Path) -> Settings:
         return value
 
     zone_name = text("timezone")
-    try:
-        zone = zone_named(zone_name) if zone_name else local_zone()
-    except ValueError as exc:
-        raise ConfigError(str(path), str(exc)) from None
+    if zone_name:
+        try:
+            zone_named(zone_name)
+        except ValueError as exc:
+            raise ConfigError(str(path), str(exc)) from None
     state = text("state_dir")
     state_dir = Path(state).expanduser() if state else default_state_dir(docroot)
     if not state_dir.is_absolute():
@@ -85,17 +104,19 @@ def load_settings(docroot: Path) -> Settings:
         raise ConfigError(str(path), "history must be a whole number of at least 1")
     return Settings(
         docroot=docroot,
-        zone=zone,
+        timezone=zone_name,
         state_dir=state_dir,
         database=text("database"),
         python=text("python") or default_python(),
         history=history,
-        config=MappingProxyType(config),
+        config=config,
     )
 
 
 def zone_named(name: str) -> ZoneInfo:
     """Return the IANA zone ``name``; raises ValueError naming it."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -104,6 +125,8 @@ def zone_named(name: str) -> ZoneInfo:
 
 def local_zone() -> ZoneInfo:
     """Return the system's local zone as a ZoneInfo, so DST is followed."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     tz = os.environ.get("TZ", "").lstrip(":")
     if tz:
         try:
@@ -125,8 +148,13 @@ def default_state_dir(docroot: Path) -> Path:
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     real = os.path.realpath(docroot)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", real).strip("-")[-40:] or "root"
-    digest = hashlib.sha256(real.encode()).hexdigest()[:10]
-    return Path(base) / "reqcron" / f"{slug}-{digest}"
+    return Path(base) / "reqcron" / f"{slug}-{path_key(docroot)}"
+
+
+def path_key(path: os.PathLike[str] | str) -> str:
+    """Return a short key for the real path of ``path`` (not hashlib: OpenSSL is slow to load)."""
+    data = os.path.realpath(path).encode()
+    return f"{zlib.crc32(data):08x}{zlib.adler32(data[::-1]):08x}"
 
 
 def default_python() -> str:

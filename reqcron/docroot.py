@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 from . import locks
 from .config import CONFIG_FILE, TASKS_FILE, Settings, load_settings
 from .errors import ConfigError, DocrootError, TaskLookupError
 from .loader import Loaded, LoadError, file_stamp, load_tasks
+from .records import Record
 from .schedule import Every, Schedule
 from .store import Run, SQLiteStore, Status, Store, TaskState, Trigger, now
 from .task import Task
@@ -22,14 +22,16 @@ log = logging.getLogger("reqcron")
 PENDING_TIMEOUT = 300.0
 
 
-@dataclass(frozen=True)
-class Claim:
+class Claim(Record):
     """A run that due() claimed: its process must now be started."""
 
-    run_id: int
-    task: str
-    trigger: Trigger
-    slot: float | None
+    __slots__ = ("run_id", "task", "trigger", "slot")
+
+    def __init__(self, run_id: int, task: str, trigger: Trigger, slot: float | None):
+        self.run_id = run_id
+        self.task = task
+        self.trigger = trigger
+        self.slot = slot
 
 
 class Docroot:
@@ -63,7 +65,7 @@ class Docroot:
         except ConfigError as exc:
             errors.append(LoadError(exc.path, exc.line, exc.problem))
         loaded = load_tasks(
-            self.path, self.settings.zone, only=only, compile_schedules=compile_schedules
+            self.path, self._zone(), only=only, compile_schedules=compile_schedules
         )
         if loaded.file_ok:
             removed = set(self._tasks) - set(loaded.tasks)
@@ -87,6 +89,10 @@ class Docroot:
     def stamps(self) -> tuple[object, object]:
         """Identify the current versions of the DOCROOT's two files."""
         return (file_stamp(self.path / TASKS_FILE), file_stamp(self.path / CONFIG_FILE))
+
+    def _zone(self) -> tzinfo | None:
+        """The DOCROOT's zone if set; None reads as the system's, resolved only when needed."""
+        return self.settings.zone if self.settings.timezone else None
 
     def _ensure_loaded(self) -> None:
         if not self._loaded:
@@ -113,7 +119,7 @@ class Docroot:
 
     def schedule_of(self, task: Task, state: TaskState | None = None) -> Schedule:
         """Return the task's schedule, with ``every`` anchored as the state says."""
-        schedule = task.compiled_schedule(self.settings.zone)
+        schedule = task.compiled_schedule(self._zone())
         if isinstance(schedule, Every) and schedule.anchor is None and state is not None:
             anchor = state.anchor if state.anchor is not None else state.first_seen
             schedule = schedule.with_anchor(_dt(anchor))
@@ -130,7 +136,7 @@ class Docroot:
             state = states.get(name)
             if name in self._synced and state is not None:
                 continue
-            schedule = task.compiled_schedule(self.settings.zone)
+            schedule = task.compiled_schedule(self._zone())
             if state is None or state.signature != schedule.signature:
                 # First seen, or its schedule changed: start at its next slot.
                 anchor = current if isinstance(schedule, Every) else None

@@ -2,53 +2,53 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import sys
-import traceback
 import types
-from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
 
-from .config import TASKS_FILE
+from .config import TASKS_FILE, path_key
 from .errors import ScheduleError
+from .records import Record
 from .task import Task
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")
 
 
-@dataclass(frozen=True)
-class LoadError:
+class LoadError(Record):
     """One problem found while loading a DOCROOT, with where it is."""
 
-    file: str
-    line: int | None
-    message: str
-    task: str | None = None
+    __slots__ = ("file", "line", "message", "task")
+
+    def __init__(self, file: str, line: int | None, message: str, task: str | None = None):
+        self.file = file
+        self.line = line
+        self.message = message
+        self.task = task
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
         return f"{where}: {self.message}"
 
 
-@dataclass
-class Loaded:
+class Loaded(Record):
     """The outcome of one load: the tasks that registered, and what went wrong."""
 
-    tasks: dict[str, Task] = field(default_factory=dict)
-    errors: list[LoadError] = field(default_factory=list)
-    #: False when the file as a whole failed (syntax or import error).
-    file_ok: bool = True
-    #: The tasks file's (mtime_ns, size) when it was read; None if absent.
-    stamp: tuple[int, int] | None = None
+    __slots__ = ("tasks", "errors", "file_ok", "stamp")
+
+    def __init__(self, stamp: tuple[int, int] | None = None):
+        self.tasks: dict[str, Task] = {}
+        self.errors: list[LoadError] = []
+        #: False when the file as a whole failed (syntax or import error).
+        self.file_ok = True
+        #: The tasks file's (mtime_ns, size) when it was read; None if absent.
+        self.stamp = stamp
 
 
 def module_name(docroot: Path) -> str:
     """Return the module name __tasks__.py is imported under, unique per DOCROOT."""
-    digest = hashlib.sha256(os.path.realpath(docroot).encode()).hexdigest()[:12]
-    return f"_reqcron_tasks_{digest}"
+    return f"_reqcron_tasks_{path_key(docroot)}"
 
 
 def file_stamp(path: Path) -> tuple[int, int] | None:
@@ -91,7 +91,7 @@ def load_tasks(
     module = types.ModuleType(name)
     module.__file__ = str(path)
     previous = sys.modules.get(name)
-    sys.modules[name] = module  # dataclasses and pickling look classes up here
+    sys.modules[name] = module  # dataclasses and pickle look classes up here
     added_path = str(docroot) not in sys.path
     if added_path:
         sys.path.insert(0, str(docroot))  # so tasks can import their neighbours
@@ -179,6 +179,8 @@ def _class_line(cls: type) -> int | None:
 
 def _error_at(path: Path, exc: BaseException, default_line: int | None = None) -> LoadError:
     """Describe ``exc`` at the deepest line of the tasks file it passed through."""
+    import traceback  # only on errors: it costs a task process 2 ms to import
+
     line = default_line
     for frame in traceback.extract_tb(exc.__traceback__):
         if frame.filename == str(path):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import secrets
 from pathlib import Path
 
 
@@ -37,7 +36,7 @@ def take_task_lock(state_dir: Path, task: str) -> int | None:
 
 def take_run_lock(state_dir: Path) -> tuple[int, str]:
     """Create and hold a fresh run lock; return its fd and path."""
-    path = lock_dir(state_dir) / f"run-{secrets.token_hex(8)}.lock"
+    path = lock_dir(state_dir) / f"run-{os.urandom(8).hex()}.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd, str(path)

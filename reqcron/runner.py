@@ -9,7 +9,6 @@ when the task's own cron schedule must be read.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import select
@@ -18,14 +17,16 @@ import sqlite3
 import sys
 import time
 import traceback
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from . import locks
 from .errors import ReqCronError, TaskLookupError
+from .records import Record
 from .store import OUTPUT_LIMIT, Run, Status, Trigger, now
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
+    from typing import Any
+
     from .docroot import Docroot
     from .task import Task
 
@@ -44,14 +45,18 @@ class NotRun(ReqCronError):
         super().__init__(message)
 
 
-@dataclass
-class _Outcome:
-    status: Status
-    exit_code: int
-    output: str
-    return_value: str | None = None
-    error: str | None = None
-    traceback: str | None = None
+class _Outcome(Record):
+    __slots__ = ("status", "exit_code", "output", "return_value", "error", "traceback")
+
+    def __init__(self, status: Status, exit_code: int, output: str,
+                 return_value: str | None = None, error: str | None = None,
+                 traceback: str | None = None):
+        self.status = status
+        self.exit_code = exit_code
+        self.output = output
+        self.return_value = return_value
+        self.error = error
+        self.traceback = traceback
 
 
 def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bool = True) -> int:
@@ -115,7 +120,12 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
     run_fd, run_lock = locks.take_run_lock(docroot.settings.state_dir)
     try:
         docroot.reap(name)
-        running: dict[str, Any] = {"status": Status.RUNNING, "start": started, "pid": os.getpid(), "lock": run_lock}
+        running: dict[str, Any] = {
+            "status": Status.RUNNING,
+            "start": started,
+            "pid": os.getpid(),
+            "lock": run_lock,
+        }
         if run_id is None or not store.update_run_if(run_id, Status.PENDING, **running):
             run_id = store.add_run(Run(task=name, trigger=trigger, created=started, **running))
         outcome = _supervise(docroot, task, echo)
@@ -157,17 +167,19 @@ def _supervise(docroot: Docroot, task: Task, echo: bool) -> _Outcome:
     """Fork the task's process, relay its output, stop it on timeout or signal."""
     out_r, out_w = os.pipe()
     res_r, res_w = os.pipe()
-    parent = os.getpid()
+    life_r, life_w = os.pipe()  # EOF in the child when the supervisor dies
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its pipes
         os.close(out_r)
         os.close(res_r)
-        _child(docroot, task, out_w, res_w, parent)
+        os.close(life_w)
+        _child(docroot, task, out_w, res_w, life_r)
 
     os.close(out_w)
     os.close(res_w)
+    os.close(life_r)
     stop_signal: list[int] = []
     previous = {
         s: signal.signal(s, lambda signum, _frame: stop_signal.append(signum))
@@ -222,6 +234,7 @@ def _supervise(docroot: Docroot, task: Task, echo: bool) -> _Outcome:
             signal.signal(s, handler)
         for fd in streams:
             os.close(fd)
+        os.close(life_w)
     return _outcome(status, timed_out, stop_signal, output, result, timeout)
 
 
@@ -252,6 +265,8 @@ def _outcome(
     result: bytearray,
     timeout: float | None,
 ) -> _Outcome:
+    import json  # here and in _child after run(): not on the way to run()
+
     text = output.decode("utf-8", "replace")[-OUTPUT_LIMIT:]
     try:
         reported: dict[str, Any] = json.loads(result.decode("utf-8")) if result else {}
@@ -281,12 +296,12 @@ def _outcome(
     return out
 
 
-def _child(docroot: Docroot, task: Task, out_w: int, res_w: int, parent: int) -> None:
+def _child(docroot: Docroot, task: Task, out_w: int, res_w: int, lifeline: int) -> None:
     """Run the task in the forked child and report; never returns."""
     code = EXIT_FAILED
     report: dict[str, Any] = {"ok": False}
     try:
-        _die_with_parent(parent)
+        _die_with_supervisor(lifeline)
         os.dup2(out_w, 1)
         os.dup2(out_w, 2)
         os.close(out_w)
@@ -324,6 +339,8 @@ def _child(docroot: Docroot, task: Task, out_w: int, res_w: int, parent: int) ->
         try:
             sys.stdout.flush()
             sys.stderr.flush()
+            import json
+
             data = json.dumps(report).encode()
             while data:
                 data = data[os.write(res_w, data) :]
@@ -367,6 +384,8 @@ def open_database(spec: str, docroot: os.PathLike[str]) -> Any:
 
 
 def _describe(value: Any) -> str | None:
+    import json
+
     if value is None:
         return None
     try:
@@ -376,14 +395,20 @@ def _describe(value: Any) -> str | None:
     return text[:RETURN_VALUE_LIMIT]
 
 
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel SIGKILL this process when its supervisor dies (Linux)."""
-    try:
-        import ctypes
+def _die_with_supervisor(lifeline: int) -> None:
+    """Kill this process as soon as its supervisor dies, so its locks die with it.
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the supervisor died before prctl took effect
-        os._exit(EXIT_FAILED)
+    The supervisor holds the only write end of ``lifeline``; the read sees
+    EOF when it exits or is killed.  A pipe and a thread instead of
+    prctl(PR_SET_PDEATHSIG): no ctypes to import, and it works beyond Linux.
+    """
+    import threading
+
+    def watch() -> None:
+        try:
+            while os.read(lifeline, 1):
+                pass
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="reqcron-lifeline", daemon=True).start()

@@ -15,12 +15,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from .errors import StateError
+from .records import Record
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
+if TYPE_CHECKING:
+    from typing import Any
 
 OUTPUT_LIMIT = 64 * 1024  # characters of a run's output kept in the history
 
@@ -52,41 +55,59 @@ class Trigger(StrEnum):
     RUN_NOW = "run_now"  # Docroot.run_now / the status page
 
 
-@dataclass
-class TaskState:
+class TaskState(Record):
     """A task's row in the store."""
 
-    name: str
-    next_due: float | None
-    anchor: float | None
-    enabled: bool
-    run_requested: float | None
-    signature: str | None
-    last_slot: float | None
-    first_seen: float
+    __slots__ = ("name", "next_due", "anchor", "enabled", "run_requested", "signature",
+                 "last_slot", "first_seen")
+
+    def __init__(self, name: str, next_due: float | None, anchor: float | None, enabled: bool,
+                 run_requested: float | None, signature: str | None, last_slot: float | None,
+                 first_seen: float):
+        self.name = name
+        self.next_due = next_due  # the first slot not yet claimed
+        self.anchor = anchor  # what `every` without an anchor counts from
+        self.enabled = enabled
+        self.run_requested = run_requested  # when run_now() asked, until claimed
+        self.signature = signature  # the schedule next_due was computed for
+        self.last_slot = last_slot
+        self.first_seen = first_seen
 
 
-@dataclass
-class Run:
+_RUN_COLUMNS = ("task", "trigger", "status", "created", "slot", "lateness", "start", "end",
+                "exit_code", "pid", "output", "return_value", "error", "traceback", "lock",
+                "slots")
+
+
+class Run(Record):
     """One row of the history: a run, or a slot that did not run and why."""
 
-    task: str
-    trigger: str
-    status: str
-    created: float
-    id: int | None = None
-    slot: float | None = None
-    lateness: float | None = None
-    start: float | None = None
-    end: float | None = None
-    exit_code: int | None = None
-    pid: int | None = None
-    output: str | None = None
-    return_value: str | None = None
-    error: str | None = None
-    traceback: str | None = None
-    lock: str | None = None  # path of the lock file its process holds while alive
-    slots: int = 1  # how many slots this row stands for (coalesced skips)
+    __slots__ = ("id", *_RUN_COLUMNS)
+
+    def __init__(self, task: str, trigger: str, status: str, created: float, *,
+                 id: int | None = None, slot: float | None = None,
+                 lateness: float | None = None, start: float | None = None,
+                 end: float | None = None, exit_code: int | None = None,
+                 pid: int | None = None, output: str | None = None,
+                 return_value: str | None = None, error: str | None = None,
+                 traceback: str | None = None, lock: str | None = None, slots: int = 1):
+        self.id = id
+        self.task = task
+        self.trigger = trigger
+        self.status = status
+        self.created = created
+        self.slot = slot  # the scheduled moment it stands for; None outside a schedule
+        self.lateness = lateness  # seconds between the slot and its claim
+        self.start = start
+        self.end = end
+        self.exit_code = exit_code
+        self.pid = pid
+        self.output = output
+        self.return_value = return_value
+        self.error = error
+        self.traceback = traceback
+        self.lock = lock  # path of the lock file its process holds while alive
+        self.slots = slots  # how many slots this row stands for (coalesced skips)
 
     @property
     def duration(self) -> float | None:
@@ -95,7 +116,6 @@ class Run:
         return self.end - self.start
 
 
-_RUN_COLUMNS = [f.name for f in fields(Run) if f.name != "id"]
 _SELECT_RUNS = "SELECT id, " + ", ".join(f'"{c}"' for c in _RUN_COLUMNS) + " FROM runs"
 _SELECT_TASKS = (
     "SELECT name, next_due, anchor, enabled, run_requested, signature, last_slot,"
@@ -401,7 +421,8 @@ class SQLiteStore(Store):
         with self._cursor() as db:
             db.execute(
                 "DELETE FROM runs WHERE task = ? AND status NOT IN ('pending', 'running')"
-                " AND id <= (SELECT id FROM runs WHERE task = ? ORDER BY id DESC"
+                " AND id <= (SELECT id FROM runs WHERE task = ?"
+                " AND status NOT IN ('pending', 'running') ORDER BY id DESC"
                 " LIMIT 1 OFFSET ?)",
                 (name, name, keep),
             )

@@ -1,0 +1,217 @@
+"""Docroot.due(): the one place that decides and claims what must start now."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import write
+
+from reqcron import Docroot
+from reqcron.store import SQLiteStore, Status
+
+T0 = datetime(2026, 11, 23, 12, 0, 30, tzinfo=UTC).timestamp()
+MINUTE_TASK = "from reqcron import Task\nclass Tick(Task):\n    cron = '* * * * *'\n"
+
+
+def test_a_task_seen_for_the_first_time_starts_at_its_next_slot(make_docroot):
+    doc = Docroot(make_docroot(MINUTE_TASK))
+    assert doc.due(at=T0) == []  # slots before it existed never run
+    assert doc.states()["Tick"].next_due == T0 + 30
+    (claim,) = doc.due(at=T0 + 31)
+    assert (claim.task, claim.slot, claim.trigger) == ("Tick", T0 + 30, "request")
+    assert doc.due(at=T0 + 32) == []  # claimed once
+
+
+def test_missed_slots_are_coalesced_into_one_run(make_docroot):
+    doc = Docroot(make_docroot(MINUTE_TASK))
+    doc.due(at=T0)
+    ten_days = 10 * 86400
+    (claim,) = doc.due(at=T0 + ten_days)
+    assert claim.slot == T0 + ten_days - 30  # the latest passed slot
+    assert doc.states()["Tick"].next_due == T0 + ten_days + 30
+    run = doc.get_run(claim.run_id)
+    assert run.status == "pending" and run.lateness == 30
+
+
+def test_a_slot_past_grace_is_recorded_as_missed_not_run(make_docroot):
+    doc2 = Docroot(make_docroot(MINUTE_TASK.replace("'* * * * *'", "'0 * * * *'\n    grace = 10")))
+    doc2.due(at=T0)
+    assert doc2.due(at=T0 + 3600) == []
+    (missed,) = doc2.history("Tick")
+    assert missed.status == "missed" and "past its grace of 10 s" in missed.error
+
+
+def test_a_slot_within_grace_is_claimed(make_docroot):
+    doc = Docroot(make_docroot(MINUTE_TASK.replace("'* * * * *'", "'0 * * * *'\n    grace = 60")))
+    doc.due(at=T0)
+    assert len(doc.due(at=T0 + 3600)) == 1  # 13:00 found 30 s late, grace 60
+
+
+def test_slots_of_a_disabled_task_are_recorded_as_skipped_once(make_docroot):
+    doc = Docroot(make_docroot(MINUTE_TASK))
+    doc.due(at=T0)
+    doc.disable("Tick")
+    for minute in range(1, 6):
+        assert doc.due(at=T0 + 60 * minute) == []
+    (skipped,) = doc.history("Tick")
+    assert skipped.status == "skipped" and skipped.error == "disabled" and skipped.slots == 5
+    doc.enable("Tick")
+    assert len(doc.due(at=T0 + 400)) == 1
+
+
+def test_run_now_is_claimed_once(make_docroot):
+    doc = Docroot(make_docroot("from reqcron import Task\nclass Reindex(Task):\n    pass\n"))
+    assert doc.due() == []
+    doc.run_now("Reindex")
+    doc.run_now("Reindex")  # asking twice before a check is one run
+    (claim,) = doc.due()
+    assert claim.trigger == "run_now" and claim.slot is None
+    assert doc.due() == []
+
+
+def test_a_changed_schedule_applies_from_its_next_slot(make_docroot):
+    root = make_docroot(MINUTE_TASK)
+    doc = Docroot(root)
+    doc.due(at=T0)
+    write(root / "__tasks__.py", MINUTE_TASK.replace("* * * * *", "0 * * * *"))
+    doc.reload_if_changed()
+    assert doc.states(at=T0 + 1)["Tick"].next_due == T0 - 30 + 3600
+    assert doc.due(at=T0 + 100) == []
+
+
+def test_a_removed_task_that_comes_back_starts_at_its_next_slot(make_docroot):
+    root = make_docroot(MINUTE_TASK)
+    doc = Docroot(root)
+    doc.due(at=T0)
+    write(root / "__tasks__.py", "from reqcron import Task\n")
+    doc.reload_if_changed()
+    write(root / "__tasks__.py", MINUTE_TASK)
+    doc.reload_if_changed()
+    assert doc.due(at=T0 + 3600) == []  # not a stale slot from before it was removed
+
+
+def test_every_without_anchor_counts_from_first_seen_in_every_process(make_docroot):
+    root = make_docroot("from reqcron import Task\nclass Beat(Task):\n    every = 7\n")
+    one, two = Docroot(root), Docroot(root)
+    one.due(at=T0)
+    assert two.states(at=T0 + 3)["Beat"].next_due == T0 + 7
+    (claim,) = two.due(at=T0 + 7 * 100 + 1)
+    assert claim.slot == T0 + 700
+
+
+RACER = """
+import json, sys
+from reqcron import Docroot
+from reqcron.store import Trigger
+doc = Docroot(sys.argv[1])
+start, step, count = float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+print("ready", flush=True)
+sys.stdin.readline()
+claimed = []
+for i in range(count):
+    for c in doc.due(trigger=Trigger.DUE, at=start + i * step):
+        claimed.append([c.task, c.slot])
+print(json.dumps(claimed))
+"""
+
+
+def test_eight_processes_racing_due_claim_each_slot_exactly_once(make_docroot, tmp_path):
+    root = make_docroot(MINUTE_TASK + "class Fast(Task):\n    every = 10\n")
+    Docroot(root).due(at=T0)  # both tasks seen at T0
+    script = tmp_path / "racer.py"
+    script.write_text(textwrap.dedent(RACER))
+    slots = 300
+    procs = [subprocess.Popen([sys.executable, str(script), str(root), str(T0 + 1), "10",
+                               str(slots * 6)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True) for _ in range(8)]
+    for proc in procs:  # release them together
+        assert proc.stdout.readline().strip() == "ready"
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs)
+    import json
+
+    claimed = [tuple(pair) for out in outputs for pair in json.loads(out)]
+    assert len(claimed) == len(set(claimed)), "a slot was claimed twice"
+    doc = Docroot(root)
+    runs = doc.store.runs(limit=100000)
+    minute = sorted(r.slot for r in runs if r.task == "Tick")
+    fast = sorted(r.slot for r in runs if r.task == "Fast")
+    assert minute == [T0 + 30 + 60 * i for i in range(len(minute))]  # none lost, none twice
+    assert len(minute) >= slots - 1
+    assert len(fast) == len(set(fast)) and len(fast) >= slots * 5
+    assert len(claimed) == len(runs)
+
+
+@pytest.fixture(params=["sqlite"])
+def store(request, tmp_path: Path):
+    """Every store backend; a new backend adds itself here and inherits these tests."""
+    backend = SQLiteStore(tmp_path / "s" / "state.db")
+    yield backend
+    backend.close()
+
+
+def test_store_claims_are_compare_and_swap(store):
+    from reqcron.store import Run
+
+    store.sync_task("a", "sig", 100.0, None, True, 1.0)
+    run = Run(task="a", trigger="request", status=Status.PENDING, created=101.0)
+    assert store.claim_slot("a", 100.0, 160.0, 100.0, run) is not None
+    assert store.claim_slot("a", 100.0, 160.0, 100.0, run) is None
+    assert store.states()["a"].next_due == 160.0
+
+
+def test_store_resyncs_only_on_a_new_signature(store):
+    store.sync_task("a", "sig", 100.0, None, True, 1.0)
+    assert store.sync_task("a", "sig", 999.0, None, True, 2.0).next_due == 100.0
+    assert store.sync_task("a", "sig2", 999.0, None, True, 2.0).next_due == 999.0
+
+
+def test_store_prunes_finished_runs_only(store):
+    from reqcron.store import Run
+
+    for i in range(10):
+        store.add_run(Run(task="a", trigger="manual", status=Status.OK, created=float(i)))
+    store.add_run(Run(task="a", trigger="manual", status=Status.RUNNING, created=0.0))
+    store.prune("a", 3)
+    statuses = [r.status for r in store.runs("a")]
+    assert statuses.count("ok") == 3 and statuses.count("running") == 1
+
+
+def test_store_caps_output(store):
+    from reqcron.store import OUTPUT_LIMIT, Run
+
+    run_id = store.add_run(Run(task="a", trigger="manual", status=Status.OK, created=0.0))
+    store.update_run(run_id, output="x" * (OUTPUT_LIMIT + 10) + "END")
+    out = store.get_run(run_id).output
+    assert len(out) == OUTPUT_LIMIT and out.endswith("END")
+
+
+def test_store_reopens_after_fork(store):
+    import os
+
+    store.sync_task("a", "sig", 100.0, None, True, 1.0)
+    pid = os.fork()
+    if pid == 0:  # the child must not use the parent's connection
+        try:
+            store.set_enabled("a", False)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.states()["a"].enabled is False
+
+
+def test_a_docroot_timestamp_is_what_due_uses(make_docroot):
+    doc = Docroot(make_docroot(MINUTE_TASK))
+    doc.due(at=T0)
+    nxt = doc.tasks()["Tick"].next_run(datetime.fromtimestamp(T0, UTC))
+    assert nxt == datetime.fromtimestamp(T0, UTC) + timedelta(seconds=30)
