@@ -1,0 +1,180 @@
+"""ReqCron: the WSGI middleware.  The hot path, and a worker thread that does the rest.
+
+Per request, when nothing is due, the middleware reads the clock and
+compares it with a per-process cached time: no I/O, no locks, nothing that
+grows with the number of tasks.  When that time has come, the request only
+sets an Event; a worker thread of this process then reloads changed files,
+claims due runs (``Docroot.due()``) and spawns them.  Scheduling never
+raises into a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from .docroot import Docroot
+from .spawn import Spawner
+from .store import Trigger
+
+if TYPE_CHECKING:
+    from .watch import Watcher
+
+log = logging.getLogger("reqcron")
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+_time = time.time
+_QUIET = 0.15  # seconds without file events before reloading: saves arrive in bursts
+_RELOG = 600.0  # seconds before the same problem is logged again
+_REQUEST_BUSY_TIMEOUT = 0.1  # on a locked database, skip: the next check retries
+
+
+class _Site:
+    """One DOCROOT served by this middleware, and this process's engine for it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.docroot: Docroot | None = None
+        self.watched = False
+
+
+class ReqCron:
+    """Wrap a WSGI application to run the tasks of a DOCROOT as requests come."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        docroot: str | os.PathLike[str] | None = None,
+        *,
+        # Seconds between looks at the shared state while requests come: how
+        # soon a run_now() or a change made by another process is seen.
+        poll: float = 1.0,
+        # Reload __tasks__.py and reqcron.toml as soon as they change, through
+        # watchdog.  Off, or where no observer can start, a cheap stat at each
+        # look (at most once per ``poll``) still picks changes up.
+        watch: bool = True,
+    ):
+        self.app = app
+        self._fixed = os.fspath(docroot) if docroot is not None else None
+        self._poll = poll
+        self._watch = watch
+        self._sites: dict[str, _Site] = {}
+        self._logged: dict[str, float] = {}
+        self._wake_at = 0.0
+        self._reset()
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (m := ref()) is not None and m._reset())
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
+                 ) -> Iterable[bytes]:
+        if _time() >= self._wake_at:
+            self._wake(environ)
+        return self.app(environ, start_response)
+
+    @property
+    def docroot(self) -> Docroot | None:
+        """The engine of the fixed DOCROOT in this process, once a request has created it."""
+        site = self._sites.get(self._fixed or "")
+        return site.docroot if site else None
+
+    def _reset(self) -> None:
+        """Start afresh: at creation, and in a child after fork() (gunicorn --preload).
+
+        Threads, watchers and child handles do not survive a fork; the
+        store re-opens its connection by itself.
+        """
+        self._wake_at = 0.0
+        self._event = threading.Event()
+        self._changed = 0.0
+        self._thread: threading.Thread | None = None
+        self._watcher: Watcher | None = None
+        self._spawner = Spawner()
+        self._stopping = False
+        for site in self._sites.values():
+            site.watched = False
+
+    def _wake(self, environ: dict[str, Any]) -> None:
+        """Hand the work to the worker thread; never raises, never blocks."""
+        try:
+            self._wake_at = _time() + self._poll  # meanwhile requests pass straight through
+            root = self._fixed or environ.get("DOCUMENT_ROOT")
+            if not root:
+                self._log_once("no-docroot", "reqcron: no DOCROOT given and no DOCUMENT_ROOT "
+                               "in the request's environ; no tasks will run")
+                return
+            if root not in self._sites:
+                self._sites[root] = _Site(root)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="reqcron",
+                                                daemon=True)
+                self._thread.start()
+            self._event.set()
+        except Exception as exc:
+            self._log_once(f"wake:{exc}", "reqcron: cannot check the schedule: %s", exc)
+
+    def _file_changed(self, _path: str) -> None:
+        self._changed = time.monotonic()
+        self._event.set()
+
+    def _work(self) -> None:
+        while not self._stopping:
+            running = self._spawner.reap()
+            # Wake up now and then while children run, to reap them.
+            self._event.wait(timeout=1.0 if running else None)
+            self._event.clear()
+            if self._stopping:
+                return
+            while (quiet := self._changed + _QUIET - time.monotonic()) > 0:
+                time.sleep(quiet)
+            earliest = _time() + self._poll
+            for site in list(self._sites.values()):
+                earliest = min(earliest, self._tend(site))
+            self._wake_at = earliest
+
+    def _tend(self, site: _Site) -> float:
+        """Reload, claim and spawn for one DOCROOT; return when to look again."""
+        try:
+            if site.docroot is None:
+                site.docroot = Docroot(site.path, busy_timeout=_REQUEST_BUSY_TIMEOUT)
+            doc = site.docroot
+            if self._watch and not site.watched:
+                if self._watcher is None:
+                    from .watch import Watcher
+
+                    self._watcher = Watcher(self._file_changed)
+                site.watched = self._watcher.watch(str(doc.path))
+            doc.reload_if_changed()
+            for claim in doc.due(Trigger.REQUEST):
+                self._spawner.start(doc, claim)
+            upcoming = doc.next_check()
+            return upcoming if upcoming is not None else float("inf")
+        except Exception as exc:
+            self._log_once(f"tend:{site.path}:{exc}", "reqcron: %s: %s", site.path, exc)
+            return _time() + self._poll
+
+    def _log_once(self, key: str, message: str, *args: object) -> None:
+        last = self._logged.get(key)
+        if last is None or _time() - last > _RELOG:
+            self._logged[key] = _time()
+            log.error(message, *args)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop this process's worker and watcher; wait for the task processes it started."""
+        self._stopping = True
+        self._event.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._watcher is not None:
+            self._watcher.stop()
+        deadline = time.monotonic() + timeout
+        while self._spawner.reap() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for site in self._sites.values():
+            if site.docroot is not None:
+                site.docroot.close()
