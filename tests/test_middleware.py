@@ -1,0 +1,272 @@
+"""ReqCron in-process: WSGI correctness, request-driven runs, detached processes, hot reload."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from wsgiref.util import setup_testing_defaults
+from wsgiref.validate import validator
+
+import pytest
+from conftest import wait_for, write
+
+from reqcron import Docroot, ReqCron
+
+PROBE = """
+import json, os, time
+from pathlib import Path
+from reqcron import Task
+
+class Tick(Task):
+    every = 1
+    def run(self):
+        fds = {}
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                pass
+        return {"pid": os.getpid(), "sid": os.getsid(0), "ppid": os.getppid(),
+                "fds": fds, "stdin": os.readlink("/proc/self/fd/0")}
+"""
+
+
+def hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+def request(app, path="/", **extra):
+    environ = {"PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "", **extra}
+    setup_testing_defaults(environ)
+    status = []
+    body = app(environ, lambda s, h, exc_info=None: status.append(s))
+    try:
+        data = b"".join(body)
+    finally:
+        if hasattr(body, "close"):
+            body.close()
+    return status[0], data
+
+
+@pytest.fixture
+def middleware():
+    made = []
+
+    def make(*args, **kwargs):
+        mw = ReqCron(*args, **kwargs)
+        made.append(mw)
+        return mw
+
+    yield make
+    for mw in made:
+        mw.close()
+
+
+def drive(app, until, timeout=15.0, message="condition"):
+    """Send requests until ``until()`` is truthy, like a site with steady traffic."""
+    def step():
+        assert request(app)[0] == "200 OK"
+        return until()
+    return wait_for(step, timeout=timeout, interval=0.05, message=message)
+
+
+def test_the_wrapped_app_passes_wsgiref_validate(make_docroot, middleware):
+    root = make_docroot(PROBE)
+    app = validator(middleware(validator(hello), root))
+    for _ in range(3):
+        assert request(app) == ("200 OK", b"hello")
+
+
+def test_streaming_close_and_exc_info_pass_through_unchanged(make_docroot, middleware):
+    closed = []
+
+    class Body:
+        def __iter__(self):
+            yield b"a"
+            yield b"b"
+
+        def close(self):
+            closed.append(True)
+
+    def app(environ, start_response):
+        try:
+            raise ValueError("x")
+        except ValueError:
+            import sys
+
+            start_response("500 Oops", [], sys.exc_info())
+        return Body()
+
+    wrapped = middleware(app, make_docroot(PROBE))
+    seen = []
+    body = wrapped({"PATH_INFO": "/"}, lambda s, h, exc_info=None: seen.append(exc_info))
+    assert isinstance(body, Body)  # the very same iterable: nothing buffered or wrapped
+    assert b"".join(body) == b"ab"
+    body.close()
+    assert closed and seen[0][0] is ValueError
+
+
+def test_requests_run_a_one_second_task_in_detached_processes(make_docroot, middleware):
+    root = make_docroot(PROBE)
+    listener = socket.socket()  # an inheritable socket, like a server's listening one
+    listener.set_inheritable(True)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    try:
+        app = middleware(hello, root)
+        doc = Docroot(root)
+        started = time.monotonic()
+        runs = drive(app, lambda: len([r for r in doc.store.runs("Tick") if r.status == "ok"]) >= 3
+                     and doc.store.runs("Tick"), message="three runs of Tick")
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+    ok = [r for r in runs if r.status == "ok"]
+    assert elapsed < 8  # about once a second
+    assert len({r.slot for r in runs}) == len(runs)
+    for run in ok:
+        seen = json.loads(run.return_value)
+        assert seen["sid"] == seen["ppid"] != os.getpid()  # its runtask leads its own session
+        assert seen["stdin"] == "/dev/null"
+        assert not [t for t in seen["fds"].values() if t.startswith("socket:")]
+        assert run.trigger == "request"
+    doc.close()
+
+
+def test_a_slow_task_does_not_slow_requests(make_docroot, middleware, tmp_path):
+    root = make_docroot(f"""
+        import time
+        from reqcron import Task
+        class Slow(Task):
+            every = 1
+            overlap = True
+            def run(self):
+                open({str(tmp_path / "slow")!r}, "a").write("x")
+                time.sleep(3)
+    """)
+    app = middleware(hello, root)
+    worst = 0.0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        t = time.perf_counter()
+        request(app)
+        worst = max(worst, time.perf_counter() - t)
+        time.sleep(0.01)
+    assert (tmp_path / "slow").exists()
+    assert worst < 0.5, f"a request took {worst:.3f} s"
+
+
+def test_no_docroot_passes_through_and_logs_once(middleware, caplog):
+    app = middleware(hello)
+    with caplog.at_level(logging.ERROR, logger="reqcron"):
+        for _ in range(5):
+            assert request(app) == ("200 OK", b"hello")
+            app._wake_at = 0  # force a check on every request
+    assert sum("no DOCROOT" in r.message for r in caplog.records) == 1
+
+
+def test_docroot_from_the_environ(make_docroot, middleware):
+    root = make_docroot(PROBE)
+    app = middleware(hello)
+    doc = Docroot(root)
+    drive(app_with_env(app, str(root)), lambda: doc.store.runs("Tick"), message="a run")
+    doc.close()
+
+
+def app_with_env(app, root):
+    def call(environ, start_response):
+        environ["DOCUMENT_ROOT"] = root
+        return app(environ, start_response)
+    return call
+
+
+def test_hot_reload_adds_changes_and_removes_tasks(make_docroot, middleware):
+    root = make_docroot("from reqcron import Task\nclass A(Task):\n    every = 1\n")
+    app = middleware(hello, root)
+    doc = Docroot(root)
+    drive(app, lambda: doc.store.runs("A"), message="A to run")
+    write(root / "__tasks__.py", "from reqcron import Task\n"
+          "class A(Task):\n    every = 3600\n"
+          "class B(Task):\n    every = 1\n")
+    drive(app, lambda: doc.store.runs("B"), message="B, added while serving, to run")
+    count_a = len(doc.store.runs("A"))
+    time.sleep(1.5)  # A now runs hourly: let a few one-second slots go by
+    drive(app, lambda: len(doc.store.runs("B")) >= 3, message="more runs of B")
+    assert len([r for r in doc.store.runs("A") if r.status != "pending"]) <= count_a
+    write(root / "__tasks__.py", "from reqcron import Task\nclass A(Task):\n    every = 3600\n")
+    drive(app, lambda: app.docroot is not None and "B" not in app.docroot.tasks(),
+          message="B to be removed")
+    settled = len(doc.store.runs("B"))
+    time.sleep(1.5)
+    for _ in range(20):
+        request(app)
+        time.sleep(0.05)
+    assert len(doc.store.runs("B")) <= settled + 1  # at most one already in flight
+    doc.close()
+
+
+def test_a_broken_tasks_file_is_survived_recorded_and_recovered(make_docroot, middleware):
+    root = make_docroot("from reqcron import Task\nclass A(Task):\n    every = 1\n")
+    app = middleware(hello, root)
+    doc = Docroot(root)
+    drive(app, lambda: [r for r in doc.store.runs("A") if r.status == "ok"], message="A ok")
+    write(root / "__tasks__.py", "from reqcron import Task\nclass A(Task):\n    every = 1\n"
+          "    def run(self)\n        pass\n")
+    failed = drive(app, lambda: [r for r in doc.store.runs("A") if r.status == "failed"],
+                   message="a slot recorded as failed while the file is broken")
+    assert "__tasks__.py:4: SyntaxError" in failed[0].error
+    assert "A" in app.docroot.tasks()  # nothing dropped
+    assert "SyntaxError" in str(app.docroot.load_errors()[0])
+    write(root / "__tasks__.py", "from reqcron import Task\nclass A(Task):\n    every = 1\n")
+    newest = failed[0].id
+    drive(app, lambda: [r for r in doc.store.runs("A") if r.status == "ok" and r.id > newest],
+          message="A to run again once fixed")
+    doc.close()
+
+
+def test_an_unusable_state_dir_still_serves(make_docroot, middleware, tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    root = make_docroot(PROBE, f'[reqcron]\nstate_dir = "{blocker / "x"}"\n')
+    app = middleware(hello, root)
+    with caplog.at_level(logging.ERROR, logger="reqcron"):
+        for _ in range(30):
+            assert request(app) == ("200 OK", b"hello")
+            time.sleep(0.02)
+        wait_for(lambda: any("cannot be used" in r.getMessage() for r in caplog.records))
+    assert sum("cannot be used" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_bad_toml_still_serves(make_docroot, middleware, caplog):
+    root = make_docroot(PROBE, "[reqcron\n")
+    app = middleware(hello, root)
+    with caplog.at_level(logging.ERROR, logger="reqcron"):
+        for _ in range(10):
+            assert request(app) == ("200 OK", b"hello")
+        wait_for(lambda: any("invalid TOML" in r.getMessage() for r in caplog.records))
+
+
+def test_a_failed_spawn_is_recorded(make_docroot, middleware):
+    root = make_docroot(PROBE, '[reqcron]\npython = "/nonexistent/python3"\n')
+    app = middleware(hello, root)
+    doc = Docroot(root)
+    (run, *_) = drive(app, lambda: [r for r in doc.store.runs("Tick") if r.status == "failed"],
+                      message="the failed spawn in the history")
+    assert "could not be started" in run.error and "/nonexistent/python3" in run.error
+    doc.close()
+
+
+def test_run_now_starts_within_about_a_second(make_docroot, middleware):
+    root = make_docroot("from reqcron import Task\nclass Reindex(Task):\n    pass\n")
+    app = middleware(hello, root)
+    request(app)
+    doc = Docroot(root)
+    doc.run_now("Reindex")
+    asked = time.monotonic()
+    drive(app, lambda: [r for r in doc.store.runs("Reindex") if r.status == "ok"])
+    assert time.monotonic() - asked < 5
+    doc.close()
