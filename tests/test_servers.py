@@ -1,0 +1,204 @@
+"""Real servers: gunicorn with several workers (with and without --preload), waitress, uWSGI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+
+from reqcron import Docroot
+
+BIN = Path(sys.executable).parent
+
+TASKS = """
+import os
+from reqcron import Task
+
+class Tick(Task):
+    every = 1
+    def run(self):
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                pass
+        return {"sockets": [l for l in links if l.startswith("socket:")],
+                "sid": os.getsid(0), "ppid": os.getppid()}
+"""
+
+APP = """
+import os
+from reqcron import ReqCron
+
+def hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(os.getpid()).encode()]
+
+application = ReqCron(hello, {docroot!r})
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A real server process in tmp_path: started, polled until ready, always stopped."""
+
+    def __init__(self, command: list[str], cwd: Path, port: int):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/"
+        self.log = cwd / "server.log"
+        self._log = open(self.log, "wb")
+        self.proc = subprocess.Popen(command, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_for(self._ready, timeout=30, message=f"the server to listen ({self.log})")
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited: {self.log.read_text()}")
+        try:
+            with urllib.request.urlopen(self.url, timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def load(self, seconds: float, clients: int = 8, max_requests: int = 20000) -> int:
+        """Send concurrent requests for ``seconds`` (bounded in count); return how many got 200."""
+        ok = []
+        deadline = time.monotonic() + seconds
+
+        def client() -> None:
+            for _ in range(max_requests // clients):
+                if time.monotonic() > deadline:
+                    return
+                with urllib.request.urlopen(self.url, timeout=10) as resp:
+                    assert resp.status == 200
+                    resp.read()
+                    ok.append(1)
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return len(ok)
+
+    def descendants(self) -> list[tuple[int, int, str]]:
+        """(pid, ppid, state) of every process under the server."""
+        table = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as fh:
+                        fields = fh.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                table[int(entry)] = (int(fields[1]), fields[0])
+        found, frontier = [], [self.proc.pid]
+        while frontier:
+            parent = frontier.pop()
+            for pid, (ppid, state) in table.items():
+                if ppid == parent:
+                    found.append((pid, ppid, state))
+                    frontier.append(pid)
+        return found
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def site(make_docroot, tmp_path):
+    root = make_docroot(TASKS)
+    (tmp_path / "app.py").write_text(textwrap.dedent(APP.format(docroot=str(root))))
+    return root
+
+
+@pytest.fixture
+def serve(tmp_path):
+    servers = []
+
+    def start(*command: str) -> Server:
+        port = free_port()
+        server = Server([c.replace("{port}", str(port)) for c in command], tmp_path, port)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def assert_each_slot_ran_once(root: Path, seconds: float) -> None:
+    doc = Docroot(root)
+    wait_for(lambda: not doc.store.runs("Tick", 10000, ("pending", "running")), timeout=20,
+             message="the last runs to finish")
+    runs = doc.store.runs("Tick", 10000)
+    doc.close()
+    slots = sorted(r.slot for r in runs)
+    assert len(slots) == len(set(slots)), "a slot ran twice"
+    assert len(slots) >= seconds - 2, f"only {len(slots)} runs in {seconds} s"
+    assert all(r.status == "ok" for r in runs), [(r.status, r.error) for r in runs]
+    gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
+    assert all(abs(g - round(g)) < 1e-6 and g >= 1 for g in gaps)  # whole slots, none twice
+    for run in runs:
+        seen = json.loads(run.return_value)
+        assert seen["sockets"] == [], "a task process holds a socket"
+        assert seen["sid"] == seen["ppid"]  # its runtask leads a session of its own
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["fork-per-worker", "preload"])
+def test_gunicorn_four_workers_run_each_slot_once(site, serve, preload):
+    command = [str(BIN / "gunicorn"), "--workers", "4", "--bind", "127.0.0.1:{port}",
+               "--graceful-timeout", "5", *(["--preload"] if preload else []), "app:application"]
+    server = serve(*command)
+    seconds = 6
+    served = server.load(seconds)
+    assert served > 100
+    pids = {int(urllib.request.urlopen(server.url).read()) for _ in range(40)}
+    assert len(pids) >= 2, "the load did not reach several workers"
+    assert_each_slot_ran_once(site, seconds)
+    wait_for(lambda: not [p for p in server.descendants() if p[2] == "Z"], timeout=10,
+             message="zombie task processes to be reaped")
+
+
+def test_waitress_runs_each_slot_once(site, serve):
+    server = serve(str(BIN / "waitress-serve"), "--listen=127.0.0.1:{port}", "app:application")
+    seconds = 4
+    assert server.load(seconds, clients=4) > 50
+    assert_each_slot_ran_once(site, seconds)
+
+
+@pytest.mark.skipif(not (BIN / "uwsgi").exists() and not shutil.which("uwsgi"),
+                    reason="uwsgi is not installed")
+def test_uwsgi_runs_each_slot_once(site, serve):
+    uwsgi = str(BIN / "uwsgi") if (BIN / "uwsgi").exists() else shutil.which("uwsgi")
+    server = serve(uwsgi, "--http-socket", "127.0.0.1:{port}", "--processes", "2",
+                   "--module", "app:application", "--virtualenv", sys.prefix,
+                   "--die-on-term", "--master")
+    seconds = 4
+    assert server.load(seconds, clients=4) > 50
+    assert_each_slot_ran_once(site, seconds)
