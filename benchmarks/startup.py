@@ -90,17 +90,27 @@ def main() -> None:
     budget = 2 * bare + tasks
     print(f"medians of {n} runs, python {sys.version.split()[0]}")
     print(f"  python -c pass                      {bare:7.1f} ms")
-    print(f"  python -c 'import reqcron'          {imp:7.1f} ms   adds {imp - bare:5.1f} ms"
-          " (target < 10 ms)")
+    print(
+        f"  python -c 'import reqcron'          {imp:7.1f} ms   adds {imp - bare:5.1f} ms"
+        " (target < 10 ms)"
+    )
     print(f"  import of __tasks__.py alone        {tasks:7.1f} ms (over bare)")
-    print(f"  spawned runtask --run-id to run()   {claimed:7.1f} ms   {claimed / budget:4.2f}x of "
-          f"2 x bare + tasks = {budget:.1f} ms (target <= 1.00x)")
-    print(f"  runtask to run() (every task)       {enter:7.1f} ms   {enter / budget:4.2f}x of "
-          f"2 x bare + tasks = {budget:.1f} ms (target <= 1.00x)")
-    print(f"  runtask to run() (cron task)        {cron:7.1f} ms   {cron / budget:4.2f}x"
-          " (a manual run of a cron task reads its schedule: croniter)")
-    probe = "import reqcron, sys; print(' '.join(m for m in ('croniter', 'watchdog', 'webob')" \
-            " if m in sys.modules))"
+    print(
+        f"  spawned runtask --run-id to run()   {claimed:7.1f} ms   {claimed / budget:4.2f}x of "
+        f"2 x bare + tasks = {budget:.1f} ms (target <= 1.00x)"
+    )
+    print(
+        f"  runtask to run() (every task)       {enter:7.1f} ms   {enter / budget:4.2f}x of "
+        f"2 x bare + tasks = {budget:.1f} ms (target <= 1.00x)"
+    )
+    print(
+        f"  runtask to run() (cron task)        {cron:7.1f} ms   {cron / budget:4.2f}x"
+        " (a manual run of a cron task reads its schedule: croniter)"
+    )
+    probe = (
+        "import reqcron, sys; print(' '.join(m for m in ('croniter', 'watchdog', 'webob')"
+        " if m in sys.modules))"
+    )
     heavy = subprocess.run([py, "-c", probe], capture_output=True, text=True).stdout.strip()
     print(f"  heavy modules imported by 'import reqcron': {heavy or 'none'}")
 

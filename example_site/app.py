@@ -1,6 +1,6 @@
 """The example site: a plain WSGI app wrapped in ReqCron.
 
-    gunicorn --chdir example_site -w 2 -b 127.0.0.1:8000 app:application
+gunicorn --chdir example_site -w 2 -b 127.0.0.1:8000 app:application
 """
 
 import html

@@ -48,8 +48,10 @@ def runtask_main(argv: Sequence[str] | None = None) -> int:
     # cost every task process ~4 ms for two positional arguments.
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
-        sys.stdout.write(f"{RUNTASK_USAGE}\n\nRun one task of a DOCROOT now, in the "
-                         "foreground, and record the run.\n")
+        sys.stdout.write(
+            f"{RUNTASK_USAGE}\n\nRun one task of a DOCROOT now, in the "
+            "foreground, and record the run.\n"
+        )
         return 0
     run_id = None
     if len(args) == 4 and args[0] == "--run-id" and args[1].isdigit():

@@ -27,12 +27,27 @@ _KEYS = {"timezone", "state_dir", "database", "python", "history"}
 class Settings(Record):
     """The settings of one DOCROOT, all derived from the DOCROOT alone."""
 
-    __slots__ = ("docroot", "timezone", "state_dir", "database", "python", "history", "config",
-                 "_zone")
+    __slots__ = (
+        "docroot",
+        "timezone",
+        "state_dir",
+        "database",
+        "python",
+        "history",
+        "config",
+        "_zone",
+    )
 
-    def __init__(self, docroot: Path, timezone: str | None, state_dir: Path,
-                 database: str | None = None, python: str | None = None, history: int = 100,
-                 config: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        docroot: Path,
+        timezone: str | None,
+        state_dir: Path,
+        database: str | None = None,
+        python: str | None = None,
+        history: int = 100,
+        config: Mapping[str, Any] | None = None,
+    ):
         self.docroot = docroot
         self.timezone = timezone  # None: the system's local zone
         self.state_dir = state_dir

@@ -64,9 +64,7 @@ class Docroot:
             self.settings = load_settings(self.path)
         except ConfigError as exc:
             errors.append(LoadError(exc.path, exc.line, exc.problem))
-        loaded = load_tasks(
-            self.path, self._zone(), only=only, compile_schedules=compile_schedules
-        )
+        loaded = load_tasks(self.path, self._zone(), only=only, compile_schedules=compile_schedules)
         if loaded.file_ok:
             removed = set(self._tasks) - set(loaded.tasks)
             self._tasks = loaded.tasks

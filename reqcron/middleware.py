@@ -44,6 +44,12 @@ class _Site:
         self.watched = False
 
 
+def _reset_if_alive(ref: weakref.ref[ReqCron]) -> None:
+    middleware = ref()
+    if middleware is not None:
+        middleware._reset()
+
+
 class ReqCron:
     """Wrap a WSGI application to run the tasks of a DOCROOT as requests come."""
 
@@ -69,10 +75,11 @@ class ReqCron:
         self._wake_at = 0.0
         self._reset()
         ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (m := ref()) is not None and m._reset())
+        os.register_at_fork(after_in_child=lambda: _reset_if_alive(ref))
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
-                 ) -> Iterable[bytes]:
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         if _time() >= self._wake_at:
             self._wake(environ)
         return self.app(environ, start_response)
@@ -105,14 +112,16 @@ class ReqCron:
             self._wake_at = _time() + self._poll  # meanwhile requests pass straight through
             root = self._fixed or environ.get("DOCUMENT_ROOT")
             if not root:
-                self._log_once("no-docroot", "reqcron: no DOCROOT given and no DOCUMENT_ROOT "
-                               "in the request's environ; no tasks will run")
+                self._log_once(
+                    "no-docroot",
+                    "reqcron: no DOCROOT given and no DOCUMENT_ROOT "
+                    "in the request's environ; no tasks will run",
+                )
                 return
             if root not in self._sites:
                 self._sites[root] = _Site(root)
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._work, name="reqcron",
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._work, name="reqcron", daemon=True)
                 self._thread.start()
             self._event.set()
         except Exception as exc:

@@ -48,9 +48,15 @@ class NotRun(ReqCronError):
 class _Outcome(Record):
     __slots__ = ("status", "exit_code", "output", "return_value", "error", "traceback")
 
-    def __init__(self, status: Status, exit_code: int, output: str,
-                 return_value: str | None = None, error: str | None = None,
-                 traceback: str | None = None):
+    def __init__(
+        self,
+        status: Status,
+        exit_code: int,
+        output: str,
+        return_value: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ):
         self.status = status
         self.exit_code = exit_code
         self.output = output

@@ -32,22 +32,43 @@ class Spawner:
 
     def start(self, docroot: Docroot, claim: Claim) -> bool:
         """Start the process of ``claim``; on failure record it in the history."""
-        command = [docroot.settings.python, "-m", "reqcron.runtask", "--run-id",
-                   str(claim.run_id), str(docroot.path), claim.task]
+        command = [
+            docroot.settings.python,
+            "-m",
+            "reqcron.runtask",
+            "--run-id",
+            str(claim.run_id),
+            str(docroot.path),
+            claim.task,
+        ]
         try:
-            errors = os.open(docroot.settings.state_dir / SPAWN_LOG,
-                             os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            errors = os.open(
+                docroot.settings.state_dir / SPAWN_LOG,
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                0o600,
+            )
             try:
                 child = subprocess.Popen(
-                    command, cwd=docroot.path, stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True,
-                    close_fds=True)
+                    command,
+                    cwd=docroot.path,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=errors,
+                    start_new_session=True,
+                    close_fds=True,
+                )
             finally:
                 os.close(errors)
         except OSError as exc:
             message = f"its process could not be started: {exc}"
-            docroot.store.update_run_if(claim.run_id, Status.PENDING, status=Status.FAILED,
-                                        end=now(), error=message, exit_code=1)
+            docroot.store.update_run_if(
+                claim.run_id,
+                Status.PENDING,
+                status=Status.FAILED,
+                end=now(),
+                error=message,
+                exit_code=1,
+            )
             log.error("reqcron: task %s of %s: %s", claim.task, docroot.path, message)
             return False
         with self._lock:

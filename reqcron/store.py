@@ -58,12 +58,28 @@ class Trigger(StrEnum):
 class TaskState(Record):
     """A task's row in the store."""
 
-    __slots__ = ("name", "next_due", "anchor", "enabled", "run_requested", "signature",
-                 "last_slot", "first_seen")
+    __slots__ = (
+        "name",
+        "next_due",
+        "anchor",
+        "enabled",
+        "run_requested",
+        "signature",
+        "last_slot",
+        "first_seen",
+    )
 
-    def __init__(self, name: str, next_due: float | None, anchor: float | None, enabled: bool,
-                 run_requested: float | None, signature: str | None, last_slot: float | None,
-                 first_seen: float):
+    def __init__(
+        self,
+        name: str,
+        next_due: float | None,
+        anchor: float | None,
+        enabled: bool,
+        run_requested: float | None,
+        signature: str | None,
+        last_slot: float | None,
+        first_seen: float,
+    ):
         self.name = name
         self.next_due = next_due  # the first slot not yet claimed
         self.anchor = anchor  # what `every` without an anchor counts from
@@ -74,9 +90,24 @@ class TaskState(Record):
         self.first_seen = first_seen
 
 
-_RUN_COLUMNS = ("task", "trigger", "status", "created", "slot", "lateness", "start", "end",
-                "exit_code", "pid", "output", "return_value", "error", "traceback", "lock",
-                "slots")
+_RUN_COLUMNS = (
+    "task",
+    "trigger",
+    "status",
+    "created",
+    "slot",
+    "lateness",
+    "start",
+    "end",
+    "exit_code",
+    "pid",
+    "output",
+    "return_value",
+    "error",
+    "traceback",
+    "lock",
+    "slots",
+)
 
 
 class Run(Record):
@@ -84,13 +115,27 @@ class Run(Record):
 
     __slots__ = ("id", *_RUN_COLUMNS)
 
-    def __init__(self, task: str, trigger: str, status: str, created: float, *,
-                 id: int | None = None, slot: float | None = None,
-                 lateness: float | None = None, start: float | None = None,
-                 end: float | None = None, exit_code: int | None = None,
-                 pid: int | None = None, output: str | None = None,
-                 return_value: str | None = None, error: str | None = None,
-                 traceback: str | None = None, lock: str | None = None, slots: int = 1):
+    def __init__(
+        self,
+        task: str,
+        trigger: str,
+        status: str,
+        created: float,
+        *,
+        id: int | None = None,
+        slot: float | None = None,
+        lateness: float | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        exit_code: int | None = None,
+        pid: int | None = None,
+        output: str | None = None,
+        return_value: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+        lock: str | None = None,
+        slots: int = 1,
+    ):
         self.id = id
         self.task = task
         self.trigger = trigger

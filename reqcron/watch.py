@@ -37,7 +37,7 @@ class Watcher:
 
             on_change = self._on_change
 
-            class Handler(FileSystemEventHandler):  # type: ignore[misc]
+            class Handler(FileSystemEventHandler):
                 def on_any_event(self, event: FileSystemEvent) -> None:
                     for changed in (event.src_path, getattr(event, "dest_path", "")):
                         if os.path.basename(os.fsdecode(changed or "")) in WATCHED:
@@ -51,8 +51,12 @@ class Watcher:
                 self._observer = observer
             self._observer.schedule(Handler(), path, recursive=False)  # type: ignore[attr-defined]
         except Exception as exc:  # inotify limits, no watchdog: the stat fallback covers it
-            log.warning("reqcron: cannot watch %s for changes (%s); checking it once a second "
-                        "while requests come instead", path, exc)
+            log.warning(
+                "reqcron: cannot watch %s for changes (%s); checking it once a second "
+                "while requests come instead",
+                path,
+                exc,
+            )
             return False
         self._watched.add(path)
         return True

@@ -51,27 +51,45 @@ def write(path: Path, source: str) -> None:
         os.utime(path, ns=(before + 1_000_000, before + 1_000_000))
 
 
-def runtask(docroot: Path | str, *args: str, timeout: float = 60,
-            **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def runtask(
+    docroot: Path | str, *args: str, timeout: float = 60, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     """Run the real `python -m reqcron.runtask` and wait for it."""
-    return subprocess.run([sys.executable, "-m", "reqcron.runtask", str(docroot), *args],
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "reqcron.runtask", str(docroot), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 def start_runtask(docroot: Path | str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "reqcron.runtask", str(docroot), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "reqcron.runtask", str(docroot), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def reqcron_cmd(*args: str, timeout: float = 60,
-                **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def reqcron_cmd(*args: str, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run the real `python -m reqcron ...` and wait for it."""
-    return subprocess.run([sys.executable, "-m", "reqcron", *args],
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "reqcron", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
-             message: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:

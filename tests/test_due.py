@@ -126,9 +126,15 @@ def test_eight_processes_racing_due_claim_each_slot_exactly_once(make_docroot, t
     script = tmp_path / "racer.py"
     script.write_text(textwrap.dedent(RACER))
     slots = 300
-    procs = [subprocess.Popen([sys.executable, str(script), str(root), str(T0 + 1), "10",
-                               str(slots * 6)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True) for _ in range(8)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(root), str(T0 + 1), "10", str(slots * 6)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
     for proc in procs:  # release them together
         assert proc.stdout.readline().strip() == "ready"
     for proc in procs:

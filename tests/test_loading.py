@@ -34,8 +34,12 @@ def test_tasks_register_by_the_spec_rules(make_docroot):
 
 
 def test_two_docroots_in_one_process_do_not_collide(make_docroot):
-    one = Docroot(make_docroot("from reqcron import Task\nclass A(Task):\n    cron = '0 1 * * *'\n"))
-    two = Docroot(make_docroot("from reqcron import Task\nclass A(Task):\n    cron = '0 2 * * *'\n"))
+    one = Docroot(
+        make_docroot("from reqcron import Task\nclass A(Task):\n    cron = '0 1 * * *'\n")
+    )
+    two = Docroot(
+        make_docroot("from reqcron import Task\nclass A(Task):\n    cron = '0 2 * * *'\n")
+    )
     assert one.tasks()["A"].compiled_schedule().signature.startswith("cron:0 1 ")
     assert two.tasks()["A"].compiled_schedule().signature.startswith("cron:0 2 ")
     assert type(one.tasks()["A"]).__module__ != type(two.tasks()["A"]).__module__
@@ -59,8 +63,9 @@ def test_loading_writes_no_bytecode_into_the_docroot(make_docroot):
 
 
 def test_tasks_can_import_modules_beside_them(make_docroot):
-    root = make_docroot("from helpers import WHEN\nfrom reqcron import Task\n"
-                        "class A(Task):\n    cron = WHEN\n")
+    root = make_docroot(
+        "from helpers import WHEN\nfrom reqcron import Task\nclass A(Task):\n    cron = WHEN\n"
+    )
     (root / "helpers.py").write_text("WHEN = '5 4 * * *'\n")
     assert Docroot(root).tasks()["A"].cron == "5 4 * * *"
 
@@ -145,7 +150,9 @@ def test_unknown_task_lists_the_known_ones(make_docroot):
 
 
 def test_settings_come_from_reqcron_toml(make_docroot, tmp_path):
-    root = make_docroot("", """
+    root = make_docroot(
+        "",
+        """
         [reqcron]
         timezone = "Europe/Amsterdam"
         state_dir = "%s"
@@ -153,7 +160,9 @@ def test_settings_come_from_reqcron_toml(make_docroot, tmp_path):
 
         [config]
         smtp_host = "localhost"
-    """ % (tmp_path / "mystate"))
+    """
+        % (tmp_path / "mystate"),
+    )
     doc = Docroot(root)
     assert str(doc.settings.zone) == "Europe/Amsterdam"
     assert doc.settings.state_dir == tmp_path / "mystate"
@@ -163,13 +172,16 @@ def test_settings_come_from_reqcron_toml(make_docroot, tmp_path):
         doc.settings.config["x"] = 1  # type: ignore[index]
 
 
-@pytest.mark.parametrize(("toml", "message"), [
-    ('[reqcron]\ntimezone = "Nowhere/Here"\n', "unknown time zone"),
-    ("[reqcron]\nhistory = 0\n", "history must be"),
-    ('[reqcron]\nbogus = 1\n', "unknown setting 'bogus'"),
-    ("[other]\n", "unknown table"),
-    ("[reqcron]\n\ntimezone = \n", ":3: invalid TOML"),
-])
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[reqcron]\ntimezone = "Nowhere/Here"\n', "unknown time zone"),
+        ("[reqcron]\nhistory = 0\n", "history must be"),
+        ("[reqcron]\nbogus = 1\n", "unknown setting 'bogus'"),
+        ("[other]\n", "unknown table"),
+        ("[reqcron]\n\ntimezone = \n", ":3: invalid TOML"),
+    ],
+)
 def test_bad_settings_give_one_clear_error(make_docroot, toml, message):
     with pytest.raises(ConfigError, match=message) as info:
         Docroot(make_docroot("", toml))

@@ -68,9 +68,11 @@ def middleware():
 
 def drive(app, until, timeout=15.0, message="condition"):
     """Send requests until ``until()`` is truthy, like a site with steady traffic."""
+
     def step():
         assert request(app)[0] == "200 OK"
         return until()
+
     return wait_for(step, timeout=timeout, interval=0.05, message=message)
 
 
@@ -120,8 +122,14 @@ def test_requests_run_a_one_second_task_in_detached_processes(make_docroot, midd
         app = middleware(hello, root)
         doc = Docroot(root)
         started = time.monotonic()
-        runs = drive(app, lambda: len([r for r in doc.store.runs("Tick") if r.status == "ok"]) >= 3
-                     and doc.store.runs("Tick"), message="three runs of Tick")
+        runs = drive(
+            app,
+            lambda: (
+                len([r for r in doc.store.runs("Tick") if r.status == "ok"]) >= 3
+                and doc.store.runs("Tick")
+            ),
+            message="three runs of Tick",
+        )
         elapsed = time.monotonic() - started
     finally:
         listener.close()
@@ -181,6 +189,7 @@ def app_with_env(app, root):
     def call(environ, start_response):
         environ["DOCUMENT_ROOT"] = root
         return app(environ, start_response)
+
     return call
 
 
@@ -189,17 +198,23 @@ def test_hot_reload_adds_changes_and_removes_tasks(make_docroot, middleware):
     app = middleware(hello, root)
     doc = Docroot(root)
     drive(app, lambda: doc.store.runs("A"), message="A to run")
-    write(root / "__tasks__.py", "from reqcron import Task\n"
-          "class A(Task):\n    every = 3600\n"
-          "class B(Task):\n    every = 1\n")
+    write(
+        root / "__tasks__.py",
+        "from reqcron import Task\n"
+        "class A(Task):\n    every = 3600\n"
+        "class B(Task):\n    every = 1\n",
+    )
     drive(app, lambda: doc.store.runs("B"), message="B, added while serving, to run")
     count_a = len(doc.store.runs("A"))
     time.sleep(1.5)  # A now runs hourly: let a few one-second slots go by
     drive(app, lambda: len(doc.store.runs("B")) >= 3, message="more runs of B")
     assert len([r for r in doc.store.runs("A") if r.status != "pending"]) <= count_a
     write(root / "__tasks__.py", "from reqcron import Task\nclass A(Task):\n    every = 3600\n")
-    drive(app, lambda: app.docroot is not None and "B" not in app.docroot.tasks(),
-          message="B to be removed")
+    drive(
+        app,
+        lambda: app.docroot is not None and "B" not in app.docroot.tasks(),
+        message="B to be removed",
+    )
     settled = len(doc.store.runs("B"))
     time.sleep(1.5)
     for _ in range(20):
@@ -214,17 +229,26 @@ def test_a_broken_tasks_file_is_survived_recorded_and_recovered(make_docroot, mi
     app = middleware(hello, root)
     doc = Docroot(root)
     drive(app, lambda: [r for r in doc.store.runs("A") if r.status == "ok"], message="A ok")
-    write(root / "__tasks__.py", "from reqcron import Task\nclass A(Task):\n    every = 1\n"
-          "    def run(self)\n        pass\n")
-    failed = drive(app, lambda: [r for r in doc.store.runs("A") if r.status == "failed"],
-                   message="a slot recorded as failed while the file is broken")
+    write(
+        root / "__tasks__.py",
+        "from reqcron import Task\nclass A(Task):\n    every = 1\n"
+        "    def run(self)\n        pass\n",
+    )
+    failed = drive(
+        app,
+        lambda: [r for r in doc.store.runs("A") if r.status == "failed"],
+        message="a slot recorded as failed while the file is broken",
+    )
     assert "__tasks__.py:4: SyntaxError" in failed[0].error
     assert "A" in app.docroot.tasks()  # nothing dropped
     assert "SyntaxError" in str(app.docroot.load_errors()[0])
     write(root / "__tasks__.py", "from reqcron import Task\nclass A(Task):\n    every = 1\n")
     newest = failed[0].id
-    drive(app, lambda: [r for r in doc.store.runs("A") if r.status == "ok" and r.id > newest],
-          message="A to run again once fixed")
+    drive(
+        app,
+        lambda: [r for r in doc.store.runs("A") if r.status == "ok" and r.id > newest],
+        message="A to run again once fixed",
+    )
     doc.close()
 
 
@@ -254,8 +278,11 @@ def test_a_failed_spawn_is_recorded(make_docroot, middleware):
     root = make_docroot(PROBE, '[reqcron]\npython = "/nonexistent/python3"\n')
     app = middleware(hello, root)
     doc = Docroot(root)
-    (run, *_) = drive(app, lambda: [r for r in doc.store.runs("Tick") if r.status == "failed"],
-                      message="the failed spawn in the history")
+    (run, *_) = drive(
+        app,
+        lambda: [r for r in doc.store.runs("Tick") if r.status == "failed"],
+        message="the failed spawn in the history",
+    )
     assert "could not be started" in run.error and "/nonexistent/python3" in run.error
     doc.close()
 

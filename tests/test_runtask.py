@@ -119,17 +119,21 @@ def test_a_task_that_raises_exits_1_with_its_traceback_kept(site):
     assert '__tasks__.py", line 21, in run' in run.traceback and "runner.py" not in run.traceback
 
 
-@pytest.mark.parametrize(("name", "error"), [
-    ("Dies", "its process died of SIGKILL"),
-    ("Exits", "SystemExit: 3"),
-])
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("Dies", "its process died of SIGKILL"),
+        ("Exits", "SystemExit: 3"),
+    ],
+)
 def test_a_task_whose_process_dies_exits_1(site, name, error):
     assert runtask(site, name).returncode == 1
     assert last_run(site, name).error == error
 
 
-@pytest.mark.parametrize("name", ["../x", "os", "__class__", "Task", "a;b", "MyTask; rm -rf /",
-                                  "", "__builtins__"])
+@pytest.mark.parametrize(
+    "name", ["../x", "os", "__class__", "Task", "a;b", "MyTask; rm -rf /", "", "__builtins__"]
+)
 def test_a_hostile_task_name_gets_exit_2_and_nothing_runs(site, name):
     proc = runtask(site, name)
     assert proc.returncode == 2
@@ -156,8 +160,9 @@ def test_a_broken_tasks_file_exits_2_naming_file_and_line(make_docroot):
 
 
 def test_a_bad_toml_exits_2_naming_file_and_line(make_docroot):
-    root = make_docroot("from reqcron import Task\nclass A(Task):\n    pass\n",
-                        "[reqcron]\nhistory = \n")
+    root = make_docroot(
+        "from reqcron import Task\nclass A(Task):\n    pass\n", "[reqcron]\nhistory = \n"
+    )
     proc = runtask(root, "A")
     assert proc.returncode == 2
     assert "reqcron.toml:2: invalid TOML" in proc.stderr
@@ -174,8 +179,10 @@ def test_an_unwritable_state_dir_exits_2_with_one_sentence(make_docroot, tmp_pat
     # Under a regular file: unusable even for root, who can write anywhere else.
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    root = make_docroot("from reqcron import Task\nclass A(Task):\n    pass\n",
-                        f'[reqcron]\nstate_dir = "{blocker / "inner"}"\n')
+    root = make_docroot(
+        "from reqcron import Task\nclass A(Task):\n    pass\n",
+        f'[reqcron]\nstate_dir = "{blocker / "inner"}"\n',
+    )
     proc = runtask(root, "A")
     assert proc.returncode == 2
     assert "cannot be used" in proc.stderr and "Traceback" not in proc.stderr
@@ -198,8 +205,11 @@ def test_two_concurrent_runs_one_gets_75(site, tmp_path):
 
 def test_sigkill_leaves_no_stuck_lock_and_the_dead_run_is_recorded(site, tmp_path):
     proc = start_runtask(site, "Slow")
-    task_pid = int(wait_for(lambda: (tmp_path / "slow-started").exists()
-                            and (tmp_path / "slow-started").read_text()))
+    task_pid = int(
+        wait_for(
+            lambda: (tmp_path / "slow-started").exists() and (tmp_path / "slow-started").read_text()
+        )
+    )
     proc.kill()
     proc.communicate(timeout=10)
     # The task's own process dies with its supervisor.
@@ -286,8 +296,12 @@ def test_the_run_context(site):
     import json
 
     value = json.loads(last_run(site, "Context").return_value)
-    assert value == {"config": {"greeting": "hello"}, "docroot": str(site),
-                     "logger": "reqcron.tasks.Context", "proceed": True}
+    assert value == {
+        "config": {"greeting": "hello"},
+        "docroot": str(site),
+        "logger": "reqcron.tasks.Context",
+        "proceed": True,
+    }
     with sqlite3.connect(site / "app.db") as db:  # committed, and closed after the run
         assert db.execute("select count(*) from t").fetchone() == (1,)
     db.close()

@@ -27,17 +27,20 @@ def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("fields", "cron"), [
-    ({"hour": 4}, "0 4 * * *"),
-    ({"minute": 15}, "15 * * * *"),
-    ({"dow": 0}, "0 0 * * 1"),  # Python's Monday
-    ({"dow": 6}, "0 0 * * 0"),  # Python's Sunday is cron's 0
-    ({}, "* * * * *"),
-    ({"hour": (0, 4, 8, 12, 16, 20)}, "0 0,4,8,12,16,20 * * *"),
-    ({"month": 1}, "0 0 1 1 *"),
-    ({"day": 15}, "0 0 15 * *"),
-    ({"minute": 30, "dow": [0, 2]}, "30 * * * 1,3"),
-])
+@pytest.mark.parametrize(
+    ("fields", "cron"),
+    [
+        ({"hour": 4}, "0 4 * * *"),
+        ({"minute": 15}, "15 * * * *"),
+        ({"dow": 0}, "0 0 * * 1"),  # Python's Monday
+        ({"dow": 6}, "0 0 * * 0"),  # Python's Sunday is cron's 0
+        ({}, "* * * * *"),
+        ({"hour": (0, 4, 8, 12, 16, 20)}, "0 0,4,8,12,16,20 * * *"),
+        ({"month": 1}, "0 0 1 1 *"),
+        ({"day": 15}, "0 0 15 * *"),
+        ({"minute": 30, "dow": [0, 2]}, "30 * * * 1,3"),
+    ],
+)
 def test_draco_fields_default_finer_ones_to_their_first_value(fields, cron):
     assert fields_to_cron(**fields) == cron
 
@@ -125,6 +128,7 @@ def test_next_run_rejects_naive_datetimes():
 # Europe/Amsterdam 2026: clocks go 02:00 -> 03:00 on 29 March, 03:00 -> 02:00 on 25 October.
 # America/New_York 2026: 02:00 -> 03:00 on 8 March, 02:00 -> 01:00 on 1 November.
 
+
 def test_fixed_time_in_skipped_hour_runs_right_after_the_change():
     daily = Cron("30 2 * * *", AMS)
     got = runs(daily, utc(2026, 3, 28, 12), utc(2026, 3, 30, 12))
@@ -139,9 +143,15 @@ def test_fixed_time_in_repeated_hour_runs_once_in_the_first_pass():
     assert got == [utc(2026, 10, 25, 0, 30), utc(2026, 10, 26, 1, 30)]
 
 
-@pytest.mark.parametrize(("zone", "day"), [
-    (AMS, (2026, 3, 29)), (AMS, (2026, 10, 25)), (NY, (2026, 3, 8)), (NY, (2026, 11, 1)),
-])
+@pytest.mark.parametrize(
+    ("zone", "day"),
+    [
+        (AMS, (2026, 3, 29)),
+        (AMS, (2026, 10, 25)),
+        (NY, (2026, 3, 8)),
+        (NY, (2026, 11, 1)),
+    ],
+)
 @pytest.mark.parametrize("expr", ["0 2 * * *", "30 2 * * *", "30 1 * * *", "0 3 * * *"])
 def test_a_daily_job_runs_exactly_once_on_transition_days(zone, day, expr):
     start = datetime(*day, tzinfo=zone).astimezone(UTC) - timedelta(seconds=1)
@@ -154,8 +164,12 @@ def test_wildcard_hour_runs_in_both_passes_of_a_repeated_hour():
     hourly = Cron("0 * * * *", NY)
     got = runs(hourly, utc(2026, 11, 1, 4, 30), utc(2026, 11, 1, 8, 30))
     # 01:00 EDT (05:00Z), 01:00 EST (06:00Z), 02:00 EST (07:00Z), 03:00 EST (08:00Z)
-    assert got == [utc(2026, 11, 1, 5), utc(2026, 11, 1, 6), utc(2026, 11, 1, 7),
-                   utc(2026, 11, 1, 8)]
+    assert got == [
+        utc(2026, 11, 1, 5),
+        utc(2026, 11, 1, 6),
+        utc(2026, 11, 1, 7),
+        utc(2026, 11, 1, 8),
+    ]
 
 
 def test_wildcard_minute_skips_times_in_a_skipped_hour():
@@ -165,8 +179,16 @@ def test_wildcard_minute_skips_times_in_a_skipped_hour():
     quarter = Cron("*/15 1-3 * * *", NY)
     got = runs(quarter, utc(2026, 11, 1, 4, 59), utc(2026, 11, 1, 8, 59))
     local = [g.astimezone(NY).strftime("%H:%M%z") for g in got]
-    assert local[:8] == ["01:00-0400", "01:15-0400", "01:30-0400", "01:45-0400",
-                         "01:00-0500", "01:15-0500", "01:30-0500", "01:45-0500"]
+    assert local[:8] == [
+        "01:00-0400",
+        "01:15-0400",
+        "01:30-0400",
+        "01:45-0400",
+        "01:00-0500",
+        "01:15-0500",
+        "01:30-0500",
+        "01:45-0500",
+    ]
     assert len(got) == 16  # both passes of 01:xx, then 02:xx and 03:xx once
 
 
@@ -182,8 +204,9 @@ def test_latest_slot_coalesces_a_long_gap():
     first = utc(2026, 1, 1, 0, 5)
     assert cron.latest_slot(first, utc(2026, 1, 11, 7, 33)) == utc(2026, 1, 11, 7, 30)
     every = Every(timedelta(seconds=7), utc(2026, 1, 1))
-    assert every.latest_slot(utc(2026, 1, 1, 0, 0, 7), utc(2026, 1, 1, 0, 1)) == \
-        utc(2026, 1, 1, 0, 0, 56)
+    assert every.latest_slot(utc(2026, 1, 1, 0, 0, 7), utc(2026, 1, 1, 0, 1)) == utc(
+        2026, 1, 1, 0, 0, 56
+    )
 
 
 def test_monthly_latest_slot_looks_back_far_enough():
@@ -198,21 +221,24 @@ def make(attrs: dict, init=None) -> Task:
     return task
 
 
-@pytest.mark.parametrize(("attrs", "message"), [
-    ({"cron": "61 * * * *"}, "not valid"),
-    ({"cron": "* * * *"}, "5 fields"),
-    ({"cron": "0 0 * * * *"}, "5 fields"),
-    ({"cron": "0 0 31 2 *"}, "never matches"),
-    ({"cron": 5}, "must be a string"),
-    ({"cron": "@reboot"}, "5 fields"),
-    ({"cron": "0 * * * *", "every": 5}, "cron and every"),
-    ({"every": 0}, "positive"),
-    ({"every": -3}, "positive"),
-    ({"at": datetime(2026, 1, 1)}, "naive"),
-    ({"every": 5, "anchor": datetime(2026, 1, 1)}, "naive"),
-    ({"cron": "0 * * * *", "timezone": "Mars/Olympus"}, "unknown time zone"),
-    ({"cron": "0 * * * *", "timeout": "soon"}, "timeout"),
-])
+@pytest.mark.parametrize(
+    ("attrs", "message"),
+    [
+        ({"cron": "61 * * * *"}, "not valid"),
+        ({"cron": "* * * *"}, "5 fields"),
+        ({"cron": "0 0 * * * *"}, "5 fields"),
+        ({"cron": "0 0 31 2 *"}, "never matches"),
+        ({"cron": 5}, "must be a string"),
+        ({"cron": "@reboot"}, "5 fields"),
+        ({"cron": "0 * * * *", "every": 5}, "cron and every"),
+        ({"every": 0}, "positive"),
+        ({"every": -3}, "positive"),
+        ({"at": datetime(2026, 1, 1)}, "naive"),
+        ({"every": 5, "anchor": datetime(2026, 1, 1)}, "naive"),
+        ({"cron": "0 * * * *", "timezone": "Mars/Olympus"}, "unknown time zone"),
+        ({"cron": "0 * * * *", "timeout": "soon"}, "timeout"),
+    ],
+)
 def test_invalid_schedules_raise_one_error_naming_the_task(attrs, message):
     with pytest.raises(ScheduleError, match=message) as info:
         make(attrs)
@@ -220,14 +246,17 @@ def test_invalid_schedules_raise_one_error_naming_the_task(attrs, message):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"hour": 24}, "hour=24 is out of range 0..23"),
-    ({"minute": -1}, "out of range"),
-    ({"dow": 7}, "dow=7 is out of range 0..6"),
-    ({"month": 13}, "out of range"),
-    ({"hour": "4"}, "out of range"),
-    ({"hour": 4, "cron": "0 4 * * *"}, "give one form"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"hour": 24}, "hour=24 is out of range 0..23"),
+        ({"minute": -1}, "out of range"),
+        ({"dow": 7}, "dow=7 is out of range 0..6"),
+        ({"month": 13}, "out of range"),
+        ({"hour": "4"}, "out of range"),
+        ({"hour": 4, "cron": "0 4 * * *"}, "give one form"),
+    ],
+)
 def test_invalid_schedule_calls_raise_in_init(kwargs, message):
     def init(self):
         Task.__init__(self)

@@ -65,8 +65,9 @@ class Server:
         self.url = f"http://127.0.0.1:{port}/"
         self.log = cwd / "server.log"
         self._log = open(self.log, "wb")
-        self.proc = subprocess.Popen(command, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            command, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         wait_for(self._ready, timeout=30, message=f"the server to listen ({self.log})")
 
     def _ready(self) -> bool:
@@ -154,8 +155,11 @@ def serve(tmp_path):
 
 def assert_each_slot_ran_once(root: Path, seconds: float) -> None:
     doc = Docroot(root)
-    wait_for(lambda: not doc.store.runs("Tick", 10000, ("pending", "running")), timeout=20,
-             message="the last runs to finish")
+    wait_for(
+        lambda: not doc.store.runs("Tick", 10000, ("pending", "running")),
+        timeout=20,
+        message="the last runs to finish",
+    )
     runs = doc.store.runs("Tick", 10000)
     doc.close()
     slots = sorted(r.slot for r in runs)
@@ -172,8 +176,17 @@ def assert_each_slot_ran_once(root: Path, seconds: float) -> None:
 
 @pytest.mark.parametrize("preload", [False, True], ids=["fork-per-worker", "preload"])
 def test_gunicorn_four_workers_run_each_slot_once(site, serve, preload):
-    command = [str(BIN / "gunicorn"), "--workers", "4", "--bind", "127.0.0.1:{port}",
-               "--graceful-timeout", "5", *(["--preload"] if preload else []), "app:application"]
+    command = [
+        str(BIN / "gunicorn"),
+        "--workers",
+        "4",
+        "--bind",
+        "127.0.0.1:{port}",
+        "--graceful-timeout",
+        "5",
+        *(["--preload"] if preload else []),
+        "app:application",
+    ]
     server = serve(*command)
     seconds = 6
     served = server.load(seconds)
@@ -181,8 +194,11 @@ def test_gunicorn_four_workers_run_each_slot_once(site, serve, preload):
     pids = {int(urllib.request.urlopen(server.url).read()) for _ in range(40)}
     assert len(pids) >= 2, "the load did not reach several workers"
     assert_each_slot_ran_once(site, seconds)
-    wait_for(lambda: not [p for p in server.descendants() if p[2] == "Z"], timeout=10,
-             message="zombie task processes to be reaped")
+    wait_for(
+        lambda: not [p for p in server.descendants() if p[2] == "Z"],
+        timeout=10,
+        message="zombie task processes to be reaped",
+    )
 
 
 def test_waitress_runs_each_slot_once(site, serve):
@@ -192,13 +208,24 @@ def test_waitress_runs_each_slot_once(site, serve):
     assert_each_slot_ran_once(site, seconds)
 
 
-@pytest.mark.skipif(not (BIN / "uwsgi").exists() and not shutil.which("uwsgi"),
-                    reason="uwsgi is not installed")
+@pytest.mark.skipif(
+    not (BIN / "uwsgi").exists() and not shutil.which("uwsgi"), reason="uwsgi is not installed"
+)
 def test_uwsgi_runs_each_slot_once(site, serve):
     uwsgi = str(BIN / "uwsgi") if (BIN / "uwsgi").exists() else shutil.which("uwsgi")
-    server = serve(uwsgi, "--http-socket", "127.0.0.1:{port}", "--processes", "2",
-                   "--module", "app:application", "--virtualenv", sys.prefix,
-                   "--die-on-term", "--master")
+    server = serve(
+        uwsgi,
+        "--http-socket",
+        "127.0.0.1:{port}",
+        "--processes",
+        "2",
+        "--module",
+        "app:application",
+        "--virtualenv",
+        sys.prefix,
+        "--die-on-term",
+        "--master",
+    )
     seconds = 4
     assert server.load(seconds, clients=4) > 50
     assert_each_slot_ran_once(site, seconds)
