@@ -235,6 +235,7 @@ class Store:
         raise NotImplementedError
 
 
+_SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     name TEXT PRIMARY KEY,
@@ -301,14 +302,34 @@ class SQLiteStore(Store):
             )
         except (OSError, sqlite3.Error) as exc:
             raise StateError(str(self.path), str(exc)) from None
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StateError(str(self.path), str(exc)) from None
-        return conn
+        # Switching a new file to WAL answers "locked" at once, without the
+        # busy handler, while another process opens it too (gunicorn workers
+        # starting together): retry for a while.
+        deadline = time.monotonic() + max(self.busy_timeout, 2.0)
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                if conn.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
+                    # BEGIN IMMEDIATE waits for the write lock (busy timeout);
+                    # bare DDL could fail at once on a stale read snapshot.
+                    conn.execute("BEGIN IMMEDIATE")
+                    for statement in _SCHEMA.split(";"):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                    conn.execute("COMMIT")
+                return conn
+            except sqlite3.OperationalError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    conn.close()
+                    raise StateError(str(self.path), str(exc)) from None
+                time.sleep(0.01)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise StateError(str(self.path), str(exc)) from None
 
     @contextmanager
     def _cursor(self, write: bool = False) -> Iterator[sqlite3.Connection]:

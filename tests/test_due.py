@@ -221,3 +221,27 @@ def test_a_docroot_timestamp_is_what_due_uses(make_docroot):
     doc.due(at=T0)
     nxt = doc.tasks()["Tick"].next_run(datetime.fromtimestamp(T0, UTC))
     assert nxt == datetime.fromtimestamp(T0, UTC) + timedelta(seconds=30)
+
+
+OPENER = """
+import sys
+from pathlib import Path
+from reqcron.store import SQLiteStore
+sys.stdin.readline()
+store = SQLiteStore(Path(sys.argv[1]), busy_timeout=0.1)
+store.sync_task("a", "sig", 1.0, None, True, 1.0)
+store.runs("a")
+"""
+
+
+def test_many_processes_creating_the_state_at_once_all_succeed(tmp_path):
+    for attempt in range(5):
+        db = tmp_path / f"fresh{attempt}" / "state.db"
+        procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(db)], stdin=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(8)]
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in procs:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
