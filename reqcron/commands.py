@@ -1,11 +1,22 @@
-"""The ``reqcron`` subcommands, each a thin layer over Docroot."""
+"""The ``reqcron`` subcommands, each a thin layer over Docroot and report."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
 from typing import Any, NoReturn
 
+from . import report
 from .cli import EXIT_USAGE
+from .docroot import Docroot
+from .errors import ReqCronError
+from .store import Status, Trigger
+
+EXIT_OK, EXIT_FAILURE = 0, 1
+#: Which exit code of several runs is the worst, for `due --wait`.
+_WORST = {0: 0, 75: 1, 1: 2, 124: 3, 2: 4}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -16,19 +27,212 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser_class = _Parser
-    parser = parser_class(prog="reqcron", description="See and steer a DOCROOT's tasks.")
-    sub = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", parser_class=parser_class
-    )
-    run = sub.add_parser("run", help="run a task now, like runtask")
-    run.add_argument("docroot", metavar="DOCROOT")
-    run.add_argument("task", metavar="TASK")
-    run.set_defaults(handler=cmd_run)
+    parser = _Parser(prog="reqcron", description="See and steer the tasks of a DOCROOT.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+
+    def command(name: str, handler: Any, help: str, task: bool | str = False,
+                json_flag: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("docroot", metavar="DOCROOT")
+        if task == "optional":
+            p.add_argument("task", metavar="TASK", nargs="?")
+        elif task:
+            p.add_argument("task", metavar="TASK")
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(handler=handler)
+        return p
+
+    command("run", cmd_run, "run a task now, in the foreground (same as runtask)", task=True)
+    command("list", cmd_list, "each task: schedule, next and last run, state", json_flag=True)
+    due = command("due", cmd_due, "start every due task, exactly as a request would")
+    due.add_argument("--wait", action="store_true",
+                     help="wait for them; exit with the worst task's code")
+    hist = command("history", cmd_history, "past runs, newest first", task="optional",
+                   json_flag=True)
+    hist.add_argument("--limit", type=int, default=20, metavar="N")
+    hist.add_argument("--run", type=int, metavar="ID", help="one run's whole output")
+    command("enable", cmd_enable, "turn a task's schedule on, for every trigger", task=True)
+    command("disable", cmd_disable, "turn a task's schedule off, for every trigger", task=True)
+    command("check", cmd_check, "load __tasks__.py and reqcron.toml; report problems")
+    command("crontab", cmd_crontab, "print crontab lines that run the same schedule")
+    explain = command("explain", cmd_explain, "the next run times of a task", task=True,
+                      json_flag=True)
+    explain.add_argument("--count", type=int, default=10, metavar="N")
     return parser
 
 
-def cmd_run(args: Any) -> int:
+def _open(args: argparse.Namespace) -> Docroot:
+    return Docroot(args.docroot)
+
+
+def _emit(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in [header, *rows]]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     from .cli import _run
 
     return _run(args.docroot, args.task, None)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    doc = _open(args)
+    data = report.summary(doc)
+    if args.json:
+        _emit(data)
+    else:
+        zone = doc.settings.zone
+        rows = []
+        for t in data["tasks"]:
+            last = t["last_run"]
+            last_text = "never"
+            if last:
+                start = _ts(last["start"] or last["end"])
+                last_text = (f"{last['status']} {report.relative(start)}, "
+                             f"{report.duration(last['duration'])}")
+            next_ts = _ts(t["next_run"])
+            rows.append([
+                t["name"], t["schedule"],
+                f"{report.local(next_ts, zone)} ({report.relative(next_ts)})" if next_ts
+                else "-",
+                last_text, ", ".join(t["marks"]).upper() or "ok",
+            ])
+        out = _table(rows, ["TASK", "SCHEDULE", "NEXT RUN", "LAST RUN", "STATE"])
+        for t in data["tasks"]:
+            if t["fix"]:
+                out += (f"\n{t['name']} is starved: no request or crontab has triggered it "
+                        f"since its slot. Add this crontab line:\n  {t['fix']}\n")
+        for error in data["load_errors"]:
+            out += f"\nload error: {error}\n"
+        out += f"\nstate: {data['state']}\n"
+        sys.stdout.write(out)
+    if data["load_errors"]:
+        return EXIT_USAGE
+    return EXIT_FAILURE if any(t["marks"] and t["marks"] != ["disabled"]
+                               for t in data["tasks"]) else EXIT_OK
+
+
+def _ts(value: str | None) -> float | None:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value).timestamp() if value else None
+
+
+def cmd_due(args: argparse.Namespace) -> int:
+    from .spawn import Spawner
+
+    doc = _open(args)
+    if doc.load_errors():
+        for error in doc.load_errors():
+            sys.stderr.write(f"reqcron: {error}\n")
+    spawner = Spawner()
+    started = [(claim, spawner.start(doc, claim)) for claim in doc.due(Trigger.DUE)]
+    for claim, ok in started:
+        sys.stdout.write(f"started {claim.task} (run {claim.run_id})\n" if ok else
+                         f"could not start {claim.task} (run {claim.run_id})\n")
+    if not args.wait:
+        return EXIT_OK if all(ok for _, ok in started) else EXIT_FAILURE
+    codes = [0 if ok else 1 for _, ok in started]
+    while spawner.reap():
+        time.sleep(0.05)
+    for claim, ok in started:
+        run = doc.get_run(claim.run_id)
+        if ok and run is not None and run.exit_code is not None:
+            codes.append(run.exit_code)
+        elif ok:
+            codes.append(1)
+    return max(codes, key=lambda c: _WORST.get(c, 2), default=EXIT_OK)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    doc = _open(args)
+    zone = doc.settings.zone
+    if args.run is not None:
+        run = doc.get_run(args.run)
+        if run is None or (args.task and run.task != args.task):
+            raise _NoSuchRun(args.run)
+        data = report.run_dict(run, zone, full=True)
+        if args.json:
+            _emit(data)
+            return EXIT_OK
+        out = "".join(f"{k}: {v}\n" for k, v in data.items()
+                      if k not in ("output", "traceback", "full_error", "error") and v is not None)
+        if run.error:
+            out += f"error: {run.error}\n"
+        if run.output:
+            out += f"\n--- output ---\n{run.output.rstrip()}\n"
+        if run.traceback:
+            out += f"\n--- traceback ---\n{run.traceback.rstrip()}\n"
+        sys.stdout.write(out)
+        return EXIT_OK
+    runs = doc.history(args.task, limit=args.limit)
+    if args.json:
+        _emit([report.run_dict(r, zone) for r in runs])
+        return EXIT_OK
+    rows = [[str(r.id), r.task, r.trigger, report.local(r.start or r.created, zone),
+             report.duration(r.duration), r.status + (f" x{r.slots}" if r.slots > 1 else ""),
+             (report.first_error_line(r) or "")[:70]] for r in runs]
+    sys.stdout.write(_table(rows, ["RUN", "TASK", "TRIGGER", "START", "DURATION", "STATUS",
+                                   "ERROR"]) if rows else "no runs yet\n")
+    return EXIT_OK
+
+
+class _NoSuchRun(ReqCronError, LookupError):
+    def __init__(self, run_id: int):
+        super().__init__(f"no run with id {run_id}")
+
+
+def cmd_enable(args: argparse.Namespace) -> int:
+    _open(args).enable(args.task)
+    sys.stdout.write(f"{args.task} enabled\n")
+    return EXIT_OK
+
+
+def cmd_disable(args: argparse.Namespace) -> int:
+    _open(args).disable(args.task)
+    sys.stdout.write(f"{args.task} disabled; a run in progress is asked to stop\n")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    doc = _open(args)
+    errors = doc.load_errors()
+    for error in errors:
+        sys.stderr.write(f"{error}\n")
+    if errors:
+        return EXIT_USAGE
+    sys.stdout.write(f"{len(doc.tasks())} tasks load cleanly from {doc.path}\n")
+    return EXIT_OK
+
+
+def cmd_crontab(args: argparse.Namespace) -> int:
+    sys.stdout.write("\n".join(report.crontab_lines(_open(args))) + "\n")
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    doc = _open(args)
+    task = doc.task(args.task)
+    runs = report.explain(doc, args.task, args.count)
+    if args.json:
+        _emit({"task": args.task, "schedule": doc.schedule_of(task).describe(), "runs": runs})
+        return EXIT_OK
+    out = f"{args.task}: {doc.schedule_of(task).describe()}\n"
+    for r in runs:
+        out += f"  {r['local']}" + (f"   <- {r['dst_change']}" if r["dst_change"] else "") + "\n"
+    if not runs:
+        out += "  no future runs\n"
+    sys.stdout.write(out)
+    return EXIT_OK
+
+
+__all__ = ["build_parser", "Status"]
