@@ -26,6 +26,7 @@ def site(environ, start_response):
     body = f"""<!doctype html><meta charset="utf-8"><title>reqcron example</title>
 <meta http-equiv="refresh" content="2">
 <h1>reqcron example site</h1>
+<p><a href="/_reqcron/">Status page</a> (token printed by scripts/serve).
 <p>Served by process {os.getpid()}. Last heartbeat: <b>{html.escape(last)}</b></p>
 <table border="1" cellpadding="4"><tr><th>run</th><th>task</th><th>trigger</th><th>status</th>
 <th>result</th></tr>{rows}</table>"""
@@ -33,4 +34,6 @@ def site(environ, start_response):
     return [body.encode()]
 
 
-application = ReqCron(site, DOCROOT)
+# The status page is on when REQCRON_STATUS_TOKEN is set (scripts/serve sets one).
+application = ReqCron(site, DOCROOT, status_path="/_reqcron",
+                      status_token=os.environ.get("REQCRON_STATUS_TOKEN"))

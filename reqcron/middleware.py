@@ -23,6 +23,7 @@ from .spawn import Spawner
 from .store import Trigger
 
 if TYPE_CHECKING:
+    from .status import StatusPage
     from .watch import Watcher
 
 log = logging.getLogger("reqcron")
@@ -65,6 +66,11 @@ class ReqCron:
         # watchdog.  Off, or where no observer can start, a cheap stat at each
         # look (at most once per ``poll``) still picks changes up.
         watch: bool = True,
+        # Serve the status page at this path (e.g. "/_reqcron"); off unless
+        # both this and status_token are given.  Needs a fixed DOCROOT.
+        status_path: str | None = None,
+        # The secret that opens the status page (Bearer header or login form).
+        status_token: str | None = None,
     ):
         self.app = app
         self._fixed = os.fspath(docroot) if docroot is not None else None
@@ -73,6 +79,16 @@ class ReqCron:
         self._sites: dict[str, _Site] = {}
         self._logged: dict[str, float] = {}
         self._wake_at = 0.0
+        self._status: StatusPage | None = None
+        self._status_path = ""
+        if status_path and status_token:
+            if docroot is None:
+                raise ValueError("the status page needs a fixed DOCROOT: "
+                                 "ReqCron(app, docroot, status_path=..., status_token=...)")
+            from .status import StatusPage
+
+            self._status = StatusPage(os.fspath(docroot), status_path, status_token)
+            self._status_path = self._status.path
         self._reset()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _reset_if_alive(ref))
@@ -82,7 +98,12 @@ class ReqCron:
     ) -> Iterable[bytes]:
         if _time() >= self._wake_at:
             self._wake(environ)
+        if self._status is not None and self._is_status(environ.get("PATH_INFO", "")):
+            return self._status(environ, start_response)
         return self.app(environ, start_response)
+
+    def _is_status(self, path: str) -> bool:
+        return path == self._status_path or path.startswith(self._status_path + "/")
 
     @property
     def docroot(self) -> Docroot | None:

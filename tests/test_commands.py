@@ -1,0 +1,220 @@
+"""The `reqcron` command: every subcommand, its output and exit codes, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import reqcron_cmd, wait_for
+
+from reqcron import Docroot
+
+TASKS = """
+from datetime import timedelta
+from reqcron import Task
+
+class Nightly(Task):
+    cron = "30 2 * * *"
+    timezone = "Europe/Amsterdam"
+
+class Hourly(Task):
+    def __init__(self):
+        Task.__init__(self)
+        self.schedule(minute=15)
+
+class Beat(Task):
+    every = timedelta(seconds=1)
+    def run(self):
+        print("beat")
+
+class Broken(Task):
+    def run(self):
+        raise RuntimeError("<b>boom</b> & more")
+
+class Reindex(Task):
+    def run(self):
+        return "done"
+"""
+
+
+@pytest.fixture
+def site(make_docroot):
+    return make_docroot(TASKS, '[reqcron]\ntimezone = "UTC"\n')
+
+
+def one_sentence(proc):
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    return proc.stderr.strip()
+
+
+def test_list_shows_schedules_next_runs_and_where_state_lives(site):
+    proc = reqcron_cmd("list", str(site))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.splitlines()[0].split() == ["TASK", "SCHEDULE", "NEXT", "RUN", "LAST", "RUN",
+                                           "STATE"]
+    assert "every day at 02:30" in out and "every hour at :15" in out
+    assert "every second" in out and "on demand only" in out
+    assert "state: " in out and str(site) not in out.split("state: ")[1]
+
+
+def test_list_json_has_a_stable_shape(site):
+    data = json.loads(reqcron_cmd("list", str(site), "--json").stdout)
+    assert set(data) == {"docroot", "state", "timezone", "now", "tasks", "load_errors",
+                         "history"}
+    nightly = next(t for t in data["tasks"] if t["name"] == "Nightly")
+    assert set(nightly) == {"name", "schedule", "kind", "timezone", "enabled", "next_run",
+                            "running", "last_run", "marks", "fix"}
+    assert nightly["timezone"] == "Europe/Amsterdam"
+    assert nightly["next_run"].endswith("+00:00")  # ISO 8601 with offset, DOCROOT's zone
+
+
+def test_run_history_and_one_run_in_full(site):
+    assert reqcron_cmd("run", str(site), "Broken").returncode == 1
+    assert reqcron_cmd("run", str(site), "Reindex").returncode == 0
+    hist = reqcron_cmd("history", str(site))
+    assert hist.returncode == 0
+    assert "RuntimeError: <b>boom</b> & more" in hist.stdout
+    runs = json.loads(reqcron_cmd("history", str(site), "Broken", "--json").stdout)
+    assert [r["status"] for r in runs] == ["failed"]
+    full = reqcron_cmd("history", str(site), "--run", str(runs[0]["id"]))
+    assert "--- traceback ---" in full.stdout and 'raise RuntimeError' in full.stdout
+    listed = json.loads(reqcron_cmd("list", str(site), "--json").stdout)
+    broken = next(t for t in listed["tasks"] if t["name"] == "Broken")
+    assert broken["marks"] == ["failing"]
+    assert reqcron_cmd("list", str(site)).returncode == 1  # a failure is reported
+
+
+def test_disable_stops_every_trigger_and_runtask_exits_75(site):
+    assert reqcron_cmd("disable", str(site), "Reindex").returncode == 0
+    from conftest import runtask
+
+    proc = runtask(site, "Reindex")
+    assert proc.returncode == 75
+    assert "DISABLED" in reqcron_cmd("list", str(site)).stdout
+    doc = Docroot(site)
+    doc.run_now("Reindex")
+    (claim,) = doc.due()
+    doc.close()
+    assert reqcron_cmd("enable", str(site), "Reindex").returncode == 0
+
+
+def test_due_wait_starts_due_tasks_and_returns_the_worst_code(site):
+    doc = Docroot(site)
+    doc.run_now("Broken")
+    doc.run_now("Reindex")
+    proc = reqcron_cmd("due", str(site), "--wait")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "started Broken" in proc.stdout and "started Reindex" in proc.stdout
+    statuses = {r.task: r.status for r in doc.history()}
+    assert statuses["Broken"] == "failed" and statuses["Reindex"] == "ok"
+    assert all(r.trigger == "run_now" for r in doc.history())
+    doc.close()
+
+
+RACER = """
+import subprocess, sys, time
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    subprocess.run([sys.executable, "-m", "reqcron", "due", sys.argv[1]],
+                   stdout=subprocess.DEVNULL, check=True)
+"""
+
+
+def test_many_concurrent_due_calls_start_each_slot_once(make_docroot, tmp_path):
+    root = make_docroot("from reqcron import Task\nclass Tick(Task):\n    every = 1\n")
+    Docroot(root).states()
+    seconds = 5
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(root), str(seconds)])
+             for _ in range(4)]
+    for proc in procs:
+        assert proc.wait(timeout=60) == 0
+    doc = Docroot(root)
+    wait_for(lambda: not doc.store.runs("Tick", 1000, ("pending", "running")), timeout=20)
+    runs = doc.store.runs("Tick", 1000)
+    slots = [r.slot for r in runs]
+    assert len(slots) == len(set(slots)) and len(slots) >= seconds - 2
+    assert all(r.status == "ok" and r.trigger == "due" for r in runs)
+    doc.close()
+
+
+def test_crontab_lines_are_valid_cron(site):
+    from croniter import croniter
+
+    proc = reqcron_cmd("crontab", str(site))
+    assert proc.returncode == 0
+    lines = [line for line in proc.stdout.splitlines() if line and not line.startswith("#")]
+    commands = []
+    for line in lines:
+        if line.startswith("CRON_TZ="):
+            continue
+        fields = line.split(None, 5)
+        assert croniter.is_valid(" ".join(fields[:5])), line
+        commands.append(fields[5])
+    assert any(c.endswith(f"runtask {site} Nightly") for c in commands)
+    assert "CRON_TZ=Europe/Amsterdam" in proc.stdout
+    assert "# Beat: every second cannot be written as a cron line" in proc.stdout
+    assert f"* * * * * {sys.prefix}/bin/reqcron due {site}" in proc.stdout
+
+
+def test_explain_marks_daylight_saving_changes(site):
+    proc = reqcron_cmd("explain", str(site), "Nightly", "--count", "400", "--json")
+    data = json.loads(proc.stdout)
+    assert data["schedule"] == "every day at 02:30"
+    changes = [r for r in data["runs"] if r["dst_change"]]
+    assert len(changes) >= 1 and all("UTC+0" in r["dst_change"] for r in changes)
+    text = reqcron_cmd("explain", str(site), "Nightly", "--count", "3").stdout
+    assert text.startswith("Nightly: every day at 02:30\n") and text.count("02:30:00") == 3
+
+
+def test_check_passes_a_good_docroot(site):
+    proc = reqcron_cmd("check", str(site))
+    assert proc.returncode == 0 and "5 tasks load cleanly" in proc.stdout
+
+
+@pytest.mark.parametrize(("tasks", "toml", "needle"), [
+    ("from reqcron import Task\nclass A(Task)\n", None, "__tasks__.py:2: SyntaxError"),
+    ("from reqcron import Task\nclass A(Task):\n    cron = '* * *'\n", None, "5 fields"),
+    ("", "[reqcron]\ntimezone = 'Nowhere'\n", "unknown time zone"),
+])
+def test_check_reports_problems_and_exits_2(make_docroot, tasks, toml, needle):
+    root = make_docroot(tasks, toml)
+    proc = reqcron_cmd("check", str(root))
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_starved_task_is_marked_with_the_fixing_crontab_line(make_docroot):
+    root = make_docroot("from reqcron import Task\nclass Minutely(Task):\n    cron = '* * * * *'\n")
+    doc = Docroot(root)
+    doc.states(at=time.time() - 3600)  # first seen an hour ago, never triggered since
+    doc.close()
+    proc = reqcron_cmd("list", str(root))
+    assert "STARVED" in proc.stdout and "Minutely is starved" in proc.stdout
+    assert f"reqcron due {root}" in proc.stdout
+    assert proc.returncode == 1
+
+
+@pytest.mark.parametrize("args", [
+    ("list", "/no/such/docroot"),
+    ("run", "{site}", "Nope"),
+    ("enable", "{site}", "../etc"),
+    ("history", "{site}", "--run", "999"),
+    ("explain", "{site}", "Nope"),
+    ("frobnicate",),
+    ("history", "{site}", "--limit", "many"),
+])
+def test_bad_input_is_one_sentence_and_exit_2(site, args):
+    proc = reqcron_cmd(*[a.format(site=site) for a in args])
+    assert proc.returncode == 2
+    assert one_sentence(proc)
+
+
+def test_a_broken_tasks_file_is_reported_by_list(make_docroot):
+    root = make_docroot("from reqcron import Task\nimport nope_not_here\n")
+    proc = reqcron_cmd("list", str(root))
+    assert proc.returncode == 2
+    assert "load error:" in proc.stdout and "nope_not_here" in proc.stdout
