@@ -106,7 +106,8 @@ class StatusPage:
             return _plain(400, f"Unknown action {action!r}.")
         doc = self._docroot()
         {"run": doc.run_now, "enable": doc.enable, "disable": doc.disable}[action](name)
-        if request.accept.best_match(["text/html", "application/json"]) == "application/json":
+        offers = request.accept.acceptable_offers(["text/html", "application/json"])
+        if offers and offers[0][0] == "application/json":
             return Response(json_body={"ok": True, "action": action, "task": name})
         return Response(status=303, location=request.application_url + self.path + "/")
 
@@ -114,7 +115,8 @@ class StatusPage:
         data = report.summary(self._docroot(), history=30)
         if request.GET.get("format") == "json":
             data["csrf"] = self._csrf()
-            response = Response(json.dumps(data, indent=2), content_type="application/json")
+            response = Response(json.dumps(data, indent=2).encode(),
+                                content_type="application/json")
         else:
             runs = {r.id: r for r in self._docroot().store.runs(None, 30)}
             response = Response(_render(data, runs, self._csrf(), self.path),
