@@ -145,6 +145,17 @@ def _plain(status: int, text: str, **headers: str) -> Response:
     return response
 
 
+def _when(value: str | None) -> str:
+    """An ISO time for people: local wall time and how long ago or ahead."""
+    if not value:
+        return "-"
+    from datetime import datetime
+
+    moment = datetime.fromisoformat(value)
+    return (f'<time datetime="{escape(value)}">{moment:%Y-%m-%d %H:%M:%S}</time> '
+            f"<small>({escape(report.relative(moment.timestamp()))})</small>")
+
+
 def _render(data: dict[str, Any], runs: dict[Any, Any], csrf: str, path: str) -> str:
     def button(action: str, task: str, label: str) -> str:
         return (f'<form method="post" action="{escape(path)}/action">'
@@ -159,14 +170,14 @@ def _render(data: dict[str, Any], runs: dict[Any, Any], csrf: str, path: str) ->
         last_text = "never"
         if last:
             last_text = (f'<span class="s-{escape(last["status"])}">{escape(last["status"])}'
-                         f'</span> {escape(last["start"] or last["end"] or "")}'
+                         f'</span> {_when(last["start"] or last["end"])}'
                          f' ({escape(report.duration(last["duration"]))})')
         marks = " ".join(f'<span class="mark">{escape(m)}</span>' for m in t["marks"])
         toggle = (button("disable", t["name"], "Disable") if t["enabled"]
                   else button("enable", t["name"], "Enable"))
         rows.append(
             f'<tr><td><b>{escape(t["name"])}</b> {marks}</td><td>{escape(t["schedule"])}</td>'
-            f'<td>{escape(t["next_run"] or "-")}</td><td>{last_text}</td>'
+            f'<td>{_when(t["next_run"])}</td><td>{last_text}</td>'
             f'<td>{"yes" if t["enabled"] else "no"}</td>'
             f'<td class="actions">{button("run", t["name"], "Run now")}{toggle}</td></tr>')
     errors = "".join(f"<li><code>{escape(e)}</code></li>" for e in data["load_errors"])
@@ -180,7 +191,7 @@ def _render(data: dict[str, Any], runs: dict[Any, Any], csrf: str, path: str) ->
                       + "\n".join(p for p in parts if p) + "</pre></details>")
         history.append(
             f'<tr><td>{h["id"]}</td><td>{escape(h["task"])}</td><td>{escape(h["trigger"])}</td>'
-            f'<td>{escape(h["start"] or h["end"] or "")}</td>'
+            f'<td>{_when(h["start"] or h["end"])}</td>'
             f'<td>{escape(report.duration(h["duration"]))}</td>'
             f'<td class="s-{escape(h["status"])}">{escape(h["status"])}</td>'
             f'<td>{escape(h["error"] or "")}{detail}</td></tr>')
@@ -188,7 +199,7 @@ def _render(data: dict[str, Any], runs: dict[Any, Any], csrf: str, path: str) ->
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>reqcron: {escape(data["docroot"])}</title><style>{_CSS}</style>
 <main><h1>reqcron <small>{escape(data["docroot"])}</small></h1>
-<p>Times in {escape(data["timezone"])}; now {escape(data["now"] or "")}.
+<p>Times in {escape(data["timezone"])}.
 <a href="{escape(path)}/">Refresh</a> · <a href="{escape(path)}/?format=json">JSON</a></p>
 {f'<h2>Load errors</h2><ul class="bad">{errors}</ul>' if errors else ""}
 <h2>Tasks</h2>
