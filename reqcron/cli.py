@@ -39,7 +39,14 @@ def _guarded(prog: str, body: Callable[[], int]) -> int:
         return 1
 
 
-RUNTASK_USAGE = "usage: runtask DOCROOT TASKNAME"
+RUNTASK_USAGE = "usage: runtask [--if-due] DOCROOT TASKNAME"
+RUNTASK_HELP = """
+Run one task of a DOCROOT now, in the foreground, and record the run.
+
+  --if-due  run only if the task's scheduled slot is due and no other trigger
+            (a request, `reqcron due`) has started it; else exit 0 quietly.
+            For crontab lines: each slot then runs once, whoever comes first.
+"""
 
 
 def runtask_main(argv: Sequence[str] | None = None) -> int:
@@ -48,24 +55,23 @@ def runtask_main(argv: Sequence[str] | None = None) -> int:
     # cost every task process ~4 ms for two positional arguments.
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
-        sys.stdout.write(
-            f"{RUNTASK_USAGE}\n\nRun one task of a DOCROOT now, in the "
-            "foreground, and record the run.\n"
-        )
+        sys.stdout.write(RUNTASK_USAGE + "\n" + RUNTASK_HELP)
         return 0
     run_id = None
     if len(args) == 4 and args[0] == "--run-id" and args[1].isdigit():
         # A run that Docroot.due() claimed; internal, used by spawned processes.
         run_id = int(args[1])
         args = args[2:]
+    if_due = "--if-due" in args
+    args = [a for a in args if a != "--if-due"]
     if len(args) != 2 or any(a.startswith("-") for a in args):
         sys.stderr.write(f"runtask: expected DOCROOT and TASKNAME ({RUNTASK_USAGE})\n")
         return EXIT_USAGE
     docroot, name = args
-    return _guarded("runtask", lambda: _run(docroot, name, run_id))
+    return _guarded("runtask", lambda: _run(docroot, name, run_id, if_due))
 
 
-def _run(docroot_path: str, name: str, run_id: int | None) -> int:
+def _run(docroot_path: str, name: str, run_id: int | None, if_due: bool = False) -> int:
     import logging
 
     from .docroot import Docroot
@@ -73,7 +79,7 @@ def _run(docroot_path: str, name: str, run_id: int | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="runtask: %(message)s")
     docroot = Docroot(docroot_path)
     try:
-        return docroot.run(name, run_id=run_id)
+        return docroot.run(name, run_id=run_id, if_due=if_due)
     finally:
         docroot.close()
 

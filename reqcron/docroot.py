@@ -297,11 +297,12 @@ class Docroot:
                     count += 1
         return count
 
-    def run(self, name: str, *, run_id: int | None = None, echo: bool = True) -> int:
+    def run(self, name: str, *, run_id: int | None = None, echo: bool = True,
+            if_due: bool = False) -> int:
         """Run ``name`` in the foreground as ``runtask`` does; return its exit code."""
         from .runner import run_task
 
-        return run_task(self, name, run_id=run_id, echo=echo)
+        return run_task(self, name, run_id=run_id, echo=echo, if_due=if_due)
 
     def close(self) -> None:
         self.store.close()

@@ -197,7 +197,7 @@ def crontab_lines(doc: Docroot) -> list[str]:
             if zone != current_zone:  # CRON_TZ holds for the lines after it
                 lines.append(f"CRON_TZ={zone}")
                 current_zone = zone
-            lines.append(f"{schedule.expr} {runtask} {root} {shlex.quote(name)}")
+            lines.append(f"{schedule.expr} {runtask} --if-due {root} {shlex.quote(name)}")
         elif isinstance(schedule, Every):
             lines.append(f"# {name}: {schedule.describe()} cannot be written as a cron line; "
                          "the `reqcron due` line below covers it (to the minute)")

@@ -65,9 +65,13 @@ class _Outcome(Record):
         self.traceback = traceback
 
 
-def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bool = True) -> int:
+def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bool = True,
+             if_due: bool = False) -> int:
     """Run task ``name`` of ``docroot`` now, in the foreground; return the exit code.
 
+    With ``if_due`` (a crontab line of ``reqcron crontab``) it runs only if it
+    claims the task's due slot, and exits 0 quietly when another trigger
+    already started that slot: each slot runs once, whoever comes first.
     ``run_id`` is a run that ``Docroot.due()`` claimed and left pending; without
     it the run claims the task's slot if one is due (a crontab line), or is a
     manual run.  Raises NotRun for exit codes 2 and 75, with the reason.
@@ -106,6 +110,8 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
         claim = docroot.claim_due(name)
         if claim is not None:
             run_id, trigger = claim.run_id, Trigger.CRON
+        elif if_due:
+            return EXIT_OK
     else:
         claimed = store.get_run(run_id)
         if claimed is None or claimed.task != name:

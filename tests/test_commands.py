@@ -155,7 +155,7 @@ def test_crontab_lines_are_valid_cron(site):
         fields = line.split(None, 5)
         assert croniter.is_valid(" ".join(fields[:5])), line
         commands.append(fields[5])
-    assert any(c.endswith(f"runtask {site} Nightly") for c in commands)
+    assert any(c.endswith(f"runtask --if-due {site} Nightly") for c in commands)
     assert "CRON_TZ=Europe/Amsterdam" in proc.stdout
     assert "# Beat: every second cannot be written as a cron line" in proc.stdout
     assert f"* * * * * {sys.prefix}/bin/reqcron due {site}" in proc.stdout

@@ -326,3 +326,19 @@ def test_runtask_claims_a_due_slot_so_no_other_trigger_runs_it(make_docroot):
     assert run.trigger == "cron" and run.slot is not None
     assert doc.states()["Tick"].next_due > run.slot
     doc.close()
+
+
+def test_if_due_runs_a_due_slot_once_whoever_comes_first(make_docroot):
+    root = make_docroot("from reqcron import Task\nclass Tick(Task):\n    every = 1\n")
+    doc = Docroot(root)
+    doc.states()
+    wait_for(lambda: doc.states()["Tick"].next_due <= time.time(), message="a slot to come due")
+    (claim,) = doc.due()  # a request got there first
+    proc = runtask(root, "--if-due", "Tick")
+    assert proc.returncode == 0 and proc.stdout == proc.stderr == ""
+    assert [r.id for r in doc.history("Tick")] == [claim.run_id]  # not run again
+    wait_for(lambda: doc.states()["Tick"].next_due <= time.time(), message="the next slot")
+    assert runtask(root, "--if-due", "Tick").returncode == 0  # this time it claims and runs
+    newest = doc.history("Tick")[0]
+    assert newest.trigger == "cron" and newest.status == "ok"
+    doc.close()
