@@ -12,7 +12,7 @@ from . import report
 from .cli import EXIT_USAGE
 from .docroot import Docroot
 from .errors import ReqCronError
-from .store import Status, Trigger
+from .store import Trigger
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 #: Which exit code of several runs is the worst, for `due --wait`.
@@ -234,5 +234,3 @@ def cmd_explain(args: argparse.Namespace) -> int:
     sys.stdout.write(out)
     return EXIT_OK
 
-
-__all__ = ["build_parser", "Status"]

@@ -137,11 +137,10 @@ class Docroot:
             schedule = task.compiled_schedule(self._zone())
             if state is None or state.signature != schedule.signature:
                 # First seen, or its schedule changed: start at its next slot.
-                anchor = current if isinstance(schedule, Every) else None
-                if state is not None and state.anchor is not None:
-                    anchor = state.anchor
+                # An `every` keeps counting from when the task was first seen.
+                anchor = state.anchor if state is not None and state.anchor else current
                 if isinstance(schedule, Every) and schedule.anchor is None:
-                    schedule = schedule.with_anchor(_dt(anchor or current))
+                    schedule = schedule.with_anchor(_dt(anchor))
                 nxt = schedule.next_run(_dt(current))
                 state = self.store.sync_task(
                     name, schedule.signature, _ts(nxt), anchor, type(task).enabled, current
