@@ -224,7 +224,9 @@ def test_hot_reload_adds_changes_and_removes_tasks(make_docroot, middleware):
     doc.close()
 
 
-def test_a_broken_tasks_file_is_survived_recorded_and_recovered(make_docroot, middleware):
+def test_a_broken_tasks_file_is_survived_recorded_and_recovered(
+    make_docroot, middleware, caplog
+):
     root = make_docroot("from reqcron import Task\nclass A(Task):\n    every = 1\n")
     app = middleware(hello, root)
     doc = Docroot(root)
@@ -234,11 +236,16 @@ def test_a_broken_tasks_file_is_survived_recorded_and_recovered(make_docroot, mi
         "from reqcron import Task\nclass A(Task):\n    every = 1\n"
         "    def run(self)\n        pass\n",
     )
-    failed = drive(
-        app,
-        lambda: [r for r in doc.store.runs("A") if r.status == "failed"],
-        message="a slot recorded as failed while the file is broken",
-    )
+    with caplog.at_level(logging.ERROR, logger="reqcron"):
+        failed = drive(
+            app,
+            lambda: [r for r in doc.store.runs("A") if r.status == "failed"],
+            message="a slot recorded as failed while the file is broken",
+        )
+        drive(app, lambda: len([r for r in doc.store.runs("A") if r.status == "failed"]) >= 2,
+              message="a second failed slot")
+    assert sum("SyntaxError" in r.getMessage() for r in caplog.records) == 1  # once per change
+    failed = [r for r in doc.store.runs("A") if r.status == "failed"]
     assert "__tasks__.py:4: SyntaxError" in failed[0].error
     assert "A" in app.docroot.tasks()  # nothing dropped
     assert "SyntaxError" in str(app.docroot.load_errors()[0])
@@ -296,4 +303,15 @@ def test_run_now_starts_within_about_a_second(make_docroot, middleware):
     asked = time.monotonic()
     drive(app, lambda: [r for r in doc.store.runs("Reindex") if r.status == "ok"])
     assert time.monotonic() - asked < 5
+    doc.close()
+
+
+def test_without_watchdog_a_cheap_stat_still_picks_up_changes(make_docroot, middleware):
+    root = make_docroot("from reqcron import Task\nclass A(Task):\n    every = 3600\n")
+    app = middleware(hello, root, watch=False)
+    doc = Docroot(root)
+    drive(app, lambda: app.docroot is not None and "A" in app.docroot.tasks())
+    write(root / "__tasks__.py", "from reqcron import Task\nclass B(Task):\n    every = 1\n")
+    drive(app, lambda: [r for r in doc.store.runs("B") if r.status == "ok"],
+          message="B, added with watch=False, to run")
     doc.close()
