@@ -9,14 +9,17 @@ from pathlib import Path
 
 from . import locks
 from .config import CONFIG_FILE, TASKS_FILE, Settings, load_settings
-from .errors import ConfigError, DocrootError, TaskLookupError
+from .errors import ConfigError, DocrootError, StateError, TaskLookupError
 from .loader import Loaded, LoadError, file_stamp, load_tasks
 from .records import Record
-from .schedule import Every, Schedule
+from .schedule import Every, Schedule, from_signature
 from .store import Run, SQLiteStore, Status, Store, TaskState, Trigger, now
 from .task import Task
 
 log = logging.getLogger("reqcron")
+
+#: The signature of a task that is no longer in __tasks__.py.
+REMOVED = "removed"
 
 #: A pending run whose process has not started after this long is lost.
 PENDING_TIMEOUT = 300.0
@@ -52,6 +55,8 @@ class Docroot:
         self._errors: list[LoadError] = []
         self._loaded = False
         self._synced: set[str] = set()
+        self._file_ok = True
+        self._forget_missing = False
         self._stamps: tuple[object, object] | None = None
 
     # -- loading -----------------------------------------------------------
@@ -65,12 +70,19 @@ class Docroot:
         except ConfigError as exc:
             errors.append(LoadError(exc.path, exc.line, exc.problem))
         loaded = load_tasks(self.path, self._zone(), only=only, compile_schedules=compile_schedules)
+        self._file_ok = loaded.file_ok
         if loaded.file_ok:
-            removed = set(self._tasks) - set(loaded.tasks)
             self._tasks = loaded.tasks
             self._synced.clear()
-            if self._loaded and removed:
-                self._forget(removed)
+            # Tasks no longer in the file are marked, so that if they come
+            # back they start at their next slot, and are not claimed as
+            # stored schedules while the file is broken.
+            self._forget_missing = only is None
+            if self._forget_missing:
+                try:
+                    self._mark_removed(self.store.states(), now())
+                except StateError:
+                    pass  # states() tries again; loading must not need the state
         self._errors = errors + loaded.errors
         self._loaded = True
         return loaded
@@ -128,6 +140,8 @@ class Docroot:
         self._ensure_loaded()
         current = now() if at is None else at
         states = self.store.states()
+        if self._forget_missing and only is None:
+            self._mark_removed(states, current)
         for name, task in self._tasks.items():
             if only is not None and name != only:
                 continue
@@ -153,10 +167,11 @@ class Docroot:
             if name in states and (only is None or name == only)
         }
 
-    def _forget(self, names: set[str]) -> None:
-        """Mark removed tasks so that, if they come back, they start at their next slot."""
-        for name in names:
-            self.store.sync_task(name, "removed", None, None, True, now())
+    def _mark_removed(self, states: dict[str, TaskState], current: float) -> None:
+        self._forget_missing = False
+        for name, stored in states.items():
+            if name not in self._tasks and stored.signature != REMOVED:
+                self.store.sync_task(name, REMOVED, None, None, True, current)
 
     def next_check(self, at: float | None = None) -> float | None:
         """Return the earliest time at which due() could find work, from the state."""
@@ -189,9 +204,32 @@ class Docroot:
                     claims.append(Claim(run_id, name, Trigger.RUN_NOW, None))
             if state.next_due is None or state.next_due > current:
                 continue
-            claim = self._claim_slot(task, state, trigger, current)
+            schedule = self.schedule_of(task, state)
+            claim = self._claim_slot(name, schedule, task.seconds("grace"), state, trigger,
+                                     current)
             if claim is not None:
                 claims.append(claim)
+        if not self._file_ok:
+            claims.extend(self._claim_unloaded(trigger, current))
+        return claims
+
+    def _claim_unloaded(self, trigger: Trigger, current: float) -> list[Claim]:
+        """Claim due slots of stored tasks this process could not load.
+
+        The file is broken and this process never saw it whole: the slots
+        are claimed all the same, and the task process (which runs the code
+        on disk) records them as failed with the load error.
+        """
+        claims = []
+        for name, state in self.store.states().items():
+            if name in self._tasks or state.next_due is None or state.next_due > current:
+                continue
+            anchor = state.anchor if state.anchor is not None else state.first_seen
+            schedule = from_signature(state.signature, _dt(anchor))
+            if schedule is not None:
+                claim = self._claim_slot(name, schedule, None, state, trigger, current)
+                if claim is not None:
+                    claims.append(claim)
         return claims
 
     def claim_due(self, name: str, trigger: Trigger = Trigger.CRON) -> Claim | None:
@@ -200,25 +238,24 @@ class Docroot:
         state = self.states(current, only=name).get(name)
         if state is None or state.next_due is None or state.next_due > current:
             return None
-        return self._claim_slot(self.task(name), state, trigger, current)
-
-    def _claim_slot(
-        self, task: Task, state: TaskState, trigger: Trigger, current: float
-    ) -> Claim | None:
-        assert state.next_due is not None
+        task = self.task(name)
         schedule = self.schedule_of(task, state)
+        return self._claim_slot(name, schedule, task.seconds("grace"), state, trigger, current)
+
+    def _claim_slot(self, name: str, schedule: Schedule, grace: float | None, state: TaskState,
+                    trigger: Trigger, current: float) -> Claim | None:
+        assert state.next_due is not None
         slot = _ts(schedule.latest_slot(_dt(state.next_due), _dt(current)))
         assert slot is not None
         lateness = current - slot
         run = Run(
-            task=task.name,
+            task=name,
             trigger=trigger,
             status=Status.PENDING,
             created=current,
             slot=slot,
             lateness=lateness,
         )
-        grace = task.seconds("grace")
         if not state.enabled:
             run.status, run.error, run.end = Status.SKIPPED, "disabled", current
         elif grace is not None and lateness > grace:
@@ -226,11 +263,11 @@ class Docroot:
             run.error = f"found {lateness:.0f} s late, past its grace of {grace:g} s"
         new_next = _ts(schedule.next_run(_dt(current)))
         run_id = self.store.claim_slot(
-            task.name, state.next_due, new_next, slot, run, merge=run.status != Status.PENDING
+            name, state.next_due, new_next, slot, run, merge=run.status != Status.PENDING
         )
         if run_id is None or run.status != Status.PENDING:
             return None
-        return Claim(run_id, task.name, trigger, slot)
+        return Claim(run_id, name, trigger, slot)
 
     # -- steering ------------------------------------------------------------
 

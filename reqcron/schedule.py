@@ -201,6 +201,28 @@ class Cron(Schedule):
         return describe_cron(self.expr)
 
 
+def from_signature(signature: str | None, anchor: datetime | None) -> Schedule | None:
+    """Rebuild a schedule from its ``signature`` alone, or None when it cannot be.
+
+    For tasks a process cannot load (a broken __tasks__.py since it started):
+    their slots must still be claimed, and recorded as failed, not lost.
+    """
+    kind, _, rest = (signature or "").partition(":")
+    try:
+        if kind == "cron":
+            from zoneinfo import ZoneInfo
+
+            expr, _, zone = rest.rpartition("@")
+            return Cron(expr, ZoneInfo(zone))
+        if kind == "every" and anchor is not None:
+            return Every(timedelta(seconds=float(rest)), anchor)
+        if kind == "at":
+            return At(datetime.fromisoformat(rest))
+    except (ValueError, LookupError):
+        pass
+    return None
+
+
 def _offset_swing(local: datetime, zone: tzinfo) -> timedelta:
     offsets = [(local + timedelta(days=d)).astimezone(zone).utcoffset() for d in (-1, 0, 1)]
     known = [o for o in offsets if o is not None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -245,3 +246,31 @@ def test_many_processes_creating_the_state_at_once_all_succeed(tmp_path):
         for proc in procs:
             _, err = proc.communicate(timeout=60)
             assert proc.returncode == 0, err
+
+
+def test_a_file_broken_before_a_process_started_still_gets_its_slots_recorded(make_docroot):
+    from conftest import reqcron_cmd, wait_for
+
+    root = make_docroot("from reqcron import Task\nclass Tick(Task):\n    every = 1\n")
+    Docroot(root).states()  # seen while the file was good
+    write(root / "__tasks__.py", "from reqcron import Task\nclass Tick(Task):\n    every = 1\n"
+          "    def run(self)\n")
+    doc = Docroot(root)  # a new process: it never saw the file whole
+    assert doc.tasks() == {}
+    wait_for(lambda: doc.store.states()["Tick"].next_due <= time.time(), message="a due slot")
+    proc = reqcron_cmd("due", str(root), "--wait")  # e.g. the crontab fallback
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (run,) = doc.store.runs("Tick")
+    assert run.status == "failed" and "__tasks__.py:4: SyntaxError" in run.error
+    assert run.slot is not None and run.trigger == "due"
+    doc.close()
+
+
+def test_a_task_removed_while_no_process_watched_is_not_claimed_later(make_docroot):
+    root = make_docroot("from reqcron import Task\nclass Tick(Task):\n    every = 1\n"
+                        "class Keep(Task):\n    every = 3600\n")
+    Docroot(root).states(at=T0)
+    write(root / "__tasks__.py", "from reqcron import Task\nclass Keep(Task):\n    every = 3600\n")
+    Docroot(root).tasks()  # the next process to load it sees Tick gone
+    write(root / "__tasks__.py", "broken(\n")
+    assert Docroot(root).due(at=T0 + 100) == []
