@@ -104,7 +104,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                 t["name"], t["schedule"],
                 f"{report.local(next_ts, zone)} ({report.relative(next_ts)})" if next_ts
                 else "-",
-                last_text, ", ".join(t["marks"]).upper() or "ok",
+                last_text,
+                ", ".join([*t["marks"], *(["running"] if t["running"] else [])]).upper() or "ok",
             ])
         out = _table(rows, ["TASK", "SCHEDULE", "NEXT RUN", "LAST RUN", "STATE"])
         for t in data["tasks"]:
