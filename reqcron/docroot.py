@@ -204,9 +204,7 @@ class Docroot:
                     claims.append(Claim(run_id, name, Trigger.RUN_NOW, None))
             if state.next_due is None or state.next_due > current:
                 continue
-            schedule = self.schedule_of(task, state)
-            claim = self._claim_slot(name, schedule, task.seconds("grace"), state, trigger,
-                                     current)
+            claim = self._claim_task_slot(task, state, trigger, current)
             if claim is not None:
                 claims.append(claim)
         if not self._file_ok:
@@ -238,9 +236,13 @@ class Docroot:
         state = self.states(current, only=name).get(name)
         if state is None or state.next_due is None or state.next_due > current:
             return None
-        task = self.task(name)
+        return self._claim_task_slot(self.task(name), state, trigger, current)
+
+    def _claim_task_slot(self, task: Task, state: TaskState, trigger: Trigger,
+                         current: float) -> Claim | None:
         schedule = self.schedule_of(task, state)
-        return self._claim_slot(name, schedule, task.seconds("grace"), state, trigger, current)
+        return self._claim_slot(task.name, schedule, task.seconds("grace"), state, trigger,
+                                current)
 
     def _claim_slot(self, name: str, schedule: Schedule, grace: float | None, state: TaskState,
                     trigger: Trigger, current: float) -> Claim | None:
