@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from .docroot import Docroot
     from .middleware import ReqCron
-    from .store import Status, Trigger
+    from .records import Status, Trigger
 
 __all__ = [
     "ConfigError",
@@ -42,8 +42,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "Docroot": "docroot",
     "ReqCron": "middleware",
-    "Status": "store",
-    "Trigger": "store",
+    "Status": "records",
+    "Trigger": "records",
 }
 
 

@@ -1,4 +1,4 @@
-"""The command-line surfaces: ``runtask`` and ``reqcron``."""
+"""The command-line entry points: ``runtask`` and ``reqcron``."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .errors import ReqCronError
+from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     import argparse
-
-EXIT_USAGE = 2
 
 
 def _guarded(prog: str, body: Callable[[], int]) -> int:
@@ -36,7 +35,7 @@ def _guarded(prog: str, body: Callable[[], int]) -> int:
             f"{prog}: internal error: {type(exc).__name__}: {exc} "
             "(set REQCRON_DEBUG=1 for the traceback)\n"
         )
-        return 1
+        return EXIT_FAILED
 
 
 RUNTASK_USAGE = "usage: runtask [--if-due] DOCROOT TASKNAME"
@@ -56,7 +55,7 @@ def runtask_main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
         sys.stdout.write(RUNTASK_USAGE + "\n" + RUNTASK_HELP)
-        return 0
+        return EXIT_OK
     run_id = None
     if len(args) == 4 and args[0] == "--run-id" and args[1].isdigit():
         # A run that Docroot.due() claimed; internal, used by spawned processes.
@@ -68,20 +67,13 @@ def runtask_main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"runtask: expected DOCROOT and TASKNAME ({RUNTASK_USAGE})\n")
         return EXIT_USAGE
     docroot, name = args
-    return _guarded("runtask", lambda: _run(docroot, name, run_id, if_due))
 
+    def body() -> int:
+        from .runner import run_command
 
-def _run(docroot_path: str, name: str, run_id: int | None, if_due: bool = False) -> int:
-    import logging
+        return run_command(docroot, name, run_id=run_id, if_due=if_due)
 
-    from .docroot import Docroot
-
-    logging.basicConfig(level=logging.WARNING, format="runtask: %(message)s")
-    docroot = Docroot(docroot_path)
-    try:
-        return docroot.run(name, run_id=run_id, if_due=if_due)
-    finally:
-        docroot.close()
+    return _guarded("runtask", body)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

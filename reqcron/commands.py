@@ -9,12 +9,11 @@ import time
 from typing import Any, NoReturn
 
 from . import report
-from .cli import EXIT_USAGE
 from .docroot import Docroot
 from .errors import ReqCronError
-from .store import Trigger
+from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from .records import Trigger
 
-EXIT_OK, EXIT_FAILURE = 0, 1
 #: Which exit code of several runs is the worst, for `due --wait`.
 _WORST = {0: 0, 75: 1, 1: 2, 124: 3, 2: 4}
 
@@ -60,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     explain = command("explain", cmd_explain, "the next run times of a task", task=True,
                       json_flag=True)
     explain.add_argument("--count", type=int, default=10, metavar="N")
+    state = sub.add_parser("state", help="look after the state itself",
+                           description="look after the state itself")
+    actions = state.add_subparsers(dest="action", required=True, metavar="ACTION",
+                                   parser_class=_Parser)
+    reset = actions.add_parser("reset", help="set a damaged state aside and start afresh",
+                               description="set the state aside (kept beside it, renamed) "
+                               "and start a fresh one; history and positions start over")
+    reset.add_argument("docroot", metavar="DOCROOT")
+    reset.set_defaults(handler=cmd_state_reset)
     return parser
 
 
@@ -79,9 +87,9 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .cli import _run
+    from .runner import run_command
 
-    return _run(args.docroot, args.task, None)
+    return run_command(args.docroot, args.task)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -90,7 +98,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         _emit(data)
     else:
-        zone = doc.settings.zone
+        zone = doc.zone
         rows = []
         for t in data["tasks"]:
             last = t["last_run"]
@@ -105,7 +113,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                 f"{report.local(next_ts, zone)} ({report.relative(next_ts)})" if next_ts
                 else "-",
                 last_text,
-                ", ".join([*t["marks"], *(["running"] if t["running"] else [])]).upper() or "ok",
+                ", ".join([*t["marks"], *(["running"] if t["running"] else []),
+                           *(["pending"] if t["pending"] else [])]).upper() or "ok",
             ])
         out = _table(rows, ["TASK", "SCHEDULE", "NEXT RUN", "LAST RUN", "STATE"])
         for t in data["tasks"]:
@@ -114,11 +123,17 @@ def cmd_list(args: argparse.Namespace) -> int:
                         f"since its slot. Add this crontab line:\n  {t['fix']}\n")
         for error in data["load_errors"]:
             out += f"\nload error: {error}\n"
+        for t in data["tasks"]:
+            if t["error"]:
+                out += f"\n{t['name']} keeps its last good schedule; its runs fail until " \
+                       f"{t['name']} loads again\n"
+        for warning in data["warnings"]:
+            out += f"\nwarning: {warning}\n"
         out += f"\nstate: {data['state']}\n"
         sys.stdout.write(out)
     if data["load_errors"]:
         return EXIT_USAGE
-    return EXIT_FAILURE if any(t["marks"] and t["marks"] != ["disabled"]
+    return EXIT_FAILED if any(t["marks"] and t["marks"] != ["disabled"]
                                for t in data["tasks"]) else EXIT_OK
 
 
@@ -129,19 +144,19 @@ def _ts(value: str | None) -> float | None:
 
 
 def cmd_due(args: argparse.Namespace) -> int:
+    from .paths import owner_warning
     from .spawn import Spawner
 
     doc = _open(args)
-    if doc.load_errors():
-        for error in doc.load_errors():
-            sys.stderr.write(f"reqcron: {error}\n")
+    for problem in [*doc.load_errors(), *filter(None, [owner_warning(doc.path)])]:
+        sys.stderr.write(f"reqcron: {problem}\n")
     spawner = Spawner()
     started = [(claim, spawner.start(doc, claim)) for claim in doc.due(Trigger.DUE)]
     for claim, ok in started:
         sys.stdout.write(f"started {claim.task} (run {claim.run_id})\n" if ok else
                          f"could not start {claim.task} (run {claim.run_id})\n")
     if not args.wait:
-        return EXIT_OK if all(ok for _, ok in started) else EXIT_FAILURE
+        return EXIT_OK if all(ok for _, ok in started) else EXIT_FAILED
     codes = [0 if ok else 1 for _, ok in started]
     while spawner.reap():
         time.sleep(0.05)
@@ -156,7 +171,7 @@ def cmd_due(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     doc = _open(args)
-    zone = doc.settings.zone
+    zone = doc.zone
     if args.run is not None:
         run = doc.get_run(args.run)
         if run is None or (args.task and run.task != args.task):
@@ -205,33 +220,72 @@ def cmd_disable(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Errors (exit 2): files that do not load, an unusable state or interpreter.
+    Warnings (exit 1): disagreements that lose nothing yet."""
     doc = _open(args)
-    errors = doc.load_errors()
+    errors = doc.state_problems()
+    warnings: list[str] = []
+    if not errors:  # the tasks are read through the state
+        errors += [str(e) for e in doc.load_errors()]
+        warnings += doc.warnings()
+    errors += _interpreter_problems(doc.settings.python)
     for error in errors:
-        sys.stderr.write(f"{error}\n")
+        sys.stderr.write(f"error: {error}\n")
+    for warning in warnings:
+        sys.stderr.write(f"warning: {warning}\n")
     if errors:
         return EXIT_USAGE
-    sys.stdout.write(f"{len(doc.tasks())} tasks load cleanly from {doc.path}\n")
-    return EXIT_OK
+    sys.stdout.write(f"{len(doc.catalog().tasks)} tasks load cleanly from {doc.path}; "
+                     f"state at {doc.state_location} is usable\n")
+    return EXIT_FAILED if warnings else EXIT_OK
+
+
+def _interpreter_problems(python: str) -> list[str]:
+    import subprocess
+
+    try:
+        done = subprocess.run([python, "-P", "-c", "import reqcron.runtask"], capture_output=True,
+                              text=True, timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [f"the task interpreter {python} cannot be run: {exc}"]
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        return [f"the task interpreter {python} cannot import reqcron: {last}"]
+    return []
 
 
 def cmd_crontab(args: argparse.Namespace) -> int:
-    sys.stdout.write("\n".join(report.crontab_lines(_open(args))) + "\n")
+    doc = _open(args)
+    sys.stdout.write("\n".join(report.crontab_lines(doc)) + "\n")
+    errors = doc.load_errors()
+    for error in errors:
+        sys.stderr.write(f"reqcron: {error}\n")
+    if errors:
+        sys.stderr.write("reqcron: the lines above keep the last good schedule of the tasks "
+                         "that do not load; fix them and print the lines again\n")
+    return EXIT_FAILED if errors else EXIT_OK
+
+
+def cmd_state_reset(args: argparse.Namespace) -> int:
+    doc = _open(args)
+    aside = doc.reset_state()
+    sys.stdout.write(f"the old state is kept at {aside}; a fresh state starts at "
+                     f"{doc.state_location}\n" if aside else
+                     f"there was no state at {doc.state_location}; nothing to reset\n")
     return EXIT_OK
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     doc = _open(args)
-    task = doc.task(args.task)
+    describe = doc.info(args.task).describe
     runs = report.explain(doc, args.task, args.count)
     if args.json:
-        _emit({"task": args.task, "schedule": doc.schedule_of(task).describe(), "runs": runs})
+        _emit({"task": args.task, "schedule": describe, "runs": runs})
         return EXIT_OK
-    out = f"{args.task}: {doc.schedule_of(task).describe()}\n"
+    out = f"{args.task}: {describe}\n"
     for r in runs:
         out += f"  {r['local']}" + (f"   <- {r['dst_change']}" if r["dst_change"] else "") + "\n"
     if not runs:
         out += "  no future runs\n"
     sys.stdout.write(out)
     return EXIT_OK
-

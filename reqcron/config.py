@@ -184,3 +184,8 @@ def default_python() -> str:
         if os.access(candidate, os.X_OK):
             return candidate
     return exe or "python3"
+
+
+def zone_name(zone: object) -> str:
+    """Return the name a zone is known by (placeholder until the config branch lands)."""
+    return str(getattr(zone, "key", None) or zone)

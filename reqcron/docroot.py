@@ -1,40 +1,46 @@
-"""Docroot: the engine behind the middleware, the commands and the status page."""
+"""Docroot: the engine behind the middleware, the commands and the status page.
+
+It knows tasks through the catalog kept in the state (see catalog.py):
+when ``__tasks__.py`` or ``reqcron.toml`` changes, one process of the site
+reads it in a child and stores the result; every other process picks the
+new catalog up by its version.  A poll (``pulse()``) is one small query
+whatever the number of tasks.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime
 from pathlib import Path
 
+from . import catalog as catalogs
 from . import locks
-from .config import CONFIG_FILE, TASKS_FILE, Settings, load_settings
+from .config import CONFIG_FILE, TASKS_FILE, Settings, load_settings, local_zone, zone_named
 from .errors import ConfigError, DocrootError, StateError, TaskLookupError
-from .loader import Loaded, LoadError, file_stamp, load_tasks
-from .records import Record
-from .schedule import Every, Schedule, from_signature
-from .store import Run, SQLiteStore, Status, Store, TaskState, Trigger, now
-from .task import Task
+from .loader import LoadError, load_tasks
+from .records import Claim, Run, Status, TaskState, Trigger, now
+from .schedule import Cron, Schedule, from_signature
+from .store import SQLiteStore, Store, TaskSync
+from .store.sqlite import REMOVED
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
+    from .catalog import Catalog, TaskInfo
+    from .store import Pulse
+    from .task import Task
 
 log = logging.getLogger("reqcron")
 
-#: The signature of a task that is no longer in __tasks__.py.
-REMOVED = "removed"
-
 #: A pending run whose process has not started after this long is lost.
-PENDING_TIMEOUT = 300.0
-
-
-class Claim(Record):
-    """A run that due() claimed: its process must now be started."""
-
-    __slots__ = ("run_id", "task", "trigger", "slot")
-
-    def __init__(self, run_id: int, task: str, trigger: Trigger, slot: float | None):
-        self.run_id = run_id
-        self.task = task
-        self.trigger = trigger
-        self.slot = slot
+PENDING_TIMEOUT = 30.0
+#: A clock this far behind the latest claim has been set back.
+CLOCK_SLACK = 1.0
+#: Debian cron: after the clock is set back by less than this, fixed-time jobs
+#: that already ran do not run again.
+CLOCK_REPEAT = 3 * 3600.0
 
 
 class Docroot:
@@ -48,265 +54,381 @@ class Docroot:
         root = Path(path).expanduser()
         if not root.is_dir():
             raise DocrootError(str(path))
+        if not (root / TASKS_FILE).is_file():
+            raise DocrootError(str(path), f"has no {TASKS_FILE}")
         self.path = root.resolve()
         self.settings: Settings = load_settings(self.path)
-        self.store: Store = store or SQLiteStore(self.settings.state_dir / "state.db", busy_timeout)
-        self._tasks: dict[str, Task] = {}
-        self._errors: list[LoadError] = []
-        self._loaded = False
-        self._synced: set[str] = set()
-        self._file_ok = True
-        self._forget_missing = False
-        self._stamps: tuple[object, object] | None = None
+        self._settings_error: LoadError | None = None
+        self._busy_timeout = busy_timeout
+        self._store = store
+        self._catalog: Catalog = catalogs.Catalog("UTC")
+        self._version = -1
+        self._stamps: tuple[object, object] = (None, _identity(self.path / CONFIG_FILE))
+        self._key = ""
+        self._zone_name: str | None = None
+        self.zone_warning: str | None = None
+        self._schedules: dict[tuple[str, float | None], Schedule] = {}
+        self._logged: set[str] = set()
 
-    # -- loading -----------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        """The state store (opened on first use)."""
+        if self._store is None:
+            self._store = SQLiteStore(self.settings.state_dir / "state.db", self._busy_timeout)
+        return self._store
 
-    def load(self, only: str | None = None, compile_schedules: bool = True) -> Loaded:
-        """(Re)load reqcron.toml and __tasks__.py; a file that fails keeps the last good tasks."""
-        self._stamps = self.stamps()
-        errors: list[LoadError] = []
+    @property
+    def state_location(self) -> str:
+        """Where the state is, for people."""
+        return self.store.location
+
+    def state_problems(self) -> list[str]:
+        """Why the state cannot be read or written, one sentence each; empty when usable."""
+        return self.store.problems()
+
+    def reset_state(self) -> str | None:
+        """Set the state aside (kept, renamed) so a fresh one starts; return where it went."""
+        return self.store.set_aside()
+
+    # -- the catalog -----------------------------------------------------------
+
+    def pulse(self, at: float | None = None) -> Pulse:
+        """Bring this process up to date with the site, cheaply; return the state's pulse.
+
+        Re-reads the tasks file (in a child) if it changed, loads a catalog
+        another process stored, and re-positions schedules after the clock
+        was set back.
+        """
+        self.store.verify()
+        key = self._files_key()
+        pulse = self.store.pulse()
+        if pulse.catalog_key != key:
+            self._read_files(key)
+            pulse = self.store.pulse()
+        if pulse.catalog_version != self._version:
+            self._load_catalog()
+        current = now() if at is None else at
+        if pulse.clock is not None and current < pulse.clock - CLOCK_SLACK:
+            self._clock_went_back(current)
+            pulse = self.store.pulse()
+        return pulse
+
+    def next_check(self) -> float | None:
+        """Return the earliest time at which due() could find work, from the state."""
+        return self.store.pulse().earliest
+
+    def catalog(self) -> Catalog:
+        """The tasks as data (the last good definitions while the file is broken)."""
+        self.pulse()
+        return self._catalog
+
+    def _files_key(self) -> str:
+        """Identify the contents of the DOCROOT's two files (re-hashed only when they change)."""
+        paths = (self.path / TASKS_FILE, self.path / CONFIG_FILE)
+        stamps = (_identity(paths[0]), _identity(paths[1]))
+        if stamps == self._stamps:
+            return self._key
+        import hashlib
+
+        digest = hashlib.blake2b(catalogs.FORMAT.encode(), digest_size=16)
+        for p in paths:
+            try:
+                digest.update(p.read_bytes())
+            except OSError:
+                digest.update(b"\0missing")
+            digest.update(b"\0")
+        if stamps[1] != self._stamps[1]:
+            self._reload_settings()
+        digest.update(self.zone_name().encode())
+        self._stamps, self._key = stamps, digest.hexdigest()
+        return self._key
+
+    def _reload_settings(self) -> None:
         try:
             self.settings = load_settings(self.path)
-        except ConfigError as exc:
-            errors.append(LoadError(exc.path, exc.line, exc.problem))
-        loaded = load_tasks(self.path, self._zone(), only=only, compile_schedules=compile_schedules)
-        self._file_ok = loaded.file_ok
-        if loaded.file_ok:
-            self._tasks = loaded.tasks
-            self._synced.clear()
-            # Tasks no longer in the file are marked, so that if they come
-            # back they start at their next slot, and are not claimed as
-            # stored schedules while the file is broken.
-            self._forget_missing = only is None
-            if self._forget_missing:
-                try:
-                    self._mark_removed(self.store.states(), now())
-                except StateError:
-                    pass  # states() tries again; loading must not need the state
-        self._errors = errors + loaded.errors
-        self._loaded = True
-        return loaded
+            self._settings_error = None
+        except ConfigError as exc:  # keep the last good settings
+            self._settings_error = LoadError(exc.path, exc.line, exc.problem)
+            self._log_once(str(self._settings_error), logging.ERROR)
 
-    def reload_if_changed(self) -> bool:
-        """Reload when __tasks__.py or reqcron.toml changed on disk; True if it did."""
-        if self._loaded and self.stamps() == self._stamps:
-            return False
-        self.load()
-        for error in self._errors:
-            log.error("%s", error)
-        return True
+    def _read_files(self, key: str) -> None:
+        current = now()
+        if not self.store.begin_read(key, current, current + catalogs.READ_TIMEOUT + 5):
+            return  # another process reads them; its catalog arrives by the pulse
+        stored = self.store.catalog()
+        fresh = catalogs.read(self.path, self.settings.python, self.zone_name())
+        previous = catalogs.Catalog.from_json(stored.data) if stored.data else None
+        merged = fresh.merged_over(previous)
+        syncs, removed = self._syncs(merged, self.store.states(), current)
+        self.store.save_catalog(key, merged.to_json(), syncs, removed, current)
+        for error in merged.errors:
+            log.error("reqcron: %s", error)
 
-    def stamps(self) -> tuple[object, object]:
-        """Identify the current versions of the DOCROOT's two files."""
-        return (file_stamp(self.path / TASKS_FILE), file_stamp(self.path / CONFIG_FILE))
+    def _syncs(self, catalog: Catalog, states: dict[str, TaskState],
+               current: float) -> tuple[list[TaskSync], list[str]]:
+        """The row changes a new catalog needs: new tasks and changed schedules start
+        at their next slot; an ``every`` keeps counting from when it was first seen."""
+        syncs = []
+        for name, info in catalog.tasks.items():
+            state = states.get(name)
+            if state is not None and state.signature == info.signature:
+                continue
+            anchor = state.anchor if state is not None and state.anchor else current
+            schedule = self._schedule(info.signature, anchor)
+            nxt = schedule.next_run(_dt(current)) if schedule is not None else None
+            syncs.append(TaskSync(name, info.signature, _ts(nxt), anchor, info.enabled))
+        removed = [n for n, s in states.items()
+                   if n not in catalog.tasks and s.signature != REMOVED]
+        return syncs, removed
 
-    def _zone(self) -> tzinfo | None:
-        """The DOCROOT's zone if set; None reads as the system's, resolved only when needed."""
-        return self.settings.zone if self.settings.timezone else None
+    def _load_catalog(self) -> None:
+        row = self.store.catalog()
+        self._catalog = (catalogs.Catalog.from_json(row.data) if row.data
+                         else catalogs.Catalog(self.zone_name()))
+        self._version = row.version
 
-    def _ensure_loaded(self) -> None:
-        if not self._loaded:
-            self.load()
+    def zone_name(self) -> str:
+        """The zone the DOCROOT's schedules are read in, the same for every trigger.
 
-    def tasks(self) -> dict[str, Task]:
-        """Return the registered tasks by name (the last good ones if the file is broken)."""
-        self._ensure_loaded()
-        return dict(self._tasks)
+        ``timezone`` in reqcron.toml, else the local zone of the first
+        process that asked, kept in the state: a crontab with TZ=UTC beside
+        a server in Europe/Amsterdam must not see another schedule.
+        """
+        if self.settings.timezone:
+            return self.settings.timezone
+        if self._zone_name is None:
+            from .config import zone_name
 
-    def task(self, name: str) -> Task:
-        """Return the task ``name``; raises TaskLookupError listing the known ones."""
-        tasks = self.tasks()
+            here = zone_name(local_zone())
+            self._zone_name = self.store.init_meta("zone", here)
+            if self._zone_name != here:
+                self.zone_warning = (
+                    f"this process's local zone is {here}, but the schedules of {self.path} "
+                    f"are read in {self._zone_name}, kept in the state since it was created; "
+                    "set `timezone` in reqcron.toml to make it explicit"
+                )
+                self._log_once(self.zone_warning, logging.WARNING)
+        return self._zone_name
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The DOCROOT's zone, for showing times."""
+        return zone_named(self.zone_name())
+
+    def warnings(self) -> list[str]:
+        """Problems that lose nothing yet but should be fixed: zone and user disagreements."""
+        from .paths import owner_warning
+
+        self.zone_name()
+        found = [self.zone_warning, owner_warning(self.path)]
+        return [w for w in found if w]
+
+    def load_errors(self) -> list[LoadError]:
+        """What went wrong reading the DOCROOT's files: file errors and per-task errors."""
+        errors = list(self.catalog().errors)
+        return [self._settings_error, *errors] if self._settings_error else errors
+
+    def info(self, name: str) -> TaskInfo:
+        """Return task ``name`` as data; raises TaskLookupError listing the known ones."""
+        tasks = self.catalog().tasks
         if name not in tasks:
             raise TaskLookupError(name, sorted(tasks))
         return tasks[name]
 
-    def load_errors(self) -> list[LoadError]:
-        """Return what went wrong in the last load: file errors and per-task errors."""
-        self._ensure_loaded()
-        return list(self._errors)
+    def tasks(self) -> dict[str, Task]:
+        """Import __tasks__.py in this process and return its tasks (Python API only).
 
-    # -- schedule state ----------------------------------------------------
+        The surfaces never do this: they use ``catalog()``, read in a child.
+        """
+        return load_tasks(self.path, zone_named(self.zone_name())).tasks
 
-    def schedule_of(self, task: Task, state: TaskState | None = None) -> Schedule:
-        """Return the task's schedule, with ``every`` anchored as the state says."""
-        schedule = task.compiled_schedule(self._zone())
-        if isinstance(schedule, Every) and schedule.anchor is None and state is not None:
-            anchor = state.anchor if state.anchor is not None else state.first_seen
-            schedule = schedule.with_anchor(_dt(anchor))
+    # -- schedules -------------------------------------------------------------
+
+    def _schedule(self, signature: str, anchor: float | None) -> Schedule | None:
+        key = (signature, anchor if signature.startswith("every:") else None)
+        if key not in self._schedules:
+            schedule = from_signature(signature, _dt(anchor) if anchor is not None else None)
+            if schedule is None:
+                return None
+            self._schedules[key] = schedule
+        return self._schedules[key]
+
+    def schedule_of(self, name: str, state: TaskState | None = None) -> Schedule:
+        """Return task ``name``'s schedule, with an ``every`` anchored as the state says."""
+        info = self.info(name)
+        if state is None:
+            state = self.store.states().get(name)
+        anchor = (state.anchor or state.first_seen) if state is not None else now()
+        schedule = self._schedule(info.signature, anchor)
+        if schedule is None:
+            raise StateError(self.store.location, f"schedule {info.signature!r} cannot be read")
         return schedule
 
-    def states(self, at: float | None = None, only: str | None = None) -> dict[str, TaskState]:
-        """Return each registered task's state, creating or re-positioning rows as needed."""
-        self._ensure_loaded()
-        current = now() if at is None else at
-        states = self.store.states()
-        if self._forget_missing and only is None:
-            self._mark_removed(states, current)
-        for name, task in self._tasks.items():
-            if only is not None and name != only:
-                continue
-            state = states.get(name)
-            if name in self._synced and state is not None:
-                continue
-            schedule = task.compiled_schedule(self._zone())
-            if state is None or state.signature != schedule.signature:
-                # First seen, or its schedule changed: start at its next slot.
-                # An `every` keeps counting from when the task was first seen.
-                anchor = state.anchor if state is not None and state.anchor else current
-                if isinstance(schedule, Every) and schedule.anchor is None:
-                    schedule = schedule.with_anchor(_dt(anchor))
-                nxt = schedule.next_run(_dt(current))
-                state = self.store.sync_task(
-                    name, schedule.signature, _ts(nxt), anchor, type(task).enabled, current
-                )
-                states[name] = state
-            self._synced.add(name)
-        return {
-            name: states[name]
-            for name in self._tasks
-            if name in states and (only is None or name == only)
-        }
+    def states(self) -> dict[str, TaskState]:
+        """Each catalogued task's row in the state."""
+        tasks = self.catalog().tasks
+        return {n: s for n, s in self.store.states().items() if n in tasks}
 
-    def _mark_removed(self, states: dict[str, TaskState], current: float) -> None:
-        self._forget_missing = False
-        for name, stored in states.items():
-            if name not in self._tasks and stored.signature != REMOVED:
-                self.store.sync_task(name, REMOVED, None, None, True, current)
+    def _clock_went_back(self, current: float) -> None:
+        """Follow Debian cron when the wall clock was set back.
 
-    def next_check(self, at: float | None = None) -> float | None:
-        """Return the earliest time at which due() could find work, from the state."""
-        times = []
-        for state in self.states(at).values():
-            if state.run_requested is not None:
-                times.append(state.run_requested)
-            if state.next_due is not None:
-                times.append(state.next_due)
-        return min(times, default=None)
+        Interval and wildcard schedules go on from the new time; fixed-time
+        ones do not repeat slots that already ran, unless the clock went
+        back by three hours or more.
+        """
+        for name, state in self.states().items():
+            info = self._catalog.tasks[name]
+            if state.next_due is None or state.signature != info.signature:
+                continue
+            schedule = self.schedule_of(name, state)
+            expected = _ts(schedule.next_run(_dt(current)))
+            if expected is None:
+                continue
+            limit = expected
+            if isinstance(schedule, Cron) and not schedule.wildcard:
+                limit = _ts(schedule.next_run(_dt(current + CLOCK_REPEAT))) or expected
+            if state.next_due > limit:
+                self.store.reposition(name, state.next_due, info.signature, expected)
+        self.store.set_meta("clock", repr(current))
+        log.warning("reqcron: %s: the clock was set back; schedules follow the new time",
+                    self.path)
+
+    # -- claims ------------------------------------------------------------------
 
     def due(self, trigger: Trigger = Trigger.REQUEST, at: float | None = None) -> list[Claim]:
         """Claim every slot and run-now request due now; return the runs to start.
 
         Of all processes calling this at once, exactly one claims each slot.
         Slots passed while nothing checked are coalesced into one run.  A
-        slot past the task's grace, or of a disabled task, is recorded and
-        not returned.
+        slot past the task's grace, of a disabled task, or of a task that no
+        longer loads is recorded and not returned.  One task's failure is
+        recorded on that task; the others go on.
         """
         current = now() if at is None else at
+        self.pulse(current)
         claims: list[Claim] = []
-        for name, state in self.states(current).items():
-            task = self._tasks[name]
-            if state.run_requested is not None and state.run_requested <= current:
-                run = Run(
-                    task=name, trigger=Trigger.RUN_NOW, status=Status.PENDING, created=current
-                )
-                run_id = self.store.claim_request(name, state.run_requested, run)
-                if run_id is not None:
-                    claims.append(Claim(run_id, name, Trigger.RUN_NOW, None))
-            if state.next_due is None or state.next_due > current:
-                continue
-            claim = self._claim_task_slot(task, state, trigger, current)
-            if claim is not None:
-                claims.append(claim)
-        if not self._file_ok:
-            claims.extend(self._claim_unloaded(trigger, current))
-        return claims
-
-    def _claim_unloaded(self, trigger: Trigger, current: float) -> list[Claim]:
-        """Claim due slots of stored tasks this process could not load.
-
-        The file is broken and this process never saw it whole: the slots
-        are claimed all the same, and the task process (which runs the code
-        on disk) records them as failed with the load error.
-        """
-        claims = []
-        for name, state in self.store.states().items():
-            if name in self._tasks or state.next_due is None or state.next_due > current:
-                continue
-            anchor = state.anchor if state.anchor is not None else state.first_seen
-            schedule = from_signature(state.signature, _dt(anchor))
-            if schedule is not None:
-                claim = self._claim_slot(name, schedule, None, state, trigger, current)
-                if claim is not None:
-                    claims.append(claim)
+        for state in self.store.due_states(current):
+            info = self._catalog.tasks.get(state.name)
+            if info is None or state.signature != info.signature:
+                continue  # removed, or this process's catalog is not the state's
+            try:
+                if state.run_requested is not None and state.run_requested <= current:
+                    claims.extend(self._claim_request(info, state, current))
+                if state.next_due is not None and state.next_due <= current:
+                    claims.extend(self._claim_slot(info, state, trigger, current))
+            except StateError:
+                raise
+            except Exception as exc:  # a bad value of one task
+                self._task_broke(info, state, current, exc)
         return claims
 
     def claim_due(self, name: str, trigger: Trigger = Trigger.CRON) -> Claim | None:
         """Claim ``name``'s slot if one is due now (for a run that starts anyway)."""
         current = now()
-        state = self.states(current, only=name).get(name)
+        self.pulse(current)
+        info = self.info(name)
+        state = self.store.states().get(name)
         if state is None or state.next_due is None or state.next_due > current:
             return None
-        return self._claim_task_slot(self.task(name), state, trigger, current)
+        return next(iter(self._claim_slot(info, state, trigger, current)), None)
 
-    def _claim_task_slot(self, task: Task, state: TaskState, trigger: Trigger,
-                         current: float) -> Claim | None:
-        schedule = self.schedule_of(task, state)
-        return self._claim_slot(task.name, schedule, task.seconds("grace"), state, trigger,
-                                current)
-
-    def _claim_slot(self, name: str, schedule: Schedule, grace: float | None, state: TaskState,
-                    trigger: Trigger, current: float) -> Claim | None:
-        assert state.next_due is not None
-        slot = _ts(schedule.latest_slot(_dt(state.next_due), _dt(current)))
-        assert slot is not None
-        lateness = current - slot
-        run = Run(
-            task=name,
-            trigger=trigger,
-            status=Status.PENDING,
-            created=current,
-            slot=slot,
-            lateness=lateness,
-        )
-        if not state.enabled:
-            run.status, run.error, run.end = Status.SKIPPED, "disabled", current
-        elif grace is not None and lateness > grace:
-            run.status, run.end = Status.MISSED, current
-            run.error = f"found {lateness:.0f} s late, past its grace of {grace:g} s"
-        new_next = _ts(schedule.next_run(_dt(current)))
-        run_id = self.store.claim_slot(
-            name, state.next_due, new_next, slot, run, merge=run.status != Status.PENDING
-        )
+    def _claim_request(self, info: TaskInfo, state: TaskState, current: float) -> list[Claim]:
+        assert state.run_requested is not None
+        run = Run(task=info.name, trigger=Trigger.RUN_NOW, status=Status.PENDING,
+                  created=current)
+        self._unless_runnable(info, state, run, current, grace=False)
+        run_id = self.store.claim_request(info.name, state.run_requested, run)
         if run_id is None or run.status != Status.PENDING:
-            return None
-        return Claim(run_id, name, trigger, slot)
+            return []
+        return [Claim(run_id, info.name, Trigger.RUN_NOW, None)]
+
+    def _claim_slot(self, info: TaskInfo, state: TaskState, trigger: Trigger,
+                    current: float) -> list[Claim]:
+        assert state.next_due is not None
+        schedule = self.schedule_of(info.name, state)
+        first, moment = _dt(state.next_due), _dt(current)
+        slot = schedule.latest_slot(first, moment)
+        run = Run(task=info.name, trigger=trigger, status=Status.PENDING, created=current,
+                  slot=slot.timestamp(), lateness=current - slot.timestamp(),
+                  slots=schedule.count(first, moment))
+        self._unless_runnable(info, state, run, current, grace=True)
+        new_next = _ts(schedule.next_run(moment))
+        run_id = self.store.claim_slot(info.name, state.next_due, info.signature, new_next, run,
+                                       merge=run.status != Status.PENDING)
+        if run_id is None or run.status != Status.PENDING:
+            return []
+        return [Claim(run_id, info.name, trigger, run.slot)]
+
+    def _unless_runnable(self, info: TaskInfo, state: TaskState, run: Run, current: float,
+                         grace: bool) -> None:
+        """Turn ``run`` into the record of why it cannot run, if it cannot."""
+        error = self._catalog.error_of(info.name)
+        lateness = run.lateness or 0.0
+        if grace and not state.enabled:
+            run.status, run.error = Status.SKIPPED, "disabled"
+        elif grace and info.grace is not None and lateness > info.grace:
+            run.status = Status.MISSED
+            run.error = f"found {lateness:.0f} s late, past its grace of {info.grace:g} s"
+        elif error:
+            run.status, run.exit_code = Status.FAILED, 2
+            run.error = f"not run: {TASKS_FILE} does not load: {error}"
+        else:
+            return
+        run.end = current
+
+    def _task_broke(self, info: TaskInfo, state: TaskState, current: float,
+                    exc: Exception) -> None:
+        """Record a task whose schedule failed, and park it until its schedule changes."""
+        error = f"its schedule failed: {type(exc).__name__}: {exc}"
+        self._log_once(f"reqcron: task {info.name} of {self.path}: {error}", logging.ERROR)
+        if self.store.reposition(info.name, state.next_due, info.signature, None):
+            self.store.add_run(Run(task=info.name, trigger="schedule", status=Status.FAILED,
+                                   created=current, end=current, error=error))
 
     # -- steering ------------------------------------------------------------
 
     def run_now(self, name: str) -> None:
         """Ask for a run of ``name`` that the next check starts."""
-        self.task(name)
-        self.states()
+        self.info(name)
         self.store.request_run(name, now())
 
     def enable(self, name: str) -> None:
         """Turn ``name``'s schedule on, for every trigger."""
-        self._set_enabled(name, True)
+        self.info(name)
+        self.store.set_enabled(name, True)
 
     def disable(self, name: str) -> None:
         """Turn ``name``'s schedule off, for every trigger; a running run is asked to stop."""
-        self._set_enabled(name, False)
-
-    def _set_enabled(self, name: str, enabled: bool) -> None:
-        self.task(name)
-        self.states()
-        self.store.set_enabled(name, enabled)
+        self.info(name)
+        self.store.set_enabled(name, False)
 
     def is_enabled(self, name: str) -> bool:
-        state = self.store.states().get(name) or self.states(only=name).get(name)
-        return state.enabled if state is not None else type(self.task(name)).enabled
+        state = self.store.states().get(name)
+        if state is not None:
+            return state.enabled
+        return self.info(name).enabled
 
     # -- history -------------------------------------------------------------
 
     def history(self, name: str | None = None, limit: int = 50) -> list[Run]:
         """Return past runs, newest first (all tasks, or one)."""
-        if name is not None and name not in self.tasks() and not self.store.runs(name, 1):
-            raise TaskLookupError(name, sorted(self.tasks()))
+        if (name is not None and name not in self.catalog().tasks
+                and not self.store.runs(name, 1)):
+            raise TaskLookupError(name, sorted(self._catalog.tasks))
         self.reap()
+        return self.store.runs(name, limit)
+
+    def recent_runs(self, name: str | None = None, limit: int = 50) -> list[Run]:
+        """Return the latest runs as stored, newest first, without reaping or checks."""
         return self.store.runs(name, limit)
 
     def get_run(self, run_id: int) -> Run | None:
         return self.store.get_run(run_id)
+
+    def not_started(self, run_id: int, error: str, exit_code: int | None = None) -> bool:
+        """Record that a claimed run's process never started it: lost, with why."""
+        return self.store.update_run_if(run_id, Status.PENDING, status=Status.LOST, end=now(),
+                                        error=error, exit_code=exit_code)
 
     def reap(self, name: str | None = None) -> int:
         """Record as failed the runs whose process died; return how many."""
@@ -316,34 +438,33 @@ class Docroot:
             assert run.id is not None
             if run.status == Status.RUNNING and not (run.lock and locks.holder_alive(run.lock)):
                 error = "its process died without recording an end (killed?)"
-                if self.store.update_run_if(
-                    run.id,
-                    Status.RUNNING,
-                    status=Status.FAILED,
-                    end=current,
-                    error=error,
-                    exit_code=1,
-                ):
+                if self.store.update_run_if(run.id, Status.RUNNING, status=Status.FAILED,
+                                            end=current, error=error, exit_code=1):
                     count += 1
                     if run.lock:
                         locks.release_path(run.lock)
             elif run.status == Status.PENDING and current - run.created > PENDING_TIMEOUT:
-                error = f"its process did not start within {PENDING_TIMEOUT:.0f} s"
-                if self.store.update_run_if(
-                    run.id, Status.PENDING, status=Status.LOST, end=current, error=error
-                ):
+                if self.not_started(run.id, f"its process did not start within "
+                                            f"{PENDING_TIMEOUT:.0f} s"):
                     count += 1
         return count
 
-    def run(self, name: str, *, run_id: int | None = None, echo: bool = True,
-            if_due: bool = False) -> int:
-        """Run ``name`` in the foreground as ``runtask`` does; return its exit code."""
-        from .runner import run_task
-
-        return run_task(self, name, run_id=run_id, echo=echo, if_due=if_due)
+    def _log_once(self, message: str, level: int) -> None:
+        if message not in self._logged:
+            self._logged.add(message)
+            log.log(level, "%s", message)
 
     def close(self) -> None:
-        self.store.close()
+        if self._store is not None:
+            self._store.close()
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
 
 
 def _dt(ts: float) -> datetime:
@@ -352,3 +473,5 @@ def _dt(ts: float) -> datetime:
 
 def _ts(moment: datetime | None) -> float | None:
     return moment.timestamp() if moment is not None else None
+
+

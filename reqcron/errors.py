@@ -28,11 +28,11 @@ class ConfigError(ReqCronError, ValueError):
 
 
 class DocrootError(ReqCronError, FileNotFoundError):
-    """The DOCROOT does not exist or is not a directory."""
+    """The DOCROOT does not exist, is not a directory, or has no tasks."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, problem: str = "does not exist or is not a directory"):
         self.path = path
-        super().__init__(f"DOCROOT {path!r} does not exist or is not a directory")
+        super().__init__(f"DOCROOT {path!r} {problem}")
 
 
 class TaskLookupError(ReqCronError, LookupError):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import TASKS_FILE, path_key
 from .errors import ScheduleError
+from .paths import check_tasks_safety
 from .records import Record
 from .task import Task
 
@@ -72,6 +73,13 @@ def load_tasks(
     path = docroot / TASKS_FILE
     loaded = Loaded(stamp=file_stamp(path))
     if loaded.stamp is None:
+        loaded.file_ok = False
+        loaded.errors.append(LoadError(str(path), None, "the file is missing"))
+        return loaded
+    refusal = check_tasks_safety(docroot)
+    if refusal:
+        loaded.file_ok = False
+        loaded.errors.append(LoadError(str(path), None, refusal))
         return loaded
     try:
         source = path.read_bytes()
@@ -94,7 +102,9 @@ def load_tasks(
     sys.modules[name] = module  # dataclasses and pickle look classes up here
     added_path = str(docroot) not in sys.path
     if added_path:
-        sys.path.insert(0, str(docroot))  # so tasks can import their neighbours
+        # Last, so tasks can import their neighbours but a DOCROOT/json.py
+        # never shadows the standard library or an installed package.
+        sys.path.append(str(docroot))
     try:
         exec(code, module.__dict__)
     except (Exception, SystemExit) as exc:

@@ -1,11 +1,13 @@
 """ReqCron: the WSGI middleware.  The hot path, and a worker thread that does the rest.
 
-Per request, when nothing is due, the middleware reads the clock and
-compares it with a per-process cached time: no I/O, no locks, nothing that
-grows with the number of tasks.  When that time has come, the request only
-sets an Event; a worker thread of this process then reloads changed files,
-claims due runs (``Docroot.due()``) and spawns them.  Scheduling never
-raises into a request.
+Per request, when nothing is due, the middleware reads the monotonic clock
+(a wall clock set back must not stall it) and compares it with a
+per-process cached time: no I/O, no locks, nothing that grows with the
+number of tasks.  When that time has come, the request only sets an Event;
+a worker thread of this process then brings the engine up to date
+(``Docroot.pulse()``: one small query, and a read of ``__tasks__.py`` in a
+child process when it changed), claims due runs (``Docroot.due()``) and
+spawns them.  Scheduling never raises into a request.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .docroot import Docroot
+from .records import Trigger
 from .spawn import Spawner
-from .store import Trigger
 
 if TYPE_CHECKING:
     from .status import StatusPage
@@ -31,9 +33,11 @@ log = logging.getLogger("reqcron")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 _time = time.time
+_mono = time.monotonic
 _QUIET = 0.15  # seconds without file events before reloading: saves arrive in bursts
 _RELOG = 600.0  # seconds before the same problem is logged again
 _REQUEST_BUSY_TIMEOUT = 0.1  # on a locked database, skip: the next check retries
+_MIN_GAP = 0.05  # seconds between two wakes, even while a claim keeps failing
 
 
 class _Site:
@@ -96,7 +100,7 @@ class ReqCron:
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        if _time() >= self._wake_at:
+        if _mono() >= self._wake_at:
             self._wake(environ)
         if self._status is not None and self._is_status(environ.get("PATH_INFO", "")):
             return self._status(environ, start_response)
@@ -119,6 +123,7 @@ class ReqCron:
         """
         self._wake_at = 0.0
         self._event = threading.Event()
+        self._requested = False
         self._changed = 0.0
         self._thread: threading.Thread | None = None
         self._watcher: Watcher | None = None
@@ -130,7 +135,7 @@ class ReqCron:
     def _wake(self, environ: dict[str, Any]) -> None:
         """Hand the work to the worker thread; never raises, never blocks."""
         try:
-            self._wake_at = _time() + self._poll  # meanwhile requests pass straight through
+            self._wake_at = _mono() + self._poll  # meanwhile requests pass straight through
             root = self._fixed or environ.get("DOCUMENT_ROOT")
             if not root:
                 self._log_once(
@@ -144,6 +149,7 @@ class ReqCron:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._work, name="reqcron", daemon=True)
                 self._thread.start()
+            self._requested = True
             self._event.set()
         except Exception as exc:
             self._log_once(f"wake:{exc}", "reqcron: cannot check the schedule: %s", exc)
@@ -162,13 +168,16 @@ class ReqCron:
                 return
             while (quiet := self._changed + _QUIET - time.monotonic()) > 0:
                 time.sleep(quiet)
+            # Only a request starts runs: a file change (or a reap) just
+            # refreshes, so every run's trigger is what really started it.
+            requested, self._requested = self._requested, False
             earliest = _time() + self._poll
             for site in list(self._sites.values()):
-                earliest = min(earliest, self._tend(site))
-            self._wake_at = earliest
+                earliest = min(earliest, self._tend(site, requested))
+            self._wake_at = _mono() + max(earliest - _time(), _MIN_GAP)
 
-    def _tend(self, site: _Site) -> float:
-        """Reload, claim and spawn for one DOCROOT; return when to look again."""
+    def _tend(self, site: _Site, requested: bool) -> float:
+        """Refresh, claim and spawn for one DOCROOT; return when to look again."""
         try:
             if site.docroot is None:
                 site.docroot = Docroot(site.path, busy_timeout=_REQUEST_BUSY_TIMEOUT)
@@ -179,13 +188,16 @@ class ReqCron:
 
                     self._watcher = Watcher(self._file_changed)
                 site.watched = self._watcher.watch(str(doc.path))
-            doc.reload_if_changed()
-            for claim in doc.due(Trigger.REQUEST):
-                self._spawner.start(doc, claim)
+            if requested:
+                for claim in doc.due(Trigger.REQUEST):
+                    self._spawner.start(doc, claim)
+            else:
+                doc.pulse()
             upcoming = doc.next_check()
             return upcoming if upcoming is not None else float("inf")
         except Exception as exc:
-            self._log_once(f"tend:{site.path}:{exc}", "reqcron: %s: %s", site.path, exc)
+            self._log_once(f"tend:{site.path}:{type(exc).__name__}:{exc}", "reqcron: %s: %s",
+                           site.path, exc)
             return _time() + self._poll
 
     def _log_once(self, key: str, message: str, *args: object) -> None:

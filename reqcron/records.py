@@ -1,10 +1,14 @@
-"""Record: the base of reqcron's plain data classes.
+"""Plain records shared by the engine, the stores and the surfaces: no I/O.
 
 Not dataclasses: importing them (and the inspect module they pull in)
-costs every task process ~5 ms before it reaches run().
+costs every task process ~5 ms before it reaches run().  Times are UTC
+epoch seconds (floats) throughout.
 """
 
 from __future__ import annotations
+
+import time
+from enum import StrEnum
 
 
 class Record:
@@ -23,3 +27,139 @@ class Record:
 
     def __hash__(self) -> int:
         return hash(tuple(getattr(self, n) for n in self.__slots__))
+
+
+def now() -> float:
+    """Return the current time as UTC epoch seconds."""
+    return time.time()
+
+
+class Status(StrEnum):
+    """What became of a run, or of a slot that did not run."""
+
+    PENDING = "pending"  # claimed, its process not started yet
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    SKIPPED = "skipped"  # not run: disabled, or the previous run still going
+    MISSED = "missed"  # found later than the task's grace
+    LOST = "lost"  # its process died without recording an end
+
+
+class Trigger(StrEnum):
+    """What started a run."""
+
+    REQUEST = "request"  # the middleware, on an HTTP request
+    DUE = "due"  # `reqcron due`
+    CRON = "cron"  # `runtask` that found its slot due
+    MANUAL = "manual"  # `runtask` / `reqcron run` outside any slot
+    RUN_NOW = "run_now"  # Docroot.run_now / the status page
+
+
+class TaskState(Record):
+    """A task's row in the store."""
+
+    __slots__ = ("name", "next_due", "anchor", "enabled", "run_requested", "signature",
+                 "first_seen")
+
+    def __init__(
+        self,
+        name: str,
+        next_due: float | None,
+        anchor: float | None,
+        enabled: bool,
+        run_requested: float | None,
+        signature: str | None,
+        first_seen: float,
+    ):
+        self.name = name
+        self.next_due = next_due  # the first slot not yet claimed
+        self.anchor = anchor  # what `every` without an anchor counts from
+        self.enabled = enabled
+        self.run_requested = run_requested  # when run_now() asked, until claimed
+        self.signature = signature  # the schedule next_due was computed for
+        self.first_seen = first_seen
+
+
+RUN_COLUMNS = (
+    "task",
+    "trigger",
+    "status",
+    "created",
+    "slot",
+    "lateness",
+    "start",
+    "end",
+    "exit_code",
+    "pid",
+    "output",
+    "return_value",
+    "error",
+    "traceback",
+    "lock",
+    "slots",
+)
+
+
+class Run(Record):
+    """One row of the history: a run, or a slot that did not run and why."""
+
+    __slots__ = ("id", *RUN_COLUMNS)
+
+    def __init__(
+        self,
+        task: str,
+        trigger: str,
+        status: str,
+        created: float,
+        *,
+        id: int | None = None,
+        slot: float | None = None,
+        lateness: float | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        exit_code: int | None = None,
+        pid: int | None = None,
+        output: str | None = None,
+        return_value: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+        lock: str | None = None,
+        slots: int = 1,
+    ):
+        self.id = id
+        self.task = task
+        self.trigger = trigger
+        self.status = status
+        self.created = created
+        self.slot = slot  # the scheduled moment it stands for; None outside a schedule
+        self.lateness = lateness  # seconds between the slot and its claim
+        self.start = start
+        self.end = end
+        self.exit_code = exit_code
+        self.pid = pid
+        self.output = output
+        self.return_value = return_value
+        self.error = error
+        self.traceback = traceback
+        self.lock = lock  # path of the lock file its process holds while alive
+        self.slots = slots  # how many slots this row stands for (catch-up, coalesced skips)
+
+    @property
+    def duration(self) -> float | None:
+        if self.start is None or self.end is None:
+            return None
+        return self.end - self.start
+
+
+class Claim(Record):
+    """A run that Docroot.due() claimed: its process must now be started."""
+
+    __slots__ = ("run_id", "task", "trigger", "slot")
+
+    def __init__(self, run_id: int, task: str, trigger: Trigger, slot: float | None):
+        self.run_id = run_id
+        self.task = task
+        self.trigger = trigger
+        self.slot = slot

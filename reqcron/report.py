@@ -11,10 +11,10 @@ import shlex
 import sys
 from datetime import UTC, datetime, timedelta, tzinfo
 
-from .config import local_zone
+from .config import local_zone, zone_name
 from .docroot import Docroot
+from .records import Run, Status, now
 from .schedule import Cron, Every
-from .store import Run, Status, now
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -98,22 +98,24 @@ def run_dict(run: Run, zone: tzinfo, full: bool = False) -> dict[str, Any]:
 
 
 def summary(doc: Docroot, history: int = 0) -> dict[str, Any]:
-    """Every task with its schedule, next and last run and marks; load errors; where state is."""
+    """Every task with its schedule, next and last run and marks; load errors; where state is.
+
+    While ``__tasks__.py`` is broken, its tasks are the last ones that loaded,
+    each marked ``broken``, so users see what is being missed.
+    """
     current = now()
-    zone = doc.settings.zone
-    tasks = doc.tasks()
-    states = doc.states(current)
+    zone = doc.zone
+    catalog = doc.catalog()
+    states = doc.states()
     doc.reap()
-    last_runs: dict[str, Run | None] = {}
     entries = []
-    for name in sorted(tasks):
-        task, state = tasks[name], states.get(name)
-        schedule = doc.schedule_of(task, state)
-        runs = [r for r in doc.store.runs(name, 20) if r.status != Status.PENDING]
-        last = next((r for r in runs if r.status != Status.SKIPPED or r.error != "disabled"),
-                    None)
-        last_runs[name] = last
-        enabled = state.enabled if state else type(task).enabled
+    for name in sorted(catalog.tasks):
+        info, state = catalog.tasks[name], states.get(name)
+        schedule = doc.schedule_of(name, state)
+        runs = doc.recent_runs(name, 20)
+        last = next((r for r in runs if r.status not in (Status.PENDING, Status.RUNNING)
+                     and (r.status != Status.SKIPPED or r.error != "disabled")), None)
+        enabled = state.enabled if state else info.enabled
         next_due = state.next_due if state and enabled else None
         starved = False
         if state and enabled and state.next_due is not None:
@@ -123,39 +125,42 @@ def summary(doc: Docroot, history: int = 0) -> dict[str, Any]:
         marks = []
         if not enabled:
             marks.append("disabled")
+        if catalog.error_of(name):
+            marks.append("broken")
         if last is not None and last.status in FAILING:
             marks.append("failing")
         if starved:
             marks.append("starved")
         entries.append({
             "name": name,
-            "schedule": schedule.describe(),
-            "kind": schedule.kind,
-            "timezone": str(getattr(schedule, "zone", zone)),
+            "schedule": info.describe,
+            "kind": info.kind,
+            "timezone": info.zone or str(zone),
             "enabled": enabled,
             "next_run": iso(next_due, zone),
             "running": any(r.status == Status.RUNNING for r in runs),
+            "pending": any(r.status == Status.PENDING for r in runs),
             "last_run": run_dict(last, zone) if last else None,
             "marks": marks,
+            "error": catalog.error_of(name),
             "fix": crontab_due_line(doc) if starved else None,
         })
     return {
         "docroot": str(doc.path),
-        "state": str(doc.settings.state_dir),
+        "state": doc.state_location,
         "timezone": str(zone),
         "now": iso(current, zone),
         "tasks": entries,
         "load_errors": [str(e) for e in doc.load_errors()],
-        "history": [run_dict(r, zone) for r in doc.store.runs(None, history)] if history else [],
+        "warnings": doc.warnings(),
+        "history": [run_dict(r, zone) for r in doc.recent_runs(None, history)] if history else [],
     }
 
 
 def explain(doc: Docroot, name: str, count: int) -> list[dict[str, Any]]:
     """The next ``count`` runs of a task, each marking a daylight-saving change it crosses."""
-    task = doc.task(name)
-    state = doc.states().get(name)
-    schedule = doc.schedule_of(task, state)
-    zone = getattr(schedule, "zone", doc.settings.zone)
+    schedule = doc.schedule_of(name)
+    zone = getattr(schedule, "zone", doc.zone)
     moment = datetime.now(UTC)
     offset = moment.astimezone(zone).utcoffset()
     out = []
@@ -182,30 +187,37 @@ def _offset(delta: timedelta | None) -> str:
 
 
 def crontab_lines(doc: Docroot) -> list[str]:
-    """System-crontab lines running the same schedule through runtask."""
+    """System-crontab lines running the same schedule through ``runtask --if-due``.
+
+    Each line is right when pasted as-is, in Debian's cron and cronie alike:
+    no CRON_TZ (Debian ignores it).  A cron schedule in the system's zone
+    fires at its own times; anything else (another zone, an interval, a
+    single moment) fires every minute and ``runtask --if-due`` starts it
+    only when its slot is due, so the DOCROOT's zone and DST rules decide.
+    """
     runtask = shlex.quote(runtask_command())
     root = shlex.quote(str(doc.path))
-    system_zone = str(local_zone())
-    lines = [f"# reqcron schedule of {doc.path} (generated by `reqcron crontab`)"]
-    current_zone = system_zone
-    for name, task in sorted(doc.tasks().items()):
-        schedule = doc.schedule_of(task)
-        if isinstance(schedule, Cron):
-            zone = str(schedule.zone)
-            if zone != current_zone:  # CRON_TZ holds for the lines after it
-                lines.append(f"CRON_TZ={zone}")
-                current_zone = zone
-            lines.append(f"{schedule.expr} {runtask} --if-due {root} {shlex.quote(name)}")
-        elif isinstance(schedule, Every):
-            lines.append(f"# {name}: {schedule.describe()} cannot be written as a cron line; "
-                         "the `reqcron due` line below covers it (to the minute)")
-        elif schedule.kind == "at":
-            lines.append(f"# {name}: {schedule.describe()} is not a cron schedule; "
-                         "the `reqcron due` line below covers it")
-        else:
+    system_zone = zone_name(local_zone())
+    lines = [f"# reqcron schedule of {doc.path} (generated by `reqcron crontab`)",
+             f"# the system's zone is {system_zone}; run these as the web server's user"]
+    for name, info in sorted(doc.catalog().tasks.items()):
+        command = f"{runtask} --if-due {root} {shlex.quote(name)}"
+        schedule = doc.schedule_of(name)
+        if info.kind == "none":
             lines.append(f"# {name}: on demand only")
-    if current_zone != system_zone:
-        lines.append(f"CRON_TZ={system_zone}")
+            continue
+        if isinstance(schedule, Cron) and info.zone == system_zone:
+            lines.append(f"{schedule.expr} {command}")
+            continue
+        if isinstance(schedule, Cron):
+            why = f"{info.describe} in {info.zone}: checked each minute, run at its times"
+        elif isinstance(schedule, Every) and schedule.interval.total_seconds() < 60:
+            why = (f"{info.describe}: cron fires at most once a minute, so this line runs it "
+                   "at most once a minute (requests keep its interval)")
+        else:
+            why = f"{info.describe}: checked each minute, run when due"
+        lines.append(f"# {name}: {why}")
+        lines.append(f"* * * * * {command}")
     lines.append("# or, instead of all the above, one line that starts whatever is due:")
     lines.append(f"# {crontab_due_line(doc)}")
     return lines

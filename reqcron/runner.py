@@ -19,9 +19,12 @@ import time
 import traceback
 
 from . import locks
+from .config import zone_named
 from .errors import ReqCronError, TaskLookupError
-from .records import Record
-from .store import OUTPUT_LIMIT, Run, Status, Trigger, now
+from .exits import EXIT_FAILED, EXIT_NOT_RUN, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE
+from .limits import OUTPUT_LIMIT, RETURN_VALUE_LIMIT
+from .loader import load_tasks
+from .records import Record, Run, Status, Trigger, now
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -32,8 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("reqcron")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUN, EXIT_TIMEOUT = 0, 1, 2, 75, 124
-RETURN_VALUE_LIMIT = 4096
 DISABLED_CHECK_EVERY = 1.0  # seconds between proceed()'s looks at the enabled flag
 
 
@@ -65,6 +66,25 @@ class _Outcome(Record):
         self.traceback = traceback
 
 
+def run_command(docroot_path: str, name: str, *, run_id: int | None = None,
+                if_due: bool = False) -> int:
+    """What ``runtask`` and ``reqcron run`` do: open the DOCROOT, run the task, close."""
+    from .docroot import Docroot
+
+    logging.basicConfig(level=logging.WARNING, format="runtask: %(message)s")
+    docroot = Docroot(docroot_path)
+    try:
+        if run_id is None:  # a person or a crontab, not the server
+            from .paths import owner_warning
+
+            warning = owner_warning(docroot.path)
+            if warning:
+                sys.stderr.write(f"runtask: warning: {warning}\n")
+        return run_task(docroot, name, run_id=run_id, if_due=if_due)
+    finally:
+        docroot.close()
+
+
 def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bool = True,
              if_due: bool = False) -> int:
     """Run task ``name`` of ``docroot`` now, in the foreground; return the exit code.
@@ -93,17 +113,18 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
             )
         return NotRun(code, message)
 
-    loaded = docroot.load(only=name, compile_schedules=run_id is None)
-    file_errors = [e for e in docroot.load_errors() if e.task is None]
+    # A claimed run starts fast: its schedule was read and validated already.
+    zone = None if run_id is not None else zone_named(docroot.zone_name())
+    loaded = load_tasks(docroot.path, zone, only=name, compile_schedules=run_id is None)
+    file_errors = [e for e in loaded.errors if e.task is None]
     if file_errors:
         raise refuse(EXIT_USAGE, "; ".join(str(e) for e in file_errors))
     task_errors = [e for e in loaded.errors if e.task == name]
     if task_errors:
         raise refuse(EXIT_USAGE, str(task_errors[0]))
-    try:
-        task = docroot.task(name)
-    except TaskLookupError as exc:
-        raise refuse(EXIT_USAGE, str(exc)) from None
+    if name not in loaded.tasks:
+        raise refuse(EXIT_USAGE, str(TaskLookupError(name, sorted(loaded.tasks))))
+    task = loaded.tasks[name]
 
     trigger = Trigger.MANUAL
     if run_id is None:

@@ -31,6 +31,8 @@ _ALIASES = {
 # Draco-style fields, finest first, with their ranges.
 _FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day", 1, 31), ("dow", 0, 6), ("month", 1, 12))
 _LEVEL = {"minute": 0, "hour": 1, "day": 2, "dow": 2, "month": 3}
+#: The most slots a catch-up run counts one by one.
+COUNT_LIMIT = 10_000
 _DOW_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
@@ -65,6 +67,17 @@ class Schedule:
                 slot = nxt
             return slot
         return first
+
+    def count(self, first: datetime, now: datetime) -> int:
+        """Return how many slots lie in [first, now] (at least 1, at most COUNT_LIMIT)."""
+        slots = 1
+        slot: datetime | None = first
+        while slots < COUNT_LIMIT and slot is not None:
+            slot = self.next_run(slot)
+            if slot is None or slot > now:
+                break
+            slots += 1
+        return slots
 
     @property
     def signature(self) -> str:
@@ -104,14 +117,17 @@ class Every(Schedule):
 
     kind = "every"
 
-    def __init__(self, interval: timedelta, anchor: datetime | None = None):
+    def __init__(self, interval: timedelta, anchor: datetime | None = None,
+                 explicit: bool = True):
         self.interval = interval
         # In UTC: arithmetic on a zoned datetime would count wall-clock time.
         self.anchor = anchor.astimezone(UTC) if anchor is not None else None
+        # An anchor the task gave (part of its signature), not one from the state.
+        self.explicit = explicit and anchor is not None
 
     def with_anchor(self, anchor: datetime) -> Every:
-        """Return this interval counted from ``anchor``."""
-        return Every(self.interval, anchor)
+        """Return this interval counted from ``anchor`` (the state's first-seen time)."""
+        return Every(self.interval, anchor, explicit=False)
 
     def next_run(self, after: datetime) -> datetime | None:
         after = after.astimezone(UTC)
@@ -128,11 +144,17 @@ class Every(Schedule):
         steps = math.floor((now - anchor) / self.interval)
         return max(first, anchor + steps * self.interval)
 
+    def count(self, first: datetime, now: datetime) -> int:
+        if self.anchor is None:
+            return 1
+        return max(1, math.floor((now - first.astimezone(UTC)) / self.interval) + 1)
+
     @property
     def signature(self) -> str:
-        # The anchor is left out on purpose: without one it comes from the
-        # state, and a schedule only "changes" when the user changes it.
-        return f"every:{self.interval.total_seconds()!r}"
+        # An anchor from the state is left out on purpose: a schedule only
+        # "changes" when the user changes it.
+        base = f"every:{self.interval.total_seconds()!r}"
+        return f"{base}@{self.anchor.isoformat()}" if self.explicit and self.anchor else base
 
     def describe(self) -> str:
         return f"every {_duration(self.interval)}"
@@ -201,24 +223,31 @@ class Cron(Schedule):
         return describe_cron(self.expr)
 
 
-def from_signature(signature: str | None, anchor: datetime | None) -> Schedule | None:
-    """Rebuild a schedule from its ``signature`` alone, or None when it cannot be.
+def from_signature(signature: str | None, anchor: datetime | None = None) -> Schedule | None:
+    """Rebuild a schedule from its ``signature``, or None when it cannot be.
 
-    For tasks a process cannot load (a broken __tasks__.py since it started):
-    their slots must still be claimed, and recorded as failed, not lost.
+    Processes that never import ``__tasks__.py`` (the web server's) know
+    tasks by their signature alone.  ``anchor`` counts an ``every`` that has
+    none of its own.
     """
     kind, _, rest = (signature or "").partition(":")
     try:
+        if kind == "none":
+            return Never()
         if kind == "cron":
-            from zoneinfo import ZoneInfo
+            from .config import zone_named
 
             expr, _, zone = rest.rpartition("@")
-            return Cron(expr, ZoneInfo(zone))
-        if kind == "every" and anchor is not None:
-            return Every(timedelta(seconds=float(rest)), anchor)
+            return Cron(expr, zone_named(zone))
+        if kind == "every":
+            seconds, _, own = rest.partition("@")
+            interval = timedelta(seconds=float(seconds))
+            if own:
+                return Every(interval, datetime.fromisoformat(own))
+            return Every(interval, anchor, explicit=False) if anchor is not None else None
         if kind == "at":
             return At(datetime.fromisoformat(rest))
-    except (ValueError, LookupError):
+    except (ValueError, LookupError, OverflowError):
         pass
     return None
 

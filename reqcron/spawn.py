@@ -1,11 +1,13 @@
 """Start task processes detached from the server, and reap them.
 
-Each process is ``python -m reqcron.runtask --run-id ID DOCROOT NAME``: the
-same entry point as the ``runtask`` command, started without a shell, in
-its own session, with stdin from /dev/null and no inherited descriptors.
-Popen with ``start_new_session`` and ``close_fds`` uses vfork (~0.4 ms
-whatever the server's size); ``preexec_fn`` or a double fork would force a
-real fork and cost tens of milliseconds in a big worker.
+Each process is ``python -P -m reqcron.runtask --run-id ID DOCROOT NAME``:
+the same entry point as the ``runtask`` command, started without a shell,
+in its own session, with stdin from /dev/null and no inherited descriptors.
+``-P``: the DOCROOT is its working directory, and a DOCROOT/json.py must not
+shadow the standard library.  Popen with ``start_new_session`` and
+``close_fds`` uses vfork (~0.4 ms whatever the server's size); ``preexec_fn``
+or a double fork would force a real fork and cost tens of milliseconds in a
+big worker.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import os
 import subprocess
 import threading
 
-from .docroot import Claim, Docroot
-from .store import Status, now
+from .docroot import Docroot
+from .records import Claim
 
 log = logging.getLogger("reqcron")
 
@@ -28,18 +30,14 @@ class Spawner:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._children: list[subprocess.Popen[bytes]] = []
+        self._children: list[tuple[subprocess.Popen[bytes], Docroot, int]] = []
+        self._logged: set[str] = set()
 
     def start(self, docroot: Docroot, claim: Claim) -> bool:
         """Start the process of ``claim``; on failure record it in the history."""
         command = [
-            docroot.settings.python,
-            "-m",
-            "reqcron.runtask",
-            "--run-id",
-            str(claim.run_id),
-            str(docroot.path),
-            claim.task,
+            docroot.settings.python, "-P", "-m", "reqcron.runtask",
+            "--run-id", str(claim.run_id), str(docroot.path), claim.task,
         ]
         try:
             errors = os.open(
@@ -60,28 +58,39 @@ class Spawner:
             finally:
                 os.close(errors)
         except OSError as exc:
-            message = f"its process could not be started: {exc}"
-            docroot.store.update_run_if(
-                claim.run_id,
-                Status.PENDING,
-                status=Status.FAILED,
-                end=now(),
-                error=message,
-                exit_code=1,
-            )
-            log.error("reqcron: task %s of %s: %s", claim.task, docroot.path, message)
+            message = f"its process could not be started: {exc.strerror or exc}"
+            docroot.not_started(claim.run_id, message)
+            self._log_once(f"reqcron: {docroot.path}: task processes cannot be started: "
+                           f"{exc} (runs are recorded as lost)")
             return False
         with self._lock:
-            self._children.append(child)
+            self._children.append((child, docroot, claim.run_id))
         return True
 
     def reap(self) -> int:
-        """Collect the children that have exited; return how many still run."""
-        with self._lock:
-            self._children = [c for c in self._children if c.poll() is None]
-            return len(self._children)
+        """Collect the children that have exited; return how many still run.
 
-    def forget(self) -> None:
-        """Drop the handles inherited over fork(): they are another process's children."""
-        self._lock = threading.Lock()
-        self._children = []
+        A child that exited while its run is still pending never started it
+        (a bad interpreter, an unusable state): the run is recorded as lost now,
+        not after the pending timeout.
+        """
+        with self._lock:
+            running: list[tuple[subprocess.Popen[bytes], Docroot, int]] = []
+            ended: list[tuple[subprocess.Popen[bytes], Docroot, int]] = []
+            for entry in self._children:
+                (running if entry[0].poll() is None else ended).append(entry)
+            self._children = running
+        for child, docroot, run_id in ended:
+            if child.returncode != 0:
+                try:
+                    docroot.not_started(run_id, f"its process exited with code "
+                                                f"{child.returncode} before starting the run",
+                                        exit_code=child.returncode)
+                except Exception as exc:  # the state may be what failed
+                    self._log_once(f"reqcron: {docroot.path}: {exc}")
+        return len(running)
+
+    def _log_once(self, message: str) -> None:
+        if message not in self._logged:
+            self._logged.add(message)
+            log.error("%s", message)

@@ -54,7 +54,6 @@ class StatusPage:
         if self._doc is None or self._pid != os.getpid():
             self._doc = Docroot(self.root, busy_timeout=1.0)
             self._pid = os.getpid()
-        self._doc.reload_if_changed()
         return self._doc
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -118,7 +117,7 @@ class StatusPage:
             response = Response(json.dumps(data, indent=2).encode(),
                                 content_type="application/json")
         else:
-            runs = {r.id: r for r in self._docroot().store.runs(None, 30)}
+            runs = {r.id: r for r in self._docroot().recent_runs(None, 30)}
             response = Response(_render(data, runs, self._csrf(), self.path),
                                 content_type="text/html", charset="utf-8")
         response.cache_control = "no-store"

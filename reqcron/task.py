@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from .schedule import Schedule
 
 _FORMS = ("cron", "every", "at")
+MIN_EVERY = 1.0  # seconds: the shortest interval; each run starts a process
+MAX_SECONDS = 100 * 365 * 86400.0  # the longest interval or timeout that makes sense
 
 
 class Task:
@@ -176,6 +178,11 @@ class Task:
         if "every" in forms:
             interval = _seconds(self.name, "every", forms["every"])
             assert interval is not None
+            if not MIN_EVERY <= interval <= MAX_SECONDS:
+                raise ScheduleError(
+                    self.name, f"every must be between {MIN_EVERY:g} second (a process is "
+                    "started per run) and 100 years"
+                )
             if anchor is not None:
                 _require_aware(self.name, "anchor", anchor)
             return sch.Every(timedelta(seconds=interval), anchor)
@@ -194,8 +201,10 @@ def _seconds(task: str, attr: str, value: object) -> float | None:
         return None
     if isinstance(value, timedelta):
         value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ScheduleError(task, f"{attr} must be a positive number of seconds or a timedelta")
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not 0 < value <= MAX_SECONDS):
+        raise ScheduleError(task, f"{attr} must be a positive number of seconds (at most "
+                            "100 years) or a timedelta")
     return float(value)
 
 

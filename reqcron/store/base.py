@@ -1,0 +1,172 @@
+"""``Store``: what the engine needs from a state store, every method atomic.
+
+A store keeps schedule positions (one row per task), the catalog of tasks
+read from ``__tasks__.py`` (so each change is read once per site, not once
+per worker), small named values (the DOCROOT's zone, the clock's high-water
+mark) and the run history.
+"""
+
+from __future__ import annotations
+
+from ..records import Record, Run, TaskState
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
+if TYPE_CHECKING:
+    from typing import Any
+
+
+class TaskSync(Record):
+    """Where a task's row must be after a catalog change: created or re-positioned."""
+
+    __slots__ = ("name", "signature", "next_due", "anchor", "enabled")
+
+    def __init__(self, name: str, signature: str, next_due: float | None, anchor: float | None,
+                 enabled: bool):
+        self.name = name
+        self.signature = signature
+        self.next_due = next_due
+        self.anchor = anchor
+        self.enabled = enabled
+
+
+class CatalogRow(Record):
+    """The stored catalog: its version, the files' key it was read from, its data."""
+
+    __slots__ = ("version", "key", "data", "reading_key", "reading_until")
+
+    def __init__(self, version: int, key: str | None, data: str | None,
+                 reading_key: str | None = None, reading_until: float | None = None):
+        self.version = version
+        self.key = key
+        self.data = data
+        self.reading_key = reading_key
+        self.reading_until = reading_until
+
+
+class Pulse(Record):
+    """What a poll reads, in one cheap statement whatever the number of tasks."""
+
+    __slots__ = ("catalog_version", "catalog_key", "next_due", "run_requested", "clock")
+
+    def __init__(self, catalog_version: int, catalog_key: str | None, next_due: float | None,
+                 run_requested: float | None, clock: float | None):
+        self.catalog_version = catalog_version
+        self.catalog_key = catalog_key
+        self.next_due = next_due  # the earliest unclaimed slot of any task
+        self.run_requested = run_requested  # the oldest open run-now request
+        self.clock = clock  # the latest wall time a claim was made at
+
+    @property
+    def earliest(self) -> float | None:
+        """When due() could next find work."""
+        times = [t for t in (self.next_due, self.run_requested) if t is not None]
+        return min(times, default=None)
+
+
+class Store:
+    """What the engine needs from a state store; every method is atomic."""
+
+    #: Where the state is, for people (never with a password).
+    location = ""
+
+    # -- the pulse, and small named values ---------------------------------
+
+    def pulse(self) -> Pulse:
+        raise NotImplementedError
+
+    def meta(self, key: str) -> str | None:
+        raise NotImplementedError
+
+    def init_meta(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless one is there; return the stored one."""
+        raise NotImplementedError
+
+    def set_meta(self, key: str, value: str) -> None:
+        raise NotImplementedError
+
+    # -- the catalog ----------------------------------------------------------
+
+    def catalog(self) -> CatalogRow:
+        raise NotImplementedError
+
+    def begin_read(self, key: str, now: float, until: float) -> bool:
+        """Take the lease to read the files of ``key``; False while another reader has it."""
+        raise NotImplementedError
+
+    def save_catalog(self, key: str, data: str, syncs: list[TaskSync], removed: list[str],
+                     now: float) -> int:
+        """Store a catalog and bring the task rows in line with it; return its version."""
+        raise NotImplementedError
+
+    # -- schedule positions ---------------------------------------------------
+
+    def states(self) -> dict[str, TaskState]:
+        raise NotImplementedError
+
+    def due_states(self, now: float) -> list[TaskState]:
+        """The rows with a slot or a run-now request due at ``now``."""
+        raise NotImplementedError
+
+    def claim_slot(self, name: str, expected: float, signature: str,
+                   new_next_due: float | None, run: Run, merge: bool = False) -> int | None:
+        """Advance next_due from ``expected`` (schedule ``signature``) and record ``run``.
+
+        Returns the run's id, or None when another process claimed the slot
+        first or the schedule changed meanwhile.
+        """
+        raise NotImplementedError
+
+    def reposition(self, name: str, expected: float | None, signature: str,
+                   new_next_due: float | None) -> bool:
+        """Move next_due from ``expected`` to ``new_next_due`` (after the clock went back)."""
+        raise NotImplementedError
+
+    def claim_request(self, name: str, requested: float, run: Run) -> int | None:
+        """Take the run-now request made at ``requested`` and record ``run``."""
+        raise NotImplementedError
+
+    def request_run(self, name: str, now: float) -> None:
+        raise NotImplementedError
+
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        raise NotImplementedError
+
+    # -- history --------------------------------------------------------------
+
+    def add_run(self, run: Run, merge: bool = False) -> int:
+        """Record ``run``; with ``merge``, fold it into an identical latest not-run row."""
+        raise NotImplementedError
+
+    def update_run(self, run_id: int, /, **values: Any) -> None:
+        raise NotImplementedError
+
+    def update_run_if(self, run_id: int, expected: str, /, **values: Any) -> bool:
+        """Update the run only while its status is still ``expected``; True if it did."""
+        raise NotImplementedError
+
+    def get_run(self, run_id: int) -> Run | None:
+        raise NotImplementedError
+
+    def runs(self, name: str | None = None, limit: int = 50,
+             statuses: tuple[str, ...] = ()) -> list[Run]:
+        """Return runs, newest first."""
+        raise NotImplementedError
+
+    def prune(self, name: str, keep: int) -> None:
+        raise NotImplementedError
+
+    # -- health ---------------------------------------------------------------
+
+    def verify(self) -> None:
+        """Re-open if the state was replaced or deleted under us (off the hot path)."""
+
+    def problems(self) -> list[str]:
+        """Check that the state can be read and written; one sentence per problem."""
+        raise NotImplementedError
+
+    def set_aside(self) -> str | None:
+        """Move the state out of the way, keeping it; return where it went, or None."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError

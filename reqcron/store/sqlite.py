@@ -1,0 +1,475 @@
+"""SQLiteStore: the state in one SQLite file (WAL), shared by the processes of one host.
+
+One connection per process, re-opened after ``fork()``; autocommit with
+single-statement compare-and-swap or ``BEGIN IMMEDIATE`` for anything that
+reads then writes, because deferred transactions fail at once with
+"database is locked" when they lose a race.  A connection that fails for
+any reason but a busy database is dropped, and the next use re-opens the
+file: a state directory made writable again, or deleted and recreated, is
+picked up without a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import StateError
+from ..limits import ERROR_LIMIT, OUTPUT_LIMIT, RETURN_VALUE_LIMIT, TRACEBACK_LIMIT, cap
+from ..records import RUN_COLUMNS, Run, Status, TaskState
+from .base import CatalogRow, Pulse, Store, TaskSync
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
+if TYPE_CHECKING:
+    from typing import Any
+
+#: The signature of a task that is no longer in __tasks__.py.
+REMOVED = "removed"
+
+_SCHEMA_VERSION = 2
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    name TEXT PRIMARY KEY,
+    next_due REAL,
+    anchor REAL,
+    enabled INTEGER NOT NULL,
+    run_requested REAL,
+    signature TEXT,
+    first_seen REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_next_due ON tasks (next_due);
+CREATE INDEX IF NOT EXISTS tasks_by_request ON tasks (run_requested)
+    WHERE run_requested IS NOT NULL;
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    slot REAL, lateness REAL, start REAL, "end" REAL,
+    exit_code INTEGER, pid INTEGER,
+    output TEXT, return_value TEXT, error TEXT, traceback TEXT,
+    lock TEXT,
+    slots INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS runs_by_task ON runs (task, id);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status) WHERE status IN ('pending', 'running');
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS catalog (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL,
+    key TEXT, data TEXT,
+    reading_key TEXT, reading_until REAL
+);
+INSERT OR IGNORE INTO catalog (id, version) VALUES (1, 0)
+"""
+_MIGRATIONS = {1: "ALTER TABLE tasks DROP COLUMN last_slot"}
+
+_SELECT_RUNS = "SELECT id, " + ", ".join(f'"{c}"' for c in RUN_COLUMNS) + " FROM runs"
+_SELECT_TASKS = (
+    "SELECT name, next_due, anchor, enabled, run_requested, signature, first_seen FROM tasks"
+)
+_PULSE = (
+    "SELECT version, key, (SELECT min(next_due) FROM tasks),"
+    " (SELECT min(run_requested) FROM tasks WHERE run_requested IS NOT NULL),"
+    " (SELECT value FROM meta WHERE key = 'clock') FROM catalog WHERE id = 1"
+)
+#: Caps on the text a run keeps, and which end of it matters.
+_CAPS = {
+    "output": (OUTPUT_LIMIT, True),
+    "error": (ERROR_LIMIT, False),
+    "traceback": (TRACEBACK_LIMIT, True),
+    "return_value": (RETURN_VALUE_LIMIT, False),
+}
+
+
+def _renew_lock(ref: weakref.ref[SQLiteStore]) -> None:
+    store = ref()
+    if store is not None:
+        # A fork taken while another thread held the lock must not deadlock
+        # the child; its connection is re-opened on first use by the pid check.
+        store._lock = threading.Lock()
+
+
+class SQLiteStore(Store):
+    """The store in one SQLite file under the state directory."""
+
+    def __init__(self, path: Path, busy_timeout: float = 5.0):
+        self.path = path
+        self.location = str(path)
+        self.busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        self._ident: tuple[int, int] | None = None
+        self._inherited: list[sqlite3.Connection] = []
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _renew_lock(ref))
+
+    # -- the connection ---------------------------------------------------------
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            if self._conn is not None and self._pid != os.getpid():
+                # Inherited across fork(): never use it, never close it (closing
+                # could checkpoint or drop locks under the parent's feet).
+                self._inherited.append(self._conn)
+                self._conn = None
+            self._conn = self._open()
+            self._pid = os.getpid()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        from ..paths import ensure_private_dir
+
+        try:
+            ensure_private_dir(self.path.parent)
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            st = os.stat(self.path)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(str(self.path), _reason(exc)) from None
+        # Switching a new file to WAL answers "locked" at once, without the
+        # busy handler, while another process opens it too (gunicorn workers
+        # starting together): retry for a while.
+        deadline = time.monotonic() + max(self.busy_timeout, 2.0)
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version != _SCHEMA_VERSION:
+                    self._create(conn)
+                self._ident = (st.st_dev, st.st_ino)
+                return conn
+            except sqlite3.OperationalError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if not _busy(exc) or time.monotonic() > deadline:
+                    conn.close()
+                    raise StateError(str(self.path), _reason(exc)) from None
+                time.sleep(0.01)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise StateError(str(self.path), _reason(exc)) from None
+
+    @staticmethod
+    def _create(conn: sqlite3.Connection) -> None:
+        # BEGIN IMMEDIATE waits for the write lock (busy timeout); bare DDL
+        # could fail at once on a stale read snapshot.
+        conn.execute("BEGIN IMMEDIATE")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != _SCHEMA_VERSION:
+            if version > _SCHEMA_VERSION:
+                conn.execute("ROLLBACK")
+                raise sqlite3.DatabaseError(
+                    f"its schema is version {version}, newer than this reqcron knows"
+                )
+            if version in _MIGRATIONS:
+                conn.execute(_MIGRATIONS[version])
+            for statement in _SCHEMA.split(";"):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+
+    def _drop(self) -> None:
+        """Forget a connection that failed; the next use opens the file afresh."""
+        conn, self._conn = self._conn, None
+        if conn is not None and self._pid == os.getpid():
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    @contextmanager
+    def _cursor(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                db = self._db
+                if write:
+                    db.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield db
+                    except BaseException:
+                        db.execute("ROLLBACK")
+                        raise
+                    db.execute("COMMIT")
+                else:
+                    yield db
+            except sqlite3.Error as exc:
+                if not _busy(exc):
+                    self._drop()
+                raise StateError(str(self.path), _reason(exc)) from None
+
+    def verify(self) -> None:
+        with self._lock:
+            if self._conn is None or self._pid != os.getpid():
+                return
+            try:
+                st = os.stat(self.path)
+                same = (st.st_dev, st.st_ino) == self._ident
+            except OSError:
+                same = False
+            if not same:
+                self._drop()
+
+    def problems(self) -> list[str]:
+        try:
+            with self._cursor(write=True) as db:
+                verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('checked', ?)", (str(time.time()),))
+        except StateError as exc:
+            return [str(exc)]
+        if verdict != "ok":
+            return [f"state at {self.path} is damaged: {verdict}"]
+        return []
+
+    # -- the pulse, and small named values -----------------------------------------
+
+    def pulse(self) -> Pulse:
+        with self._cursor() as db:
+            version, key, next_due, requested, clock = db.execute(_PULSE).fetchone()
+        return Pulse(version, key, next_due, requested, float(clock) if clock else None)
+
+    def meta(self, key: str) -> str | None:
+        with self._cursor() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def init_meta(self, key: str, value: str) -> str:
+        with self._cursor(write=True) as db:
+            db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
+            return str(db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._cursor() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- the catalog ---------------------------------------------------------------
+
+    def catalog(self) -> CatalogRow:
+        with self._cursor() as db:
+            row = db.execute(
+                "SELECT version, key, data, reading_key, reading_until FROM catalog WHERE id = 1"
+            ).fetchone()
+        return CatalogRow(*row)
+
+    def begin_read(self, key: str, now: float, until: float) -> bool:
+        with self._cursor() as db:
+            return db.execute(
+                "UPDATE catalog SET reading_key = ?, reading_until = ? WHERE id = 1"
+                " AND key IS NOT ? AND (reading_key IS NOT ? OR reading_until < ?)",
+                (key, until, key, key, now),
+            ).rowcount == 1
+
+    def save_catalog(self, key: str, data: str, syncs: list[TaskSync], removed: list[str],
+                     now: float) -> int:
+        with self._cursor(write=True) as db:
+            db.execute(
+                "UPDATE catalog SET version = version + 1, key = ?, data = ?,"
+                " reading_key = NULL, reading_until = NULL WHERE id = 1",
+                (key, data),
+            )
+            for s in syncs:
+                db.execute(
+                    "INSERT OR IGNORE INTO tasks (name, next_due, anchor, enabled, signature,"
+                    " first_seen) VALUES (?, ?, ?, ?, ?, ?)",
+                    (s.name, s.next_due, s.anchor, int(s.enabled), s.signature, now),
+                )
+                db.execute(
+                    "UPDATE tasks SET next_due = ?, signature = ? WHERE name = ?"
+                    " AND signature IS NOT ?",
+                    (s.next_due, s.signature, s.name, s.signature),
+                )
+            db.executemany(
+                "UPDATE tasks SET next_due = NULL, signature = ? WHERE name = ?"
+                " AND signature IS NOT ?",
+                [(REMOVED, name, REMOVED) for name in removed],
+            )
+            return int(db.execute("SELECT version FROM catalog WHERE id = 1").fetchone()[0])
+
+    # -- schedule positions ------------------------------------------------------
+
+    def states(self) -> dict[str, TaskState]:
+        with self._cursor() as db:
+            rows = db.execute(_SELECT_TASKS).fetchall()
+        return {row[0]: TaskState(*row) for row in rows}
+
+    def due_states(self, now: float) -> list[TaskState]:
+        with self._cursor() as db:
+            rows = db.execute(
+                _SELECT_TASKS + " WHERE next_due <= ? UNION "
+                + _SELECT_TASKS + " WHERE run_requested <= ?",
+                (now, now),
+            ).fetchall()
+        return [TaskState(*row) for row in rows]
+
+    def claim_slot(self, name: str, expected: float, signature: str,
+                   new_next_due: float | None, run: Run, merge: bool = False) -> int | None:
+        with self._cursor(write=True) as db:
+            won = db.execute(
+                "UPDATE tasks SET next_due = ? WHERE name = ? AND next_due = ? AND signature = ?",
+                (new_next_due, name, expected, signature),
+            ).rowcount == 1
+            if not won:
+                return None
+            db.execute(
+                "INSERT INTO meta VALUES ('clock', ?) ON CONFLICT (key) DO UPDATE"
+                " SET value = max(CAST(value AS REAL), CAST(excluded.value AS REAL))",
+                (run.created,),
+            )
+            return self._record(db, run, merge)
+
+    def reposition(self, name: str, expected: float | None, signature: str,
+                   new_next_due: float | None) -> bool:
+        with self._cursor() as db:
+            return db.execute(
+                "UPDATE tasks SET next_due = ? WHERE name = ? AND next_due IS ?"
+                " AND signature = ?",
+                (new_next_due, name, expected, signature),
+            ).rowcount == 1
+
+    def claim_request(self, name: str, requested: float, run: Run) -> int | None:
+        with self._cursor(write=True) as db:
+            won = db.execute(
+                "UPDATE tasks SET run_requested = NULL WHERE name = ? AND run_requested = ?",
+                (name, requested),
+            ).rowcount == 1
+            return self._record(db, run) if won else None
+
+    def request_run(self, name: str, now: float) -> None:
+        with self._cursor() as db:
+            db.execute(
+                "UPDATE tasks SET run_requested = COALESCE(run_requested, ?) WHERE name = ?",
+                (now, name),
+            )
+
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        with self._cursor() as db:
+            db.execute("UPDATE tasks SET enabled = ? WHERE name = ?", (int(enabled), name))
+
+    # -- history ---------------------------------------------------------------
+
+    def add_run(self, run: Run, merge: bool = False) -> int:
+        with self._cursor(write=True) as db:
+            return self._record(db, run, merge)
+
+    @staticmethod
+    def _record(db: sqlite3.Connection, run: Run, merge: bool = False) -> int:
+        if merge:
+            last = db.execute(
+                "SELECT id, status, error FROM runs WHERE task = ? ORDER BY id DESC LIMIT 1",
+                (run.task,),
+            ).fetchone()
+            if last is not None and (last[1], last[2]) == (run.status, _capped("error", run.error)):
+                db.execute(
+                    'UPDATE runs SET slots = slots + ?, slot = ?, "end" = ? WHERE id = ?',
+                    (run.slots, run.slot, run.end, last[0]),
+                )
+                return int(last[0])
+        names = ", ".join(f'"{c}"' for c in RUN_COLUMNS)
+        marks = ", ".join("?" for _ in RUN_COLUMNS)
+        cur = db.execute(
+            f"INSERT INTO runs ({names}) VALUES ({marks})",
+            [_capped(c, getattr(run, c)) for c in RUN_COLUMNS],
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def update_run(self, run_id: int, /, **values: Any) -> None:
+        self._update(run_id, None, values)
+
+    def update_run_if(self, run_id: int, expected: str, /, **values: Any) -> bool:
+        return self._update(run_id, expected, values)
+
+    def _update(self, run_id: int, status: str | None, values: dict[str, Any]) -> bool:
+        unknown = set(values) - set(RUN_COLUMNS)
+        if unknown:
+            raise TypeError(f"unknown run fields: {sorted(unknown)}")
+        sets = ", ".join(f'"{k}" = ?' for k in values)
+        where = "id = ?" + (" AND status = ?" if status is not None else "")
+        params = [_capped(k, v) for k, v in values.items()] + [run_id]
+        params += [status] if status is not None else []
+        with self._cursor() as db:
+            return db.execute(f"UPDATE runs SET {sets} WHERE {where}", params).rowcount == 1
+
+    def get_run(self, run_id: int) -> Run | None:
+        with self._cursor() as db:
+            row = db.execute(_SELECT_RUNS + " WHERE id = ?", (run_id,)).fetchone()
+        return _run(row) if row else None
+
+    def runs(self, name: str | None = None, limit: int = 50,
+             statuses: tuple[str, ...] = ()) -> list[Run]:
+        where, params = [], []
+        if name is not None:
+            where.append("task = ?")
+            params.append(name)
+        if statuses:
+            where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            params.extend(statuses)
+        sql = _SELECT_RUNS + (f" WHERE {' AND '.join(where)}" if where else "")
+        with self._cursor() as db:
+            rows = db.execute(sql + " ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall()
+        return [_run(r) for r in rows]
+
+    def prune(self, name: str, keep: int) -> None:
+        with self._cursor() as db:
+            db.execute(
+                "DELETE FROM runs WHERE task = ? AND status NOT IN (?, ?)"
+                " AND id <= (SELECT id FROM runs WHERE task = ?"
+                " AND status NOT IN (?, ?) ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (name, Status.PENDING, Status.RUNNING, name, Status.PENDING, Status.RUNNING, keep),
+            )
+
+    def set_aside(self) -> str | None:
+        with self._lock:
+            self._drop()
+            if not self.path.exists():
+                return None
+            aside = self.path.with_name(f"{self.path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.rename(f"{self.path}{suffix}", f"{aside}{suffix}")
+                except FileNotFoundError:
+                    pass
+            return str(aside)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+
+def _capped(column: str, value: Any) -> Any:
+    if column in _CAPS and isinstance(value, str):
+        limit, keep_end = _CAPS[column]
+        return cap(value, limit, keep_end=keep_end)
+    return value
+
+
+def _run(row: tuple[Any, ...]) -> Run:
+    run_id, *values = row
+    return Run(id=run_id, **dict(zip(RUN_COLUMNS, values, strict=True)))
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if "not a database" in text or "malformed" in text:
+        return (f"{text}: the file is damaged; `reqcron state reset DOCROOT` sets it aside "
+                "and starts a fresh state")
+    return text
