@@ -148,24 +148,24 @@ def cmd_due(args: argparse.Namespace) -> int:
     from .spawn import Spawner
 
     doc = _open(args)
-    for problem in [*doc.load_errors(), *filter(None, [owner_warning(doc.path)])]:
+    load_errors = doc.load_errors()
+    for problem in [*load_errors, *filter(None, [owner_warning(doc.path)])]:
         sys.stderr.write(f"reqcron: {problem}\n")
     spawner = Spawner()
     started = [(claim, spawner.start(doc, claim)) for claim in doc.due(Trigger.DUE)]
     for claim, ok in started:
         sys.stdout.write(f"started {claim.task} (run {claim.run_id})\n" if ok else
                          f"could not start {claim.task} (run {claim.run_id})\n")
-    if not args.wait:
-        return EXIT_OK if all(ok for _, ok in started) else EXIT_FAILED
-    codes = [0 if ok else 1 for _, ok in started]
-    while spawner.reap():
-        time.sleep(0.05)
-    for claim, ok in started:
-        run = doc.get_run(claim.run_id)
-        if ok and run is not None and run.exit_code is not None:
-            codes.append(run.exit_code)
-        elif ok:
-            codes.append(1)
+    # What loads is started; the slots of what does not are recorded as failed.
+    codes = [EXIT_USAGE] if load_errors else []
+    codes += [EXIT_OK if ok else EXIT_FAILED for _, ok in started]
+    if args.wait:
+        while spawner.reap():
+            time.sleep(0.05)
+        for claim, ok in started:
+            run = doc.get_run(claim.run_id)
+            if ok:
+                codes.append(run.exit_code if run and run.exit_code is not None else EXIT_FAILED)
     return max(codes, key=lambda c: _WORST.get(c, 2), default=EXIT_OK)
 
 

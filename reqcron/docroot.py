@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,7 +37,8 @@ log = logging.getLogger("reqcron")
 
 #: A pending run whose process has not started after this long is lost.
 PENDING_TIMEOUT = 30.0
-#: A clock this far behind the latest claim has been set back.
+#: A wall clock this much further behind the monotonic one than at the
+#: latest claim has been set back.
 CLOCK_SLACK = 1.0
 #: Debian cron: after the clock is set back by less than this, fixed-time jobs
 #: that already ran do not run again.
@@ -99,17 +101,17 @@ class Docroot:
         another process stored, and re-positions schedules after the clock
         was set back.
         """
+        current = now() if at is None else at
         self.store.verify()
         key = self._files_key()
         pulse = self.store.pulse()
         if pulse.catalog_key != key:
-            self._read_files(key)
+            self._read_files(key, current)
             pulse = self.store.pulse()
         if pulse.catalog_version != self._version:
             self._load_catalog()
-        current = now() if at is None else at
-        if pulse.clock is not None and current < pulse.clock - CLOCK_SLACK:
-            self._clock_went_back(current)
+        if pulse.clock is not None and clock_offset() < pulse.clock - CLOCK_SLACK:
+            self._clock_went_back()
             pulse = self.store.pulse()
         return pulse
 
@@ -151,8 +153,7 @@ class Docroot:
             self._settings_error = LoadError(exc.path, exc.line, exc.problem)
             self._log_once(str(self._settings_error), logging.ERROR)
 
-    def _read_files(self, key: str) -> None:
-        current = now()
+    def _read_files(self, key: str, current: float) -> None:
         if not self.store.begin_read(key, current, current + catalogs.READ_TIMEOUT + 5):
             return  # another process reads them; its catalog arrives by the pulse
         stored = self.store.catalog()
@@ -269,16 +270,18 @@ class Docroot:
         tasks = self.catalog().tasks
         return {n: s for n, s in self.store.states().items() if n in tasks}
 
-    def _clock_went_back(self, current: float) -> None:
+    def _clock_went_back(self) -> None:
         """Follow Debian cron when the wall clock was set back.
 
         Interval and wildcard schedules go on from the new time; fixed-time
         ones do not repeat slots that already ran, unless the clock went
-        back by three hours or more.
+        back by three hours or more.  Only a row claimed at a wall time
+        later than now moves, so running this needlessly changes nothing.
         """
-        for name, state in self.states().items():
-            info = self._catalog.tasks[name]
-            if state.next_due is None or state.signature != info.signature:
+        current = now()  # not a caller's `at`: this is about the real clock
+        for name, state in self.store.states().items():
+            info = self._catalog.tasks.get(name)
+            if info is None or state.next_due is None or state.signature != info.signature:
                 continue
             schedule = self.schedule_of(name, state)
             expected = _ts(schedule.next_run(_dt(current)))
@@ -289,7 +292,7 @@ class Docroot:
                 limit = _ts(schedule.next_run(_dt(current + CLOCK_REPEAT))) or expected
             if state.next_due > limit:
                 self.store.reposition(name, state.next_due, info.signature, expected)
-        self.store.set_meta("clock", repr(current))
+        self.store.set_meta("clock", repr(clock_offset()))
         log.warning("reqcron: %s: the clock was set back; schedules follow the new time",
                     self.path)
 
@@ -354,7 +357,7 @@ class Docroot:
         self._unless_runnable(info, state, run, current, grace=True)
         new_next = _ts(schedule.next_run(moment))
         run_id = self.store.claim_slot(info.name, state.next_due, info.signature, new_next, run,
-                                       merge=run.status != Status.PENDING)
+                                       merge=run.status != Status.PENDING, clock=clock_offset())
         if run_id is None or run.status != Status.PENDING:
             return []
         return [Claim(run_id, info.name, trigger, run.slot)]
@@ -457,6 +460,15 @@ class Docroot:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+
+
+def clock_offset() -> float:
+    """Wall clock minus monotonic clock: it drops when the wall clock is set back.
+
+    A process that was merely slow to get here reads both clocks together,
+    so it never mistakes its own delay for a change of the clock.
+    """
+    return time.time() - time.monotonic()
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:

@@ -64,11 +64,11 @@ def test_list_shows_schedules_next_runs_and_where_state_lives(site):
 
 def test_list_json_has_a_stable_shape(site):
     data = json.loads(reqcron_cmd("list", str(site), "--json").stdout)
-    assert set(data) == {"docroot", "state", "timezone", "now", "tasks", "load_errors",
+    assert set(data) == {"docroot", "state", "timezone", "now", "tasks", "load_errors", "warnings",
                          "history"}
     nightly = next(t for t in data["tasks"] if t["name"] == "Nightly")
     assert set(nightly) == {"name", "schedule", "kind", "timezone", "enabled", "next_run",
-                            "running", "last_run", "marks", "fix"}
+                            "running", "pending", "last_run", "marks", "error", "fix"}
     assert nightly["timezone"] == "Europe/Amsterdam"
     assert nightly["next_run"].endswith("+00:00")  # ISO 8601 with offset, DOCROOT's zone
 
@@ -155,9 +155,12 @@ def test_crontab_lines_are_valid_cron(site):
         fields = line.split(None, 5)
         assert croniter.is_valid(" ".join(fields[:5])), line
         commands.append(fields[5])
-    assert any(c.endswith(f"runtask --if-due {site} Nightly") for c in commands)
-    assert "CRON_TZ=Europe/Amsterdam" in proc.stdout
-    assert "# Beat: every second cannot be written as a cron line" in proc.stdout
+    # Nightly is in Europe/Amsterdam, the system in UTC: cron checks each minute and
+    # runtask --if-due starts it at its times (Debian's cron ignores CRON_TZ).
+    assert f"* * * * * {sys.prefix}/bin/runtask --if-due {site} Nightly" in lines
+    assert "CRON_TZ" not in proc.stdout
+    assert "# Beat: every second: cron fires at most once a minute" in proc.stdout
+    assert f"* * * * * {sys.prefix}/bin/runtask --if-due {site} Beat" in lines
     assert f"* * * * * {sys.prefix}/bin/reqcron due {site}" in proc.stdout
 
 
@@ -190,7 +193,7 @@ def test_check_reports_problems_and_exits_2(make_docroot, tasks, toml, needle):
 def test_a_starved_task_is_marked_with_the_fixing_crontab_line(make_docroot):
     root = make_docroot("from reqcron import Task\nclass Minutely(Task):\n    cron = '* * * * *'\n")
     doc = Docroot(root)
-    doc.states(at=time.time() - 3600)  # first seen an hour ago, never triggered since
+    doc.due(at=time.time() - 3600)  # first seen an hour ago, never triggered since
     doc.close()
     proc = reqcron_cmd("list", str(root))
     assert "STARVED" in proc.stdout and "Minutely is starved" in proc.stdout

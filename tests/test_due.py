@@ -13,7 +13,8 @@ import pytest
 from conftest import write
 
 from reqcron import Docroot
-from reqcron.store import SQLiteStore, Status
+from reqcron.records import Status
+from reqcron.store import SQLiteStore, TaskSync
 
 T0 = datetime(2026, 11, 23, 12, 0, 30, tzinfo=UTC).timestamp()
 MINUTE_TASK = "from reqcron import Task\nclass Tick(Task):\n    cron = '* * * * *'\n"
@@ -80,8 +81,8 @@ def test_a_changed_schedule_applies_from_its_next_slot(make_docroot):
     doc = Docroot(root)
     doc.due(at=T0)
     write(root / "__tasks__.py", MINUTE_TASK.replace("* * * * *", "0 * * * *"))
-    doc.reload_if_changed()
-    assert doc.states(at=T0 + 1)["Tick"].next_due == T0 - 30 + 3600
+    assert doc.due(at=T0 + 1) == []  # the change is read, from its next slot
+    assert doc.states()["Tick"].next_due == T0 - 30 + 3600
     assert doc.due(at=T0 + 100) == []
 
 
@@ -90,9 +91,8 @@ def test_a_removed_task_that_comes_back_starts_at_its_next_slot(make_docroot):
     doc = Docroot(root)
     doc.due(at=T0)
     write(root / "__tasks__.py", "from reqcron import Task\n")
-    doc.reload_if_changed()
+    assert doc.due(at=T0 + 1) == [] and "Tick" not in doc.catalog().tasks
     write(root / "__tasks__.py", MINUTE_TASK)
-    doc.reload_if_changed()
     assert doc.due(at=T0 + 3600) == []  # not a stale slot from before it was removed
 
 
@@ -100,7 +100,7 @@ def test_every_without_anchor_counts_from_first_seen_in_every_process(make_docro
     root = make_docroot("from reqcron import Task\nclass Beat(Task):\n    every = 7\n")
     one, two = Docroot(root), Docroot(root)
     one.due(at=T0)
-    assert two.states(at=T0 + 3)["Beat"].next_due == T0 + 7
+    assert two.due(at=T0 + 3) == [] and two.states()["Beat"].next_due == T0 + 7
     (claim,) = two.due(at=T0 + 7 * 100 + 1)
     assert claim.slot == T0 + 700
 
@@ -108,7 +108,7 @@ def test_every_without_anchor_counts_from_first_seen_in_every_process(make_docro
 RACER = """
 import json, sys
 from reqcron import Docroot
-from reqcron.store import Trigger
+from reqcron.records import Trigger
 doc = Docroot(sys.argv[1])
 start, step, count = float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 print("ready", flush=True)
@@ -165,24 +165,53 @@ def store(request, tmp_path: Path):
     backend.close()
 
 
-def test_store_claims_are_compare_and_swap(store):
-    from reqcron.store import Run
+def sync(store, name, signature, next_due, now=1.0, key=None):
+    """Save a catalog holding one task, as the process that read the files does."""
+    key = key or f"{name}:{signature}:{next_due}"
+    assert store.begin_read(key, now, now + 10)
+    return store.save_catalog(key, "{}", [TaskSync(name, signature, next_due, None, True)], [],
+                              now)
 
-    store.sync_task("a", "sig", 100.0, None, True, 1.0)
+
+def test_store_claims_are_compare_and_swap(store):
+    from reqcron.records import Run
+
+    sync(store, "a", "sig", 100.0)
     run = Run(task="a", trigger="request", status=Status.PENDING, created=101.0)
-    assert store.claim_slot("a", 100.0, 160.0, 100.0, run) is not None
-    assert store.claim_slot("a", 100.0, 160.0, 100.0, run) is None
+    assert store.claim_slot("a", 100.0, "sig", 160.0, run) is not None
+    assert store.claim_slot("a", 100.0, "sig", 160.0, run) is None
     assert store.states()["a"].next_due == 160.0
 
 
+def test_store_claims_only_with_the_current_schedule(store):
+    from reqcron.records import Run
+
+    sync(store, "a", "old", 100.0)
+    sync(store, "a", "new", 100.0)  # a process that has not re-read yet still says "old"
+    run = Run(task="a", trigger="request", status=Status.PENDING, created=101.0)
+    assert store.claim_slot("a", 100.0, "old", 160.0, run) is None
+    assert store.claim_slot("a", 100.0, "new", 160.0, run) is not None
+
+
 def test_store_resyncs_only_on_a_new_signature(store):
-    store.sync_task("a", "sig", 100.0, None, True, 1.0)
-    assert store.sync_task("a", "sig", 999.0, None, True, 2.0).next_due == 100.0
-    assert store.sync_task("a", "sig2", 999.0, None, True, 2.0).next_due == 999.0
+    sync(store, "a", "sig", 100.0)
+    sync(store, "a", "sig", 999.0)
+    assert store.states()["a"].next_due == 100.0
+    sync(store, "a", "sig2", 999.0)
+    assert store.states()["a"].next_due == 999.0
+
+
+def test_store_lets_one_reader_at_a_time_read_a_change(store):
+    assert store.begin_read("k1", 1.0, 11.0)
+    assert not store.begin_read("k1", 2.0, 12.0)  # being read
+    assert store.begin_read("k1", 12.0, 22.0)  # its reader's lease ran out
+    assert store.save_catalog("k1", "{}", [], [], 13.0) == 1
+    assert not store.begin_read("k1", 14.0, 24.0)  # already read
+    assert store.catalog().key == "k1"
 
 
 def test_store_prunes_finished_runs_only(store):
-    from reqcron.store import Run
+    from reqcron.records import Run
 
     for i in range(10):
         store.add_run(Run(task="a", trigger="manual", status=Status.OK, created=float(i)))
@@ -193,18 +222,20 @@ def test_store_prunes_finished_runs_only(store):
 
 
 def test_store_caps_output(store):
-    from reqcron.store import OUTPUT_LIMIT, Run
+    from reqcron.limits import OUTPUT_LIMIT
+    from reqcron.records import Run
 
     run_id = store.add_run(Run(task="a", trigger="manual", status=Status.OK, created=0.0))
     store.update_run(run_id, output="x" * (OUTPUT_LIMIT + 10) + "END")
     out = store.get_run(run_id).output
-    assert len(out) == OUTPUT_LIMIT and out.endswith("END")
+    assert OUTPUT_LIMIT <= len(out) < OUTPUT_LIMIT + 100 and out.endswith("END")
+    assert "truncated" in out
 
 
 def test_store_reopens_after_fork(store):
     import os
 
-    store.sync_task("a", "sig", 100.0, None, True, 1.0)
+    sync(store, "a", "sig", 100.0)
     pid = os.fork()
     if pid == 0:  # the child must not use the parent's connection
         try:
@@ -220,7 +251,7 @@ def test_store_reopens_after_fork(store):
 def test_a_docroot_timestamp_is_what_due_uses(make_docroot):
     doc = Docroot(make_docroot(MINUTE_TASK))
     doc.due(at=T0)
-    nxt = doc.tasks()["Tick"].next_run(datetime.fromtimestamp(T0, UTC))
+    nxt = doc.schedule_of("Tick").next_run(datetime.fromtimestamp(T0, UTC))
     assert nxt == datetime.fromtimestamp(T0, UTC) + timedelta(seconds=30)
 
 
@@ -230,7 +261,7 @@ from pathlib import Path
 from reqcron.store import SQLiteStore
 sys.stdin.readline()
 store = SQLiteStore(Path(sys.argv[1]), busy_timeout=0.1)
-store.sync_task("a", "sig", 1.0, None, True, 1.0)
+store.pulse()
 store.runs("a")
 """
 
@@ -256,7 +287,7 @@ def test_a_file_broken_before_a_process_started_still_gets_its_slots_recorded(ma
     write(root / "__tasks__.py", "from reqcron import Task\nclass Tick(Task):\n    every = 1\n"
           "    def run(self)\n")
     doc = Docroot(root)  # a new process: it never saw the file whole
-    assert doc.tasks() == {}
+    assert doc.load_errors() and "Tick" in doc.catalog().tasks  # its last good definition
     wait_for(lambda: doc.store.states()["Tick"].next_due <= time.time(), message="a due slot")
     proc = reqcron_cmd("due", str(root), "--wait")  # e.g. the crontab fallback
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -269,8 +300,8 @@ def test_a_file_broken_before_a_process_started_still_gets_its_slots_recorded(ma
 def test_a_task_removed_while_no_process_watched_is_not_claimed_later(make_docroot):
     root = make_docroot("from reqcron import Task\nclass Tick(Task):\n    every = 1\n"
                         "class Keep(Task):\n    every = 3600\n")
-    Docroot(root).states(at=T0)
+    Docroot(root).due(at=T0)
     write(root / "__tasks__.py", "from reqcron import Task\nclass Keep(Task):\n    every = 3600\n")
-    Docroot(root).tasks()  # the next process to load it sees Tick gone
+    Docroot(root).states()  # the next process to read it sees Tick gone
     write(root / "__tasks__.py", "broken(\n")
     assert Docroot(root).due(at=T0 + 100) == []

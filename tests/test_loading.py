@@ -49,11 +49,11 @@ def test_a_reload_sees_new_classes_not_stale_ones(make_docroot):
     root = make_docroot("from reqcron import Task\nclass A(Task):\n    cron = '0 1 * * *'\n")
     doc = Docroot(root)
     old = type(doc.tasks()["A"])
+    assert sorted(doc.catalog().tasks) == ["A"]
     write(root / "__tasks__.py", "from reqcron import Task\nclass B(Task):\n    pass\n")
-    assert doc.reload_if_changed()
     assert sorted(doc.tasks()) == ["B"]
     assert type(doc.tasks()["B"]) is not old
-    assert not doc.reload_if_changed()  # nothing changed since
+    assert sorted(doc.catalog().tasks) == ["B"]  # the engine read the change too
 
 
 def test_loading_writes_no_bytecode_into_the_docroot(make_docroot):
@@ -87,11 +87,11 @@ def test_an_import_error_is_reported_with_file_and_line(make_docroot):
 def test_a_broken_reload_keeps_the_last_good_tasks(make_docroot):
     root = make_docroot("from reqcron import Task\nclass A(Task):\n    cron = '0 1 * * *'\n")
     doc = Docroot(root)
-    assert list(doc.tasks()) == ["A"]
+    assert list(doc.catalog().tasks) == ["A"]
     write(root / "__tasks__.py", "from reqcron import Task\nclass A(Task:\n")
-    doc.reload_if_changed()
-    assert list(doc.tasks()) == ["A"]
+    assert list(doc.catalog().tasks) == ["A"]
     assert "SyntaxError" in str(doc.load_errors()[0])
+    assert "SyntaxError" in doc.catalog().error_of("A")
 
 
 def test_a_bad_task_does_not_stop_the_others(make_docroot):
@@ -146,7 +146,7 @@ def test_a_missing_docroot_is_one_clear_error(tmp_path):
 def test_unknown_task_lists_the_known_ones(make_docroot):
     doc = Docroot(make_docroot("from reqcron import Task\nclass A(Task):\n    pass\n"))
     with pytest.raises(TaskLookupError, match="known tasks: A"):
-        doc.task("os")
+        doc.info("os")
 
 
 def test_settings_come_from_reqcron_toml(make_docroot, tmp_path):

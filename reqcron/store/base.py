@@ -54,7 +54,7 @@ class Pulse(Record):
         self.catalog_key = catalog_key
         self.next_due = next_due  # the earliest unclaimed slot of any task
         self.run_requested = run_requested  # the oldest open run-now request
-        self.clock = clock  # the latest wall time a claim was made at
+        self.clock = clock  # the wall-minus-monotonic clock offset at the latest claim
 
     @property
     def earliest(self) -> float | None:
@@ -108,8 +108,12 @@ class Store:
         raise NotImplementedError
 
     def claim_slot(self, name: str, expected: float, signature: str,
-                   new_next_due: float | None, run: Run, merge: bool = False) -> int | None:
+                   new_next_due: float | None, run: Run, merge: bool = False,
+                   clock: float | None = None) -> int | None:
         """Advance next_due from ``expected`` (schedule ``signature``) and record ``run``.
+
+        ``clock`` (the claimer's wall-minus-monotonic offset) is kept as the
+        pulse's ``clock``, so a later process can tell the clock was set back.
 
         Returns the run's id, or None when another process claimed the slot
         first or the schedule changed meanwhile.

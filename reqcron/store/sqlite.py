@@ -304,7 +304,7 @@ class SQLiteStore(Store):
     def states(self) -> dict[str, TaskState]:
         with self._cursor() as db:
             rows = db.execute(_SELECT_TASKS).fetchall()
-        return {row[0]: TaskState(*row) for row in rows}
+        return {row[0]: _state(row) for row in rows}
 
     def due_states(self, now: float) -> list[TaskState]:
         with self._cursor() as db:
@@ -313,10 +313,11 @@ class SQLiteStore(Store):
                 + _SELECT_TASKS + " WHERE run_requested <= ?",
                 (now, now),
             ).fetchall()
-        return [TaskState(*row) for row in rows]
+        return [_state(row) for row in rows]
 
     def claim_slot(self, name: str, expected: float, signature: str,
-                   new_next_due: float | None, run: Run, merge: bool = False) -> int | None:
+                   new_next_due: float | None, run: Run, merge: bool = False,
+                   clock: float | None = None) -> int | None:
         with self._cursor(write=True) as db:
             won = db.execute(
                 "UPDATE tasks SET next_due = ? WHERE name = ? AND next_due = ? AND signature = ?",
@@ -324,11 +325,8 @@ class SQLiteStore(Store):
             ).rowcount == 1
             if not won:
                 return None
-            db.execute(
-                "INSERT INTO meta VALUES ('clock', ?) ON CONFLICT (key) DO UPDATE"
-                " SET value = max(CAST(value AS REAL), CAST(excluded.value AS REAL))",
-                (run.created,),
-            )
+            if clock is not None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (repr(clock),))
             return self._record(db, run, merge)
 
     def reposition(self, name: str, expected: float | None, signature: str,
@@ -455,6 +453,11 @@ def _capped(column: str, value: Any) -> Any:
         limit, keep_end = _CAPS[column]
         return cap(value, limit, keep_end=keep_end)
     return value
+
+
+def _state(row: tuple[Any, ...]) -> TaskState:
+    name, next_due, anchor, enabled, requested, signature, first_seen = row
+    return TaskState(name, next_due, anchor, bool(enabled), requested, signature, first_seen)
 
 
 def _run(row: tuple[Any, ...]) -> Run:
