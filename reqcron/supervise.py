@@ -1,0 +1,341 @@
+"""Run a task in a forked child: relay its output, stop it on timeout or signal, report.
+
+The runtask process supervises; the task runs in a forked child, so that a
+timeout can end in SIGKILL and still be recorded.  The child dies with its
+supervisor (a lifeline pipe), so a SIGKILLed runtask leaves nothing behind
+holding the task's lock.  Knows nothing of the DOCROOT's state: the caller
+passes what the run needs and records the Outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import sqlite3
+import sys
+import time
+import traceback
+
+from .errors import ReqCronError
+from .records import Record
+from .store import OUTPUT_LIMIT, Status
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from pathlib import Path
+    from typing import Any
+
+    from .task import Task
+
+RETURN_VALUE_LIMIT = 4096
+DISABLED_CHECK_EVERY = 1.0  # seconds between proceed()'s looks at the enabled flag
+
+
+class Outcome(Record):
+    """How a supervised run ended: its status and what it left behind."""
+
+    __slots__ = ("status", "output", "return_value", "error", "traceback")
+
+    def __init__(
+        self,
+        status: Status,
+        output: str,
+        return_value: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ):
+        self.status = status
+        self.output = output
+        self.return_value = return_value
+        self.error = error
+        self.traceback = traceback
+
+
+def supervise(
+    task: Task,
+    *,
+    docroot: Path,
+    config: Mapping[str, Any],
+    # reqcron.toml's ``database``: gives Task.database, opened on first use.
+    database: str | None,
+    # Called in the child, at most once per DISABLED_CHECK_EVERY seconds,
+    # from Task.proceed(): True turns proceed() False.
+    is_disabled: Callable[[], bool],
+    # Relay the task's output to this process's stdout as it comes.
+    echo: bool,
+    # Descriptors the child must not keep (locks it would hold past its life).
+    close_in_child: Sequence[int] = (),
+) -> Outcome:
+    """Fork the task's process, relay its output, stop it on timeout or signal."""
+    out_r, out_w = os.pipe()
+    res_r, res_w = os.pipe()
+    life_r, life_w = os.pipe()  # EOF in the child when the supervisor dies
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its pipes
+        os.close(out_r)
+        os.close(res_r)
+        os.close(life_w)
+        _child(
+            task,
+            out_w,
+            res_w,
+            life_r,
+            lambda stopping: _bind_context(
+                task,
+                stopping,
+                docroot=docroot,
+                config=config,
+                database=database,
+                is_disabled=is_disabled,
+            ),
+        )
+
+    os.close(out_w)
+    os.close(res_w)
+    os.close(life_r)
+    stop_signal: list[int] = []
+    previous = {
+        s: signal.signal(s, lambda signum, _frame: stop_signal.append(signum))
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    }
+    timeout = task.seconds("timeout")
+    grace = task.seconds("stop_grace") or 5.0
+    deadline = time.monotonic() + timeout if timeout else None
+    kill_at: float | None = None
+    timed_out = False
+    output = bytearray()
+    result = bytearray()
+    streams = {out_r: output, res_r: result}
+    status: int | None = None
+    try:
+        while True:
+            wait = 0.2
+            if streams:
+                ready, _, _ = select.select(list(streams), [], [], wait)
+                for fd in ready:
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        del streams[fd]
+                        os.close(fd)
+                        continue
+                    streams[fd] += chunk
+                    if fd == out_r:
+                        del output[: -OUTPUT_LIMIT * 4]
+                        if echo:
+                            _echo(chunk)
+            else:
+                time.sleep(wait / 4)
+            if status is None:
+                done, code = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status = code
+            if status is not None and (not streams or _drained(streams)):
+                break
+            clock = time.monotonic()
+            if kill_at is None and deadline is not None and clock >= deadline:
+                timed_out = True
+                os.kill(pid, signal.SIGTERM)
+                kill_at = clock + grace
+            elif kill_at is None and stop_signal:
+                os.kill(pid, signal.SIGTERM)
+                kill_at = clock + grace
+            elif kill_at is not None and clock >= kill_at and status is None:
+                os.kill(pid, signal.SIGKILL)
+                kill_at = float("inf")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for fd in streams:
+            os.close(fd)
+        os.close(life_w)
+    return _outcome(status, timed_out, stop_signal, output, result, timeout)
+
+
+def _drained(streams: dict[int, bytearray]) -> bool:
+    """Read what is left once the child is gone; grandchildren may keep pipes open."""
+    for fd in list(streams):
+        while select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            streams[fd] += chunk
+    return True
+
+
+def _echo(chunk: bytes) -> None:
+    try:
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _outcome(
+    status: int | None,
+    timed_out: bool,
+    stop_signal: list[int],
+    output: bytearray,
+    result: bytearray,
+    timeout: float | None,
+) -> Outcome:
+    import json  # here and in _child after run(): not on the way to run()
+
+    text = output.decode("utf-8", "replace")[-OUTPUT_LIMIT:]
+    try:
+        reported: dict[str, Any] = json.loads(result.decode("utf-8")) if result else {}
+    except ValueError:
+        reported = {}
+    out = Outcome(
+        Status.FAILED,
+        text,
+        reported.get("return_value"),
+        reported.get("error"),
+        reported.get("traceback"),
+    )
+    code = os.waitstatus_to_exitcode(status) if status is not None else -signal.SIGKILL
+    if timed_out:
+        out.status = Status.TIMEOUT
+        how = "and killed" if code < 0 else "and it stopped"
+        out.error = out.error or f"stopped by its timeout of {timeout:g} s ({how})"
+    elif code == 0 and reported.get("ok"):
+        out.status = Status.OK
+    elif stop_signal and not reported:
+        out.error = f"stopped by {signal.Signals(stop_signal[0]).name}"
+    elif code < 0:
+        out.error = f"its process died of {signal.Signals(-code).name}"
+    elif not reported:
+        out.error = f"its process exited with code {code} before run() returned"
+    return out
+
+
+def _child(
+    task: Task, out_w: int, res_w: int, lifeline: int, bind: Callable[[list[bool]], None]
+) -> None:
+    """Run the task in the forked child and report; never returns."""
+    code = 1
+    report: dict[str, Any] = {"ok": False}
+    try:
+        _die_with_supervisor(lifeline)
+        os.dup2(out_w, 1)
+        os.dup2(out_w, 2)
+        os.close(out_w)
+        for stream in (sys.stdout, sys.stderr):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(line_buffering=True)
+        stopping: list[bool] = []
+        signal.signal(signal.SIGTERM, lambda _s, _f: stopping.append(True))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns ^C into SIGTERM
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)
+        bind(stopping)
+        value = task.run()
+        report = {"ok": True, "return_value": _describe(value)}
+        code = 0
+    except BaseException as exc:  # the task's failure is data, reported below
+        # Leave out this function's own frame: the trace starts in the task.
+        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+        trace = "".join(traceback.format_exception(type(exc), exc, tb))
+        report = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": trace}
+        try:
+            sys.stderr.write(trace)
+        except Exception:
+            pass
+    finally:
+        try:
+            if task._database is not None:
+                task._database.close()
+        except Exception:
+            pass
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            import json
+
+            data = json.dumps(report).encode()
+            while data:
+                data = data[os.write(res_w, data) :]
+        finally:
+            os._exit(code)
+
+
+def _bind_context(
+    task: Task,
+    stopping: list[bool],
+    *,
+    docroot: Path,
+    config: Mapping[str, Any],
+    database: str | None,
+    is_disabled: Callable[[], bool],
+) -> None:
+    task.config = config
+    task.docroot = docroot
+    checked = [0.0, False]
+
+    def stop_requested() -> bool:
+        if stopping:
+            return True
+        clock = time.monotonic()
+        if clock - checked[0] >= DISABLED_CHECK_EVERY:
+            checked[0] = clock
+            try:
+                checked[1] = is_disabled()
+            except ReqCronError:
+                pass
+        return bool(checked[1])
+
+    task._stop_requested = stop_requested
+    if database:
+        spec = database
+        task._open_database = lambda: open_database(spec, docroot)
+
+
+def open_database(spec: str, docroot: os.PathLike[str]) -> Any:
+    """Open the DB-API connection that reqcron.toml's ``database`` names."""
+    if ":" in spec and not spec.endswith((".db", ".sqlite", ".sqlite3")):
+        import importlib
+
+        module_name, _, attr = spec.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+        return factory()
+    path = os.path.join(docroot, os.path.expanduser(spec))
+    return sqlite3.connect(path)
+
+
+def _describe(value: Any) -> str | None:
+    import json
+
+    if value is None:
+        return None
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text[:RETURN_VALUE_LIMIT]
+
+
+def _die_with_supervisor(lifeline: int) -> None:
+    """Kill this process as soon as its supervisor dies, so its locks die with it.
+
+    The supervisor holds the only write end of ``lifeline``; the read sees
+    EOF when it exits or is killed.  A pipe and a thread instead of
+    prctl(PR_SET_PDEATHSIG): no ctypes to import, and it works beyond Linux.
+    """
+    import threading
+
+    def watch() -> None:
+        try:
+            while os.read(lifeline, 1):
+                pass
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="reqcron-lifeline", daemon=True).start()
