@@ -1,0 +1,118 @@
+"""The task's process under supervision: its locks, its process group, its stack, its caps.
+
+Real `python -m reqcron.runtask` processes, real signals, real forks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import reqcron_cmd
+
+from reqcron import Docroot
+from reqcron.limits import cap
+
+TASKS = """
+import os, subprocess, time
+from pathlib import Path
+from reqcron import Task
+
+MARK = Path(os.environ["MARK_DIR"])
+
+class Forks(Task):                         # leaves a daemonised helper behind
+    def run(self):
+        helper = os.fork()
+        if helper == 0:
+            os.setsid()
+            time.sleep(30)
+            os._exit(0)
+        (MARK / f"helper.{helper}").write_text(str(helper))
+
+class StartsASleep(Task):
+    timeout = 1
+    stop_grace = 0.5
+    def run(self):
+        sleeper = subprocess.Popen(["sleep", "300"])
+        (MARK / "sleep.pid").write_text(str(sleeper.pid))
+        time.sleep(30)
+
+def stuck_here():
+    time.sleep(30)                          # in C code when the timeout comes
+
+class Stuck(Task):
+    timeout = 1
+    stop_grace = 0.5
+    def run(self):
+        stuck_here()
+
+class Huge(Task):
+    def run(self):
+        raise ValueError("x" * 100_000_000)
+
+class Overreports(Task):                    # a child whose own caps have gone wrong
+    def run(self):
+        import reqcron.supervise
+        reqcron.supervise.RETURN_VALUE_LIMIT = 10**9
+        return "y" * 5_000_000
+"""
+
+
+@pytest.fixture
+def site(make_docroot, tmp_path, monkeypatch):
+    monkeypatch.setenv("MARK_DIR", str(tmp_path))
+    return make_docroot(TASKS)
+
+
+def last_run(root: Path, name: str) -> dict:
+    doc = Docroot(root)
+    try:
+        run_id = doc.history(name, limit=1)[0].id
+    finally:
+        doc.close()
+    proc = reqcron_cmd("history", str(root), "--run", str(run_id), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def line_of(code: str) -> int:
+    """The line of __tasks__.py that holds ``code``."""
+    (number,) = [n for n, line in enumerate(TASKS.split("\n"), 1) if code in line]
+    return number
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie waiting for its reaper is gone for our purposes
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _kill_from(*pid_files: Path) -> None:
+    for pid_file in pid_files:
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "keep_end", "expected"),
+    [
+        ("short", 10, False, "short"),
+        ("a" * 60 + "b" * 40, 50, False, "a" * 21 + "… [truncated 79 characters]"),
+        ("a" * 60 + "b" * 40, 50, True, "… [truncated 79 characters]\n" + "b" * 21),
+        ("abcdef", 3, False, "abc"),
+    ],
+)
+def test_cap_cuts_to_the_limit_and_says_so(text, limit, keep_end, expected):
+    assert cap(text, limit, keep_end=keep_end) == expected
+    assert len(expected) <= limit
