@@ -118,6 +118,7 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
             database=docroot.settings.database,
             is_disabled=lambda: not docroot.is_enabled(name),
             echo=echo,
+            close_in_child=(run_fd,) if task_lock is None else (run_fd, task_lock),
         )
         exit_code = _EXIT_CODES.get(outcome.status, EXIT_FAILED)
         store.update_run(

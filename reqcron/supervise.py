@@ -77,6 +77,8 @@ def supervise(
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its pipes
+        for fd in close_in_child:  # else a helper the task forks keeps them, and its locks
+            os.close(fd)
         os.close(out_r)
         os.close(res_r)
         os.close(life_w)

@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import reqcron_cmd
+from conftest import reqcron_cmd, runtask
 
 from reqcron import Docroot
 from reqcron.limits import cap
@@ -102,6 +102,18 @@ def _kill_from(*pid_files: Path) -> None:
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
         except (FileNotFoundError, ProcessLookupError):
             pass
+
+
+def test_a_helper_the_task_forks_does_not_keep_its_lock(site, tmp_path):
+    try:
+        first = runtask(site, "Forks")
+        assert first.returncode == 0, first.stdout + first.stderr
+        (helper,) = tmp_path.glob("helper.*")
+        assert _alive(int(helper.read_text()))  # it outlives run(), with the fds it inherited
+        second = runtask(site, "Forks")
+        assert second.returncode == 0, second.stderr  # not 75: the overlap lock is free
+    finally:
+        _kill_from(*tmp_path.glob("helper.*"))
 
 
 @pytest.mark.parametrize(
