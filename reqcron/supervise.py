@@ -77,6 +77,7 @@ def supervise(
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its pipes
+        os.setpgid(0, 0)  # its own group, so a stop reaches what it starts too
         for fd in close_in_child:  # else a helper the task forks keeps them, and its locks
             os.close(fd)
         os.close(out_r)
@@ -97,6 +98,10 @@ def supervise(
             ),
         )
 
+    try:
+        os.setpgid(pid, pid)  # here too: whichever runs first, the group exists before a stop
+    except OSError:  # the child got there first, or is already gone
+        pass
     os.close(out_w)
     os.close(res_w)
     os.close(life_r)
@@ -141,14 +146,16 @@ def supervise(
             clock = time.monotonic()
             if kill_at is None and deadline is not None and clock >= deadline:
                 timed_out = True
-                os.kill(pid, signal.SIGTERM)
+                _signal_group(pid, signal.SIGTERM)
                 kill_at = clock + grace
             elif kill_at is None and stop_signal:
-                os.kill(pid, signal.SIGTERM)
+                _signal_group(pid, signal.SIGTERM)
                 kill_at = clock + grace
             elif kill_at is not None and clock >= kill_at and status is None:
-                os.kill(pid, signal.SIGKILL)
+                _signal_group(pid, signal.SIGKILL)
                 kill_at = float("inf")
+        if kill_at is not None:  # a stopped run leaves nothing of its group behind
+            _signal_group(pid, signal.SIGKILL)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -156,6 +163,14 @@ def supervise(
             os.close(fd)
         os.close(life_w)
     return _outcome(status, timed_out, stop_signal, output, result, timeout)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    """Send ``signum`` to the task's process group: the task and what it started."""
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):  # the group is gone
+        pass
 
 
 def _drained(streams: dict[int, bytearray]) -> bool:

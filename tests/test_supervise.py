@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import reqcron_cmd, runtask
+from conftest import reqcron_cmd, runtask, wait_for
 
 from reqcron import Docroot
 from reqcron.limits import cap
@@ -114,6 +114,16 @@ def test_a_helper_the_task_forks_does_not_keep_its_lock(site, tmp_path):
         assert second.returncode == 0, second.stderr  # not 75: the overlap lock is free
     finally:
         _kill_from(*tmp_path.glob("helper.*"))
+
+
+def test_a_timeout_stops_the_subprocesses_the_task_started(site, tmp_path):
+    try:
+        proc = runtask(site, "StartsASleep")
+        assert proc.returncode == 124, proc.stdout + proc.stderr
+        sleeper = int((tmp_path / "sleep.pid").read_text())
+        wait_for(lambda: not _alive(sleeper), timeout=10, message="the task's sleep to end")
+    finally:
+        _kill_from(tmp_path / "sleep.pid")
 
 
 @pytest.mark.parametrize(
