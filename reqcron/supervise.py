@@ -19,8 +19,16 @@ import time
 import traceback
 
 from .errors import ReqCronError
+from .limits import (
+    ERROR_LIMIT,
+    OUTPUT_LIMIT,
+    RESULT_READ_LIMIT,
+    RETURN_VALUE_LIMIT,
+    TRACEBACK_LIMIT,
+    cap,
+)
 from .records import Record
-from .store import OUTPUT_LIMIT, Status
+from .store import Status
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -30,7 +38,6 @@ if TYPE_CHECKING:
 
     from .task import Task
 
-RETURN_VALUE_LIMIT = 4096
 DISABLED_CHECK_EVERY = 1.0  # seconds between proceed()'s looks at the enabled flag
 
 
@@ -115,8 +122,8 @@ def supervise(
     deadline = time.monotonic() + timeout if timeout else None
     kill_at: float | None = None
     timed_out = False
-    output = bytearray()
-    result = bytearray()
+    output = _Sink(OUTPUT_LIMIT * 4, keep_end=True, echo=echo)  # bytes: up to 4 a character
+    result = _Sink(RESULT_READ_LIMIT)
     streams = {out_r: output, res_r: result}
     status: int | None = None
     try:
@@ -130,11 +137,7 @@ def supervise(
                         del streams[fd]
                         os.close(fd)
                         continue
-                    streams[fd] += chunk
-                    if fd == out_r:
-                        del output[: -OUTPUT_LIMIT * 4]
-                        if echo:
-                            _echo(chunk)
+                    streams[fd].add(chunk)
             else:
                 time.sleep(wait / 4)
             if status is None:
@@ -173,14 +176,43 @@ def _signal_group(pgid: int, signum: int) -> None:
         pass
 
 
-def _drained(streams: dict[int, bytearray]) -> bool:
+class _Sink:
+    """What the supervisor keeps of one of the child's pipes: at most ``limit`` bytes."""
+
+    __slots__ = ("data", "limit", "keep_end", "echo", "dropped")
+
+    def __init__(self, limit: int, *, keep_end: bool = False, echo: bool = False):
+        self.data = bytearray()
+        self.limit = limit
+        self.keep_end = keep_end  # keep the last bytes (output), else the first
+        self.echo = echo
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        if self.echo:
+            _echo(chunk)
+        if self.keep_end:
+            self.data += chunk
+            excess = len(self.data) - self.limit
+            if excess > 0:
+                self.dropped += excess
+                del self.data[:excess]
+            return
+        room = max(self.limit - len(self.data), 0)
+        self.dropped += max(len(chunk) - room, 0)
+        self.data += chunk[:room]
+
+
+def _drained(streams: dict[int, _Sink]) -> bool:
     """Read what is left once the child is gone; grandchildren may keep pipes open."""
-    for fd in list(streams):
-        while select.select([fd], [], [], 0)[0]:
+    for fd, sink in streams.items():
+        for _ in range(64):  # a grandchild that keeps writing does not keep us here
+            if not select.select([fd], [], [], 0)[0]:
+                break
             chunk = os.read(fd, 65536)
             if not chunk:
                 break
-            streams[fd] += chunk
+            sink.add(chunk)
     return True
 
 
@@ -196,16 +228,18 @@ def _outcome(
     status: int | None,
     timed_out: bool,
     stop_signal: list[int],
-    output: bytearray,
-    result: bytearray,
+    output: _Sink,
+    result: _Sink,
     timeout: float | None,
 ) -> Outcome:
     import json  # here and in _child after run(): not on the way to run()
 
-    text = output.decode("utf-8", "replace")[-OUTPUT_LIMIT:]
+    text = output.data.decode("utf-8", "replace")[-OUTPUT_LIMIT:]
     try:
-        reported: dict[str, Any] = json.loads(result.decode("utf-8")) if result else {}
+        reported: dict[str, Any] = json.loads(result.data) if result.data else {}
     except ValueError:
+        reported = {}
+    if result.dropped:
         reported = {}
     out = Outcome(
         Status.FAILED,
@@ -225,6 +259,8 @@ def _outcome(
         out.error = f"stopped by {signal.Signals(stop_signal[0]).name}"
     elif code < 0:
         out.error = f"its process died of {signal.Signals(-code).name}"
+    elif result.dropped:
+        out.error = f"its report was over {RESULT_READ_LIMIT} bytes and was dropped"
     elif not reported:
         out.error = f"its process exited with code {code} before run() returned"
     return out
@@ -258,10 +294,8 @@ def _child(
         report = {"ok": True, "return_value": _describe(value)}
         code = 0
     except BaseException as exc:  # the task's failure is data, reported below
-        # Leave out this function's own frame: the trace starts in the task.
-        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
-        trace = "".join(traceback.format_exception(type(exc), exc, tb))
-        report = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": trace}
+        trace = _trace(exc)
+        report = {"ok": False, "error": _error(exc), "traceback": trace}
         try:
             sys.stderr.write(trace)
         except Exception:
@@ -328,6 +362,7 @@ def open_database(spec: str, docroot: os.PathLike[str]) -> Any:
 
 
 def _describe(value: Any) -> str | None:
+    """Return the run's return value as JSON (or its repr), capped."""
     import json
 
     if value is None:
@@ -336,7 +371,43 @@ def _describe(value: Any) -> str | None:
         text = json.dumps(value)
     except (TypeError, ValueError):
         text = repr(value)
-    return text[:RETURN_VALUE_LIMIT]
+    return cap(text, RETURN_VALUE_LIMIT)
+
+
+def _error(exc: BaseException) -> str:
+    """Return ``Type: message``, the message cut before anything copies it whole."""
+    name = type(exc).__name__
+    return f"{name}: {cap(_message(exc), max(ERROR_LIMIT - len(name) - 2, 0))}"
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return "<its str() failed>"
+
+
+def _trace(exc: BaseException) -> str:
+    """Format the traceback from the task's frame on, each message in it capped."""
+    tb = exc.__traceback__.tb_next if exc.__traceback__ else None  # not _child's frame
+    top = traceback.TracebackException(type(exc), exc, tb, compact=True)
+    # format() would copy each exception's text whole: cut it first.  ``_str``
+    # is where TracebackException keeps it (3.11 to 3.13); without it, no harm.
+    pending, seen = [top], set()
+    while pending:
+        te = pending.pop()
+        if id(te) in seen:
+            continue
+        seen.add(id(te))
+        text = getattr(te, "_str", None)
+        if isinstance(text, str) and len(text) > ERROR_LIMIT:
+            setattr(te, "_str", cap(text, ERROR_LIMIT))  # noqa: B010 - not in the stubs
+        notes = getattr(te, "__notes__", None)
+        if isinstance(notes, list):
+            te.__notes__ = [cap(str(n), ERROR_LIMIT) for n in notes[:20]]
+        pending += [t for t in (te.__cause__, te.__context__) if t is not None]
+        pending += getattr(te, "exceptions", None) or []
+    return cap("".join(top.format()), TRACEBACK_LIMIT, keep_end=True)
 
 
 def _die_with_supervisor(lifeline: int) -> None:

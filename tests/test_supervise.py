@@ -8,13 +8,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import reqcron_cmd, runtask, wait_for
 
 from reqcron import Docroot
-from reqcron.limits import cap
+from reqcron.limits import ERROR_LIMIT, RESULT_READ_LIMIT, TRACEBACK_LIMIT, cap
 
 TASKS = """
 import os, subprocess, time
@@ -124,6 +126,37 @@ def test_a_timeout_stops_the_subprocesses_the_task_started(site, tmp_path):
         wait_for(lambda: not _alive(sleeper), timeout=10, message="the task's sleep to end")
     finally:
         _kill_from(tmp_path / "sleep.pid")
+
+
+def test_a_huge_exception_is_capped_before_it_costs_memory_or_state(site, tmp_path, state_home):
+    out = (tmp_path / "huge.out").open("w")
+    err = (tmp_path / "huge.err").open("w")
+    with out, err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "reqcron.runtask", str(site), "Huge"], stdout=out, stderr=err
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, for its rusage
+    assert proc.returncode == 1
+    # The largest of runtask and its task process (which holds the 100 MB
+    # message itself, once): uncapped, each made several copies of it.
+    assert usage.ru_maxrss * 1024 < 300_000_000
+    assert (tmp_path / "huge.out").stat().st_size < 2 * TRACEBACK_LIMIT
+    run = last_run(site, "Huge")
+    assert len(run["full_error"]) <= ERROR_LIMIT
+    assert run["full_error"].startswith("ValueError: xxx") and "truncated" in run["full_error"]
+    assert len(run["traceback"]) <= TRACEBACK_LIMIT
+    assert f'__tasks__.py", line {line_of("raise ValueError")}, in run' in run["traceback"]
+    state = sum(p.stat().st_size for p in state_home.rglob("*") if p.is_file())
+    assert state < 5_000_000
+
+
+def test_a_child_that_reports_too_much_is_cut_and_noted(site):
+    proc = runtask(site, "Overreports")
+    assert proc.returncode == 1
+    run = last_run(site, "Overreports")
+    assert run["status"] == "failed" and run["return_value"] is None
+    assert run["full_error"] == f"its report was over {RESULT_READ_LIMIT} bytes and was dropped"
 
 
 @pytest.mark.parametrize(
