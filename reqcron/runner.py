@@ -121,6 +121,9 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
             close_in_child=(run_fd,) if task_lock is None else (run_fd, task_lock),
         )
         exit_code = _EXIT_CODES.get(outcome.status, EXIT_FAILED)
+        if outcome.status == Status.TIMEOUT:
+            where = f"; it was at {outcome.stuck_at}" if outcome.stuck_at else ""
+            log.warning("task %r timed out after %g s%s", name, task.seconds("timeout"), where)
         store.update_run(
             run_id,
             status=outcome.status,

@@ -44,7 +44,7 @@ DISABLED_CHECK_EVERY = 1.0  # seconds between proceed()'s looks at the enabled f
 class Outcome(Record):
     """How a supervised run ended: its status and what it left behind."""
 
-    __slots__ = ("status", "output", "return_value", "error", "traceback")
+    __slots__ = ("status", "output", "return_value", "error", "traceback", "stuck_at")
 
     def __init__(
         self,
@@ -53,12 +53,15 @@ class Outcome(Record):
         return_value: str | None = None,
         error: str | None = None,
         traceback: str | None = None,
+        # Where a stopped run was when asked to stop: "file:line in function".
+        stuck_at: str | None = None,
     ):
         self.status = status
         self.output = output
         self.return_value = return_value
         self.error = error
         self.traceback = traceback
+        self.stuck_at = stuck_at
 
 
 def supervise(
@@ -79,6 +82,7 @@ def supervise(
     """Fork the task's process, relay its output, stop it on timeout or signal."""
     out_r, out_w = os.pipe()
     res_r, res_w = os.pipe()
+    stack_r, stack_w = os.pipe()  # the task's stack, written when it is asked to stop
     life_r, life_w = os.pipe()  # EOF in the child when the supervisor dies
     sys.stdout.flush()
     sys.stderr.flush()
@@ -89,11 +93,13 @@ def supervise(
             os.close(fd)
         os.close(out_r)
         os.close(res_r)
+        os.close(stack_r)
         os.close(life_w)
         _child(
             task,
             out_w,
             res_w,
+            stack_w,
             life_r,
             lambda stopping: _bind_context(
                 task,
@@ -111,6 +117,7 @@ def supervise(
         pass
     os.close(out_w)
     os.close(res_w)
+    os.close(stack_w)
     os.close(life_r)
     stop_signal: list[int] = []
     previous = {
@@ -124,7 +131,8 @@ def supervise(
     timed_out = False
     output = _Sink(OUTPUT_LIMIT * 4, keep_end=True, echo=echo)  # bytes: up to 4 a character
     result = _Sink(RESULT_READ_LIMIT)
-    streams = {out_r: output, res_r: result}
+    stack = _Sink(TRACEBACK_LIMIT)
+    streams = {out_r: output, res_r: result, stack_r: stack}
     status: int | None = None
     try:
         while True:
@@ -165,7 +173,7 @@ def supervise(
         for fd in streams:
             os.close(fd)
         os.close(life_w)
-    return _outcome(status, timed_out, stop_signal, output, result, timeout)
+    return _outcome(status, timed_out, stop_signal, output, result, stack, timeout)
 
 
 def _signal_group(pgid: int, signum: int) -> None:
@@ -230,6 +238,7 @@ def _outcome(
     stop_signal: list[int],
     output: _Sink,
     result: _Sink,
+    stack: _Sink,
     timeout: float | None,
 ) -> Outcome:
     import json  # here and in _child after run(): not on the way to run()
@@ -263,17 +272,69 @@ def _outcome(
         out.error = f"its report was over {RESULT_READ_LIMIT} bytes and was dropped"
     elif not reported:
         out.error = f"its process exited with code {code} before run() returned"
+    if out.status != Status.OK and stack.data:
+        where, frames = _stack_at_stop(stack.data.decode("utf-8", "replace"))
+        frames = cap(f"Stack when asked to stop:\n{frames}", TRACEBACK_LIMIT // 2)
+        before = cap(out.traceback, TRACEBACK_LIMIT // 2, keep_end=True) if out.traceback else ""
+        out.traceback = f"{before}\n{frames}" if before else frames
+        out.stuck_at = where
     return out
 
 
+def _stack_at_stop(dump: str) -> tuple[str | None, str]:
+    """Read faulthandler's dump: return where the task's thread was, and its stacks.
+
+    The dump starts with the child's own line naming its main thread (which
+    runs the task) and its lifeline thread (left out); the main thread's
+    frames from _child outward are reqcron's, not the task's, and are cut.
+    """
+    import re  # the supervisor's alone: not on the child's way to run()
+
+    thread_re = re.compile(r"(?:Current thread|Thread) 0x([0-9a-f]+) \(most recent call first\):$")
+    frame_re = re.compile(r'  File "(.*)", line (\S+) in (.*)$')
+    first, _, rest = dump.partition("\n")
+    idents = first.split()[1:] if first.startswith("reqcron-threads ") else []
+    main, lifeline = (idents + ["", ""])[:2]
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in rest.splitlines():
+        header = thread_re.match(line)
+        if header:
+            ident = header.group(1).lstrip("0")
+            if ident in blocks:  # a second stop's dump: the first one tells
+                break
+            current = blocks[ident] = []
+        elif current is not None and line.startswith("  "):
+            frame = frame_re.match(line)
+            if frame and frame.group(3) == "_child" and frame.group(1) == __file__:
+                current = None  # reqcron's own frames from here on
+            else:
+                current.append(line)
+    task_frames = blocks.pop(main, None)
+    blocks.pop(lifeline, None)
+    if task_frames is None:  # not a dump we can read: keep it as it came
+        return None, rest
+    where = frame_re.match(task_frames[0]) if task_frames else None
+    text = "".join(f"{line}\n" for line in task_frames)
+    for ident, frames in blocks.items():
+        text += f"\nThread 0x{ident} (most recent call first):\n"
+        text += "".join(f"{line}\n" for line in frames)
+    return (f"{where[1]}:{where[2]} in {where[3]}" if where else None), text
+
+
 def _child(
-    task: Task, out_w: int, res_w: int, lifeline: int, bind: Callable[[list[bool]], None]
+    task: Task,
+    out_w: int,
+    res_w: int,
+    stack_w: int,
+    lifeline: int,
+    bind: Callable[[list[bool]], None],
 ) -> None:
     """Run the task in the forked child and report; never returns."""
     code = 1
     report: dict[str, Any] = {"ok": False}
     try:
-        _die_with_supervisor(lifeline)
+        watcher = _die_with_supervisor(lifeline)
         os.dup2(out_w, 1)
         os.dup2(out_w, 2)
         os.close(out_w)
@@ -284,6 +345,7 @@ def _child(
         signal.signal(signal.SIGTERM, lambda _s, _f: stopping.append(True))
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns ^C into SIGTERM
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        _dump_stack_on_stop(stack_w, watcher)
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger()
@@ -410,7 +472,24 @@ def _trace(exc: BaseException) -> str:
     return cap("".join(top.format()), TRACEBACK_LIMIT, keep_end=True)
 
 
-def _die_with_supervisor(lifeline: int) -> None:
+def _dump_stack_on_stop(stack_w: int, lifeline: int | None) -> None:
+    """On SIGTERM, write every thread's stack to ``stack_w``, then stop as asked.
+
+    faulthandler writes from its C signal handler, so the stack shows even
+    while the task is stuck in C code; ``chain`` then runs the Python
+    handler that turns proceed() False.  A task that sets its own SIGTERM
+    handler replaces this one.
+    """
+    import faulthandler
+    import threading
+
+    os.write(stack_w, f"reqcron-threads {threading.get_ident():x} {lifeline or 0:x}\n".encode())
+    faulthandler.register(signal.SIGTERM, file=stack_w, all_threads=True, chain=True)
+    # A process the task forks is not the task: its stack would only mix in.
+    os.register_at_fork(after_in_child=lambda: faulthandler.unregister(signal.SIGTERM))
+
+
+def _die_with_supervisor(lifeline: int) -> int | None:
     """Kill this process as soon as its supervisor dies, so its locks die with it.
 
     The supervisor holds the only write end of ``lifeline``; the read sees
@@ -426,4 +505,6 @@ def _die_with_supervisor(lifeline: int) -> None:
         finally:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    threading.Thread(target=watch, name="reqcron-lifeline", daemon=True).start()
+    thread = threading.Thread(target=watch, name="reqcron-lifeline", daemon=True)
+    thread.start()
+    return thread.ident

@@ -128,6 +128,28 @@ def test_a_timeout_stops_the_subprocesses_the_task_started(site, tmp_path):
         _kill_from(tmp_path / "sleep.pid")
 
 
+def test_a_timed_out_run_records_where_it_was_stuck(site):
+    proc = runtask(site, "Stuck")
+    assert proc.returncode == 124
+    run = last_run(site, "Stuck")
+    assert run["status"] == "timeout"
+    assert run["full_error"] == "stopped by its timeout of 1 s (and killed)"
+    stack = run["traceback"]
+    assert stack.startswith("Stack when asked to stop:\n")
+    sleep = line_of("in C code when")
+    assert f'File "{site / "__tasks__.py"}", line {sleep} in stuck_here' in stack
+    assert "in run" in stack and "_child" not in stack  # the task's frames, not reqcron's
+
+
+def test_runtask_says_in_one_line_where_a_timed_out_task_was(site):
+    proc = runtask(site, "Stuck")
+    assert proc.returncode == 124
+    assert proc.stderr == (
+        f"runtask: task 'Stuck' timed out after 1 s; "
+        f"it was at {site / '__tasks__.py'}:{line_of('in C code when')} in stuck_here\n"
+    )
+
+
 def test_a_huge_exception_is_capped_before_it_costs_memory_or_state(site, tmp_path, state_home):
     out = (tmp_path / "huge.out").open("w")
     err = (tmp_path / "huge.err").open("w")
