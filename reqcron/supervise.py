@@ -1,10 +1,20 @@
 """Run a task in a forked child: relay its output, stop it on timeout or signal, report.
 
 The runtask process supervises; the task runs in a forked child, so that a
-timeout can end in SIGKILL and still be recorded.  The child dies with its
-supervisor (a lifeline pipe), so a SIGKILLed runtask leaves nothing behind
-holding the task's lock.  Knows nothing of the DOCROOT's state: the caller
-passes what the run needs and records the Outcome.
+timeout can end in SIGKILL and still be recorded.  The child:
+
+- leads its own process group, so a stop (SIGTERM, SIGKILL stop_grace
+  later) reaches the processes it started too;
+- closes the caller's lock fds, so nothing it forks keeps the locks;
+- dies with its supervisor (a lifeline pipe), so a SIGKILLed runtask
+  leaves nothing behind holding the task's lock;
+- writes its stack to a pipe when asked to stop (faulthandler), so a
+  timed-out run says where it was stuck;
+- caps what it reports (limits.py) before serialising it; the supervisor
+  caps what it reads again.
+
+Knows nothing of the DOCROOT's state: the caller passes what the run needs
+and records the Outcome.
 """
 
 from __future__ import annotations
