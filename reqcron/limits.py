@@ -1,19 +1,27 @@
-"""The one home of reqcron's caps on text kept from a run."""
+"""The caps on what a run keeps: the one home of every size limit.
+
+Text is capped where it is made (in the task's process, before it is
+serialised) and again where it is read, so no single run can make the
+supervisor or the state grow without bound.
+"""
 
 from __future__ import annotations
 
-OUTPUT_LIMIT = 64 * 1024  # characters of a run's output kept in the history
+OUTPUT_LIMIT = 64 * 1024  # characters of a run's output kept (its end)
 ERROR_LIMIT = 4 * 1024  # characters of a run's error message
-TRACEBACK_LIMIT = 64 * 1024  # characters of a run's traceback
-RETURN_VALUE_LIMIT = 4 * 1024  # characters of a run's return value (as JSON or repr)
-RESULT_READ_LIMIT = 256 * 1024  # bytes read from a task process's result pipe
+TRACEBACK_LIMIT = 64 * 1024  # characters of a run's traceback kept (its end)
+RETURN_VALUE_LIMIT = 4 * 1024  # characters of a run's return value, as JSON or repr
+# Bytes the supervisor reads from the child's result pipe: the capped
+# fields above, JSON-escaped (up to 6 bytes a character), and room to spare.
+RESULT_READ_LIMIT = 6 * (ERROR_LIMIT + TRACEBACK_LIMIT + RETURN_VALUE_LIMIT) + 4096
 
 
 def cap(text: str, limit: int, *, keep_end: bool = False) -> str:
-    """Cut ``text`` to about ``limit`` characters, saying how much was left out."""
+    """Cut ``text`` to at most ``limit`` characters, saying how many were cut."""
     if len(text) <= limit:
         return text
-    cut = len(text) - limit
-    if keep_end:
-        return f"[… {cut} characters truncated]\n" + text[-limit:]
-    return text[:limit] + f" [… {cut} characters truncated]"
+    room = limit - len(f"… [truncated {len(text)} characters]\n")  # a marker at its longest
+    if room <= 0:
+        return text[-limit:] if keep_end else text[:limit]
+    marker = f"… [truncated {len(text) - room} characters]"
+    return marker + "\n" + text[-room:] if keep_end else text[:room] + marker

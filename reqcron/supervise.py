@@ -1,0 +1,519 @@
+"""Run a task in a forked child: relay its output, stop it on timeout or signal, report.
+
+The runtask process supervises; the task runs in a forked child, so that a
+timeout can end in SIGKILL and still be recorded.  The child:
+
+- leads its own process group, so a stop (SIGTERM, SIGKILL stop_grace
+  later) reaches the processes it started too;
+- closes the caller's lock fds, so nothing it forks keeps the locks;
+- dies with its supervisor (a lifeline pipe), so a SIGKILLed runtask
+  leaves nothing behind holding the task's lock;
+- writes its stack to a pipe when asked to stop (faulthandler), so a
+  timed-out run says where it was stuck;
+- caps what it reports (limits.py) before serialising it; the supervisor
+  caps what it reads again.
+
+Knows nothing of the DOCROOT's state: the caller passes what the run needs
+and records the Outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import sqlite3
+import sys
+import time
+import traceback
+
+from .errors import ReqCronError
+from .limits import (
+    ERROR_LIMIT,
+    OUTPUT_LIMIT,
+    RESULT_READ_LIMIT,
+    RETURN_VALUE_LIMIT,
+    TRACEBACK_LIMIT,
+    cap,
+)
+from .records import Record, Status
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from pathlib import Path
+    from typing import Any
+
+    from .task import Task
+
+DISABLED_CHECK_EVERY = 1.0  # seconds between proceed()'s looks at the enabled flag
+
+
+class Outcome(Record):
+    """How a supervised run ended: its status and what it left behind."""
+
+    __slots__ = ("status", "output", "return_value", "error", "traceback", "stuck_at")
+
+    def __init__(
+        self,
+        status: Status,
+        output: str,
+        return_value: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+        # Where a stopped run was when asked to stop: "file:line in function".
+        stuck_at: str | None = None,
+    ):
+        self.status = status
+        self.output = output
+        self.return_value = return_value
+        self.error = error
+        self.traceback = traceback
+        self.stuck_at = stuck_at
+
+
+def supervise(
+    task: Task,
+    *,
+    docroot: Path,
+    config: Mapping[str, Any],
+    # reqcron.toml's ``database``: gives Task.database, opened on first use.
+    database: str | None,
+    # Called in the child, at most once per DISABLED_CHECK_EVERY seconds,
+    # from Task.proceed(): True turns proceed() False.
+    is_disabled: Callable[[], bool],
+    # Relay the task's output to this process's stdout as it comes.
+    echo: bool,
+    # Descriptors the child must not keep (locks it would hold past its life).
+    close_in_child: Sequence[int] = (),
+) -> Outcome:
+    """Fork the task's process, relay its output, stop it on timeout or signal."""
+    out_r, out_w = os.pipe()
+    res_r, res_w = os.pipe()
+    stack_r, stack_w = os.pipe()  # the task's stack, written when it is asked to stop
+    life_r, life_w = os.pipe()  # EOF in the child when the supervisor dies
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its pipes
+        os.setpgid(0, 0)  # its own group, so a stop reaches what it starts too
+        for fd in close_in_child:  # else a helper the task forks keeps them, and its locks
+            os.close(fd)
+        os.close(out_r)
+        os.close(res_r)
+        os.close(stack_r)
+        os.close(life_w)
+        _child(
+            task,
+            out_w,
+            res_w,
+            stack_w,
+            life_r,
+            lambda stopping: _bind_context(
+                task,
+                stopping,
+                docroot=docroot,
+                config=config,
+                database=database,
+                is_disabled=is_disabled,
+            ),
+        )
+
+    try:
+        os.setpgid(pid, pid)  # here too: whichever runs first, the group exists before a stop
+    except OSError:  # the child got there first, or is already gone
+        pass
+    os.close(out_w)
+    os.close(res_w)
+    os.close(stack_w)
+    os.close(life_r)
+    stop_signal: list[int] = []
+    previous = {
+        s: signal.signal(s, lambda signum, _frame: stop_signal.append(signum))
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    }
+    timeout = task.seconds("timeout")
+    grace = task.seconds("stop_grace") or 5.0
+    deadline = time.monotonic() + timeout if timeout else None
+    kill_at: float | None = None
+    timed_out = False
+    output = _Sink(OUTPUT_LIMIT * 4, keep_end=True, echo=echo)  # bytes: up to 4 a character
+    result = _Sink(RESULT_READ_LIMIT)
+    stack = _Sink(TRACEBACK_LIMIT)
+    streams = {out_r: output, res_r: result, stack_r: stack}
+    status: int | None = None
+    try:
+        while True:
+            wait = 0.2
+            if streams:
+                ready, _, _ = select.select(list(streams), [], [], wait)
+                for fd in ready:
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        del streams[fd]
+                        os.close(fd)
+                        continue
+                    streams[fd].add(chunk)
+            else:
+                time.sleep(wait / 4)
+            if status is None:
+                done, code = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status = code
+            if status is not None and (not streams or _drained(streams)):
+                break
+            clock = time.monotonic()
+            if kill_at is None and deadline is not None and clock >= deadline:
+                timed_out = True
+                _signal_group(pid, signal.SIGTERM)
+                kill_at = clock + grace
+            elif kill_at is None and stop_signal:
+                _signal_group(pid, signal.SIGTERM)
+                kill_at = clock + grace
+            elif kill_at is not None and clock >= kill_at and status is None:
+                _signal_group(pid, signal.SIGKILL)
+                kill_at = float("inf")
+        if kill_at is not None:  # a stopped run leaves nothing of its group behind
+            _signal_group(pid, signal.SIGKILL)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for fd in streams:
+            os.close(fd)
+        os.close(life_w)
+    return _outcome(status, timed_out, stop_signal, output, result, stack, timeout)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    """Send ``signum`` to the task's process group: the task and what it started."""
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):  # the group is gone
+        pass
+
+
+class _Sink:
+    """What the supervisor keeps of one of the child's pipes: at most ``limit`` bytes."""
+
+    __slots__ = ("data", "limit", "keep_end", "echo", "dropped")
+
+    def __init__(self, limit: int, *, keep_end: bool = False, echo: bool = False):
+        self.data = bytearray()
+        self.limit = limit
+        self.keep_end = keep_end  # keep the last bytes (output), else the first
+        self.echo = echo
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        if self.echo:
+            _echo(chunk)
+        if self.keep_end:
+            self.data += chunk
+            excess = len(self.data) - self.limit
+            if excess > 0:
+                self.dropped += excess
+                del self.data[:excess]
+            return
+        room = max(self.limit - len(self.data), 0)
+        self.dropped += max(len(chunk) - room, 0)
+        self.data += chunk[:room]
+
+
+def _drained(streams: dict[int, _Sink]) -> bool:
+    """Read what is left once the child is gone; grandchildren may keep pipes open."""
+    for fd, sink in streams.items():
+        for _ in range(64):  # a grandchild that keeps writing does not keep us here
+            if not select.select([fd], [], [], 0)[0]:
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            sink.add(chunk)
+    return True
+
+
+def _echo(chunk: bytes) -> None:
+    try:
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _outcome(
+    status: int | None,
+    timed_out: bool,
+    stop_signal: list[int],
+    output: _Sink,
+    result: _Sink,
+    stack: _Sink,
+    timeout: float | None,
+) -> Outcome:
+    import json  # here and in _child after run(): not on the way to run()
+
+    text = output.data.decode("utf-8", "replace")[-OUTPUT_LIMIT:]
+    try:
+        reported: dict[str, Any] = json.loads(result.data) if result.data else {}
+    except ValueError:
+        reported = {}
+    if result.dropped:
+        reported = {}
+    out = Outcome(
+        Status.FAILED,
+        text,
+        reported.get("return_value"),
+        reported.get("error"),
+        reported.get("traceback"),
+    )
+    code = os.waitstatus_to_exitcode(status) if status is not None else -signal.SIGKILL
+    if timed_out:
+        out.status = Status.TIMEOUT
+        how = "and killed" if code < 0 else "and it stopped"
+        out.error = out.error or f"stopped by its timeout of {timeout:g} s ({how})"
+    elif code == 0 and reported.get("ok"):
+        out.status = Status.OK
+    elif stop_signal and not reported:
+        out.error = f"stopped by {signal.Signals(stop_signal[0]).name}"
+    elif code < 0:
+        out.error = f"its process died of {signal.Signals(-code).name}"
+    elif result.dropped:
+        out.error = f"its report was over {RESULT_READ_LIMIT} bytes and was dropped"
+    elif not reported:
+        out.error = f"its process exited with code {code} before run() returned"
+    if out.status != Status.OK and stack.data:
+        where, frames = _stack_at_stop(stack.data.decode("utf-8", "replace"))
+        frames = cap(f"Stack when asked to stop:\n{frames}", TRACEBACK_LIMIT // 2)
+        before = cap(out.traceback, TRACEBACK_LIMIT // 2, keep_end=True) if out.traceback else ""
+        out.traceback = f"{before}\n{frames}" if before else frames
+        out.stuck_at = where
+    return out
+
+
+def _stack_at_stop(dump: str) -> tuple[str | None, str]:
+    """Read faulthandler's dump: return where the task's thread was, and its stacks.
+
+    The dump starts with the child's own line naming its main thread (which
+    runs the task) and its lifeline thread (left out); the main thread's
+    frames from _child outward are reqcron's, not the task's, and are cut.
+    """
+    import re  # the supervisor's alone: not on the child's way to run()
+
+    thread_re = re.compile(r"(?:Current thread|Thread) 0x([0-9a-f]+) \(most recent call first\):$")
+    frame_re = re.compile(r'  File "(.*)", line (\S+) in (.*)$')
+    first, _, rest = dump.partition("\n")
+    idents = first.split()[1:] if first.startswith("reqcron-threads ") else []
+    main, lifeline = (idents + ["", ""])[:2]
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in rest.splitlines():
+        header = thread_re.match(line)
+        if header:
+            ident = header.group(1).lstrip("0")
+            if ident in blocks:  # a second stop's dump: the first one tells
+                break
+            current = blocks[ident] = []
+        elif current is not None and line.startswith("  "):
+            frame = frame_re.match(line)
+            if frame and frame.group(3) == "_child" and frame.group(1) == __file__:
+                current = None  # reqcron's own frames from here on
+            else:
+                current.append(line)
+    task_frames = blocks.pop(main, None)
+    blocks.pop(lifeline, None)
+    if task_frames is None:  # not a dump we can read: keep it as it came
+        return None, rest
+    where = frame_re.match(task_frames[0]) if task_frames else None
+    text = "".join(f"{line}\n" for line in task_frames)
+    for ident, frames in blocks.items():
+        text += f"\nThread 0x{ident} (most recent call first):\n"
+        text += "".join(f"{line}\n" for line in frames)
+    return (f"{where[1]}:{where[2]} in {where[3]}" if where else None), text
+
+
+def _child(
+    task: Task,
+    out_w: int,
+    res_w: int,
+    stack_w: int,
+    lifeline: int,
+    bind: Callable[[list[bool]], None],
+) -> None:
+    """Run the task in the forked child and report; never returns."""
+    code = 1
+    report: dict[str, Any] = {"ok": False}
+    try:
+        watcher = _die_with_supervisor(lifeline)
+        os.dup2(out_w, 1)
+        os.dup2(out_w, 2)
+        os.close(out_w)
+        for stream in (sys.stdout, sys.stderr):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(line_buffering=True)
+        stopping: list[bool] = []
+        signal.signal(signal.SIGTERM, lambda _s, _f: stopping.append(True))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns ^C into SIGTERM
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        _dump_stack_on_stop(stack_w, watcher)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)
+        bind(stopping)
+        value = task.run()
+        report = {"ok": True, "return_value": _describe(value)}
+        code = 0
+    except BaseException as exc:  # the task's failure is data, reported below
+        trace = _trace(exc)
+        report = {"ok": False, "error": _error(exc), "traceback": trace}
+        try:
+            sys.stderr.write(trace)
+        except Exception:
+            pass
+    finally:
+        try:
+            if task._database is not None:
+                task._database.close()
+        except Exception:
+            pass
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            import json
+
+            data = json.dumps(report).encode()
+            while data:
+                data = data[os.write(res_w, data) :]
+        finally:
+            os._exit(code)
+
+
+def _bind_context(
+    task: Task,
+    stopping: list[bool],
+    *,
+    docroot: Path,
+    config: Mapping[str, Any],
+    database: str | None,
+    is_disabled: Callable[[], bool],
+) -> None:
+    task.config = config
+    task.docroot = docroot
+    checked = [0.0, False]
+
+    def stop_requested() -> bool:
+        if stopping:
+            return True
+        clock = time.monotonic()
+        if clock - checked[0] >= DISABLED_CHECK_EVERY:
+            checked[0] = clock
+            try:
+                checked[1] = is_disabled()
+            except ReqCronError:
+                pass
+        return bool(checked[1])
+
+    task._stop_requested = stop_requested
+    if database:
+        spec = database
+        task._open_database = lambda: open_database(spec, docroot)
+
+
+def open_database(spec: str, docroot: os.PathLike[str]) -> Any:
+    """Open the DB-API connection that reqcron.toml's ``database`` names."""
+    if ":" in spec and not spec.endswith((".db", ".sqlite", ".sqlite3")):
+        import importlib
+
+        module_name, _, attr = spec.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+        return factory()
+    path = os.path.join(docroot, os.path.expanduser(spec))
+    return sqlite3.connect(path)
+
+
+def _describe(value: Any) -> str | None:
+    """Return the run's return value as JSON (or its repr), capped."""
+    import json
+
+    if value is None:
+        return None
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return cap(text, RETURN_VALUE_LIMIT)
+
+
+def _error(exc: BaseException) -> str:
+    """Return ``Type: message``, the message cut before anything copies it whole."""
+    name = type(exc).__name__
+    return f"{name}: {cap(_message(exc), max(ERROR_LIMIT - len(name) - 2, 0))}"
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return "<its str() failed>"
+
+
+def _trace(exc: BaseException) -> str:
+    """Format the traceback from the task's frame on, each message in it capped."""
+    tb = exc.__traceback__.tb_next if exc.__traceback__ else None  # not _child's frame
+    top = traceback.TracebackException(type(exc), exc, tb, compact=True)
+    # format() would copy each exception's text whole: cut it first.  ``_str``
+    # is where TracebackException keeps it (3.11 to 3.13); without it, no harm.
+    pending, seen = [top], set()
+    while pending:
+        te = pending.pop()
+        if id(te) in seen:
+            continue
+        seen.add(id(te))
+        text = getattr(te, "_str", None)
+        if isinstance(text, str) and len(text) > ERROR_LIMIT:
+            setattr(te, "_str", cap(text, ERROR_LIMIT))  # noqa: B010 - not in the stubs
+        notes = getattr(te, "__notes__", None)
+        if isinstance(notes, list):
+            te.__notes__ = [cap(str(n), ERROR_LIMIT) for n in notes[:20]]
+        pending += [t for t in (te.__cause__, te.__context__) if t is not None]
+        pending += getattr(te, "exceptions", None) or []
+    return cap("".join(top.format()), TRACEBACK_LIMIT, keep_end=True)
+
+
+def _dump_stack_on_stop(stack_w: int, lifeline: int | None) -> None:
+    """On SIGTERM, write every thread's stack to ``stack_w``, then stop as asked.
+
+    faulthandler writes from its C signal handler, so the stack shows even
+    while the task is stuck in C code; ``chain`` then runs the Python
+    handler that turns proceed() False.  A task that sets its own SIGTERM
+    handler replaces this one.
+    """
+    import faulthandler
+    import threading
+
+    os.write(stack_w, f"reqcron-threads {threading.get_ident():x} {lifeline or 0:x}\n".encode())
+    faulthandler.register(signal.SIGTERM, file=stack_w, all_threads=True, chain=True)
+    # A process the task forks is not the task: its stack would only mix in.
+    os.register_at_fork(after_in_child=lambda: faulthandler.unregister(signal.SIGTERM))
+
+
+def _die_with_supervisor(lifeline: int) -> int | None:
+    """Kill this process as soon as its supervisor dies, so its locks die with it.
+
+    The supervisor holds the only write end of ``lifeline``; the read sees
+    EOF when it exits or is killed.  A pipe and a thread instead of
+    prctl(PR_SET_PDEATHSIG): no ctypes to import, and it works beyond Linux.
+    """
+    import threading
+
+    def watch() -> None:
+        try:
+            while os.read(lifeline, 1):
+                pass
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="reqcron-lifeline", daemon=True)
+    thread.start()
+    return thread.ident
