@@ -11,7 +11,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from .errors import ConfigError
-from .paths import TASKS_FILE, is_inside
+from .paths import TASKS_FILE as TASKS_FILE  # its usual home is here
+from .paths import is_inside
 from .records import Record
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
@@ -20,12 +21,6 @@ if TYPE_CHECKING:
     from datetime import tzinfo
     from typing import Any
     from zoneinfo import ZoneInfo
-
-__all__ = [
-    "CONFIG_FILE", "TASKS_FILE", "HISTORY_MAX", "Settings", "load_settings", "zone_named",
-    "zone_name", "local_zone", "local_zone_name", "default_state_dir", "path_key",
-    "default_python",
-]  # fmt: skip
 
 CONFIG_FILE = "reqcron.toml"
 HISTORY_MAX = 1_000_000  # runs kept per task; more would only make the state slow

@@ -91,7 +91,7 @@ def check_tasks_safety(docroot: Path) -> str | None:
         if mode & stat.S_IWOTH:
             return (
                 f"refusing to load tasks: {what} {path} is writable by every user "
-                f"(mode {mode:04o}), so anyone could run code as its users; "
+                f"(mode {mode:04o}), so anyone could make reqcron run their code; "
                 f"remove the write bit for others (chmod o-w {path})"
             )
     return None
