@@ -1,20 +1,126 @@
-"""Placeholder until the config branch lands: private directories."""
+"""Who may write where: the private state dir, a safe __tasks__.py, the owner to run as.
+
+Stdlib only, and cheap to import: task processes use it before run().
+"""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
+
+from .errors import StateError
+
+TASKS_FILE = "__tasks__.py"  # re-exported by config, its usual home
+
+
+def is_inside(path: os.PathLike[str] | str, folder: os.PathLike[str] | str) -> bool:
+    """Return True when the real path of ``path`` is ``folder`` or below it."""
+    real = os.path.realpath(path)  # resolves what exists; the rest is taken as written
+    top = os.path.realpath(folder)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
 
 
 def ensure_private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Make ``path`` a directory only its owner can use (0700), whatever the umask.
+
+    Missing parents are created 0700 too.  An existing directory owned by
+    another user, or writable by everyone, is refused with StateError; one
+    with other group/other bits is tightened to 0700, with a warning.
+    """
+    path = Path(os.path.abspath(path))
+    missing: list[Path] = []
+    probe = path
+    while not os.path.lexists(probe) and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            continue  # another process made it first: checked below like any existing dir
+        except OSError as exc:
+            raise StateError(str(path), f"cannot create {folder}: {exc.strerror or exc}") from None
+        try:
+            os.chmod(folder, 0o700)  # the umask may have taken bits from the owner too
+        except OSError as exc:
+            raise StateError(str(path), f"cannot set the mode of {folder}: {exc}") from None
+    _check_private(path)
+
+
+def _check_private(path: Path) -> None:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise StateError(str(path), exc.strerror or str(exc)) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateError(str(path), "it is not a directory")
+    me = os.geteuid()
+    if st.st_uid != me:
+        raise StateError(
+            str(path),
+            f"it belongs to {user_name(st.st_uid)}, not to {user_name(me)}; "
+            "state is private to the user that runs reqcron",
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & stat.S_IWOTH:
+        raise StateError(
+            str(path), f"it is writable by every user (mode {mode:04o}); make it 0700 or move it"
+        )
+    if mode & 0o077:
+        try:
+            os.chmod(path, 0o700)
+        except OSError as exc:
+            problem = f"cannot make it private (mode {mode:04o}): {exc}"
+            raise StateError(str(path), problem) from None
+        import logging  # only here: a task process should not pay for it otherwise
+
+        logging.getLogger("reqcron").warning(
+            "reqcron: state dir %s was open to others (mode %04o); made it 0700", path, mode
+        )
 
 
 def check_tasks_safety(docroot: Path) -> str | None:
-    for p in (docroot, docroot / "__tasks__.py"):
-        if p.stat().st_mode & 0o002:
-            return f"{p} is world-writable: refused, as cron refuses a crontab others can write"
+    """Return why DOCROOT's tasks must not be loaded (writable by everyone), or None."""
+    for path, what in ((docroot, "the DOCROOT"), (docroot / TASKS_FILE, TASKS_FILE)):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # missing or unreadable: the loader reports that in its own words
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & stat.S_IWOTH:
+            return (
+                f"refusing to load tasks: {what} {path} is writable by every user "
+                f"(mode {mode:04o}), so anyone could make reqcron run their code; "
+                f"remove the write bit for others (chmod o-w {path})"
+            )
     return None
 
 
 def owner_warning(docroot: Path) -> str | None:
+    """Return a warning when this user is not the owner of DOCROOT's tasks, or None."""
+    tasks = docroot / TASKS_FILE
+    for path, what in ((tasks, f"the DOCROOT's {TASKS_FILE}"), (docroot, "the DOCROOT")):
+        try:
+            owner = os.stat(path).st_uid
+        except OSError:
+            continue
+        me = os.geteuid()
+        if owner == me:
+            return None
+        them = user_name(owner)
+        return (
+            f"you are {user_name(me)} but {what} belongs to {them}: state is per user, "
+            f"so run every trigger (server, crontab, reqcron) as {them}"
+        )
     return None
+
+
+def user_name(uid: int) -> str:
+    """Return the login name of ``uid``, or "uid N" when it has none."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"

@@ -4,6 +4,10 @@ One observer per process (each costs an inotify instance, often only 128
 per user), watching DOCROOT folders non-recursively.  Editors save in
 several ways: in place, or to a temporary file renamed onto the target,
 which arrives as a move: both ends of a move are looked at.
+
+Only changes count: watchdog also reports opening a file and closing it
+unwritten, so any read of __tasks__.py (a web server's, an editor's, `cat`)
+would otherwise wake every process watching it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,11 @@ from .config import CONFIG_FILE, TASKS_FILE
 log = logging.getLogger("reqcron")
 
 WATCHED = frozenset({TASKS_FILE, CONFIG_FILE})
+
+# watchdog's event types that mean the file (or its mode, owner or mtime:
+# chmod o+w must be refused, `touch` should reload) changed; not "opened"
+# or "closed_no_write", which reads cause.
+CHANGES = frozenset({"modified", "created", "deleted", "moved", "closed", "attrib"})
 
 
 class Watcher:
@@ -32,13 +41,21 @@ class Watcher:
         if path in self._watched:
             return True
         try:
+            from watchdog import events
             from watchdog.events import FileSystemEvent, FileSystemEventHandler
             from watchdog.observers import Observer
+
+            # Asked of the kernel too: inotify then never even wakes us for a read.
+            kinds = ("Modified", "Attrib", "Created", "Deleted", "Moved", "Closed")
+            wanted = [getattr(events, f"File{kind}Event", None) for kind in kinds]
+            event_filter = [cls for cls in wanted if cls is not None]
 
             on_change = self._on_change
 
             class Handler(FileSystemEventHandler):
                 def on_any_event(self, event: FileSystemEvent) -> None:
+                    if event.event_type not in CHANGES or event.is_directory:
+                        return
                     for changed in (event.src_path, getattr(event, "dest_path", "")):
                         if os.path.basename(os.fsdecode(changed or "")) in WATCHED:
                             on_change(path)
@@ -49,7 +66,9 @@ class Watcher:
                 observer.daemon = True
                 observer.start()
                 self._observer = observer
-            self._observer.schedule(Handler(), path, recursive=False)  # type: ignore[attr-defined]
+            self._observer.schedule(  # type: ignore[attr-defined]
+                Handler(), path, recursive=False, event_filter=event_filter
+            )
         except Exception as exc:  # inotify limits, no watchdog: the stat fallback covers it
             log.warning(
                 "reqcron: cannot watch %s for changes (%s); checking it once a second "

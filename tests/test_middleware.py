@@ -296,8 +296,9 @@ def test_a_task_process_that_dies_before_its_run_is_recorded_lost_at_once(
     make_docroot, middleware, tmp_path
 ):
     wrapper = tmp_path / "python"
-    wrapper.write_text(f"#!/bin/sh\ncase \"$*\" in *reqcron.catalog*) exec {sys.executable} \"$@\";; "
-                       "esac\nexit 3\n")
+    wrapper.write_text("#!/bin/sh\n"  # reads the tasks, but never starts a run
+                       f'case "$*" in *reqcron.catalog*) exec {sys.executable} "$@";; esac\n'
+                       "exit 3\n")
     wrapper.chmod(0o755)
     root = make_docroot(PROBE, f'[reqcron]\npython = "{wrapper}"\n')
     app = middleware(hello, root)
