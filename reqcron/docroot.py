@@ -154,8 +154,14 @@ class Docroot:
             self._log_once(str(self._settings_error), logging.ERROR)
 
     def _read_files(self, key: str, current: float) -> None:
-        if not self.store.begin_read(key, current, current + catalogs.READ_TIMEOUT + 5):
-            return  # another process reads them; its catalog arrives by the pulse
+        lease = catalogs.READ_TIMEOUT + 5
+        deadline = time.monotonic() + lease
+        while not self.store.begin_read(key, current, current + lease):
+            # Another process reads them: wait for its catalog (off any request's
+            # path), so nobody acts on a catalog older than the files it can see.
+            if self.store.catalog().key == key or time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
         stored = self.store.catalog()
         fresh = catalogs.read(self.path, self.settings.python, self.zone_name())
         previous = catalogs.Catalog.from_json(stored.data) if stored.data else None
