@@ -156,7 +156,7 @@ class Docroot:
     def _read_files(self, key: str, current: float) -> None:
         lease = catalogs.READ_TIMEOUT + 5
         deadline = time.monotonic() + lease
-        while not self.store.begin_read(key, current, current + lease):
+        while not self.store.begin_read(key, now(), now() + lease):  # real time, not `at`
             # Another process reads them: wait for its catalog (off any request's
             # path), so nobody acts on a catalog older than the files it can see.
             if self.store.catalog().key == key or time.monotonic() > deadline:
