@@ -43,7 +43,6 @@ class Settings(Record):
         "history",
         "config",
         "site",
-        "_zone",
     )
 
     def __init__(
@@ -58,21 +57,13 @@ class Settings(Record):
         site: str | None = None,
     ):
         self.docroot = docroot
-        self.timezone = timezone  # None: the system's local zone
+        self.timezone = timezone  # None: the zone kept in the state (see Docroot.zone_name)
         self.state_dir = state_dir
         self.database = database
         self.python = python or default_python()
         self.history = history
         self.config: Mapping[str, Any] = MappingProxyType(dict(config or {}))
         self.site = site  # None: the state is keyed by the DOCROOT's real path
-        self._zone: ZoneInfo | None = None
-
-    @property
-    def zone(self) -> ZoneInfo:
-        """The zone schedules are read in (resolved on first use: zoneinfo is slow to load)."""
-        if self._zone is None:
-            self._zone = zone_named(self.timezone) if self.timezone else local_zone()
-        return self._zone
 
 
 def load_settings(docroot: Path) -> Settings:

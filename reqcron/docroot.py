@@ -18,7 +18,7 @@ from pathlib import Path
 from . import catalog as catalogs
 from . import locks
 from .config import CONFIG_FILE, TASKS_FILE, Settings, load_settings, local_zone, zone_named
-from .errors import ConfigError, DocrootError, StateError, TaskLookupError
+from .errors import ConfigError, DocrootError, ScheduleError, StateError, TaskLookupError
 from .loader import LoadError, load_tasks
 from .records import Claim, Run, Status, TaskState, Trigger, now
 from .schedule import Cron, Schedule, from_signature
@@ -268,7 +268,7 @@ class Docroot:
         anchor = (state.anchor or state.first_seen) if state is not None else now()
         schedule = self._schedule(info.signature, anchor)
         if schedule is None:
-            raise StateError(self.store.location, f"schedule {info.signature!r} cannot be read")
+            raise ScheduleError(name, f"{info.signature!r} cannot be read back")
         return schedule
 
     def states(self) -> dict[str, TaskState]:

@@ -164,7 +164,7 @@ def test_settings_come_from_reqcron_toml(make_docroot, tmp_path):
         % (tmp_path / "mystate"),
     )
     doc = Docroot(root)
-    assert str(doc.settings.zone) == "Europe/Amsterdam"
+    assert str(doc.zone) == "Europe/Amsterdam"
     assert doc.settings.state_dir == tmp_path / "mystate"
     assert doc.settings.history == 7
     assert doc.settings.config["smtp_host"] == "localhost"
