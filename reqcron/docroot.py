@@ -1,6 +1,6 @@
 """Docroot: the engine behind the middleware, the commands and the status page.
 
-It knows tasks through the catalog kept in the state (see catalog.py):
+It knows tasks through the catalog kept in the state (catalog.py, sync.py):
 when ``__tasks__.py`` or ``reqcron.toml`` changes, one process of the site
 reads it in a child and stores the result; every other process picks the
 new catalog up by its version.  A poll (``pulse()``) is one small query
@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from . import catalog as catalogs
-from . import locks
+from . import clock, locks, sync
+from .claims import claim_request, claim_slot, park
 from .config import CONFIG_FILE, TASKS_FILE, Settings, load_settings, local_zone, zone_named
 from .errors import ConfigError, DocrootError, ScheduleError, StateError, TaskLookupError
 from .loader import LoadError, load_tasks
 from .records import Claim, Run, Status, TaskState, Trigger, now
-from .schedule import Cron, Schedule, from_signature
-from .store import SQLiteStore, Store, TaskSync
-from .store.sqlite import REMOVED
+from .schedule import Schedule, from_signature
+from .store import SQLiteStore, Store
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -37,12 +36,6 @@ log = logging.getLogger("reqcron")
 
 #: A pending run whose process has not started after this long is lost.
 PENDING_TIMEOUT = 30.0
-#: A wall clock this much further behind the monotonic one than at the
-#: latest claim has been set back.
-CLOCK_SLACK = 1.0
-#: Debian cron: after the clock is set back by less than this, fixed-time jobs
-#: that already ran do not run again.
-CLOCK_REPEAT = 3 * 3600.0
 
 
 class Docroot:
@@ -106,11 +99,12 @@ class Docroot:
         key = self._files_key()
         pulse = self.store.pulse()
         if pulse.catalog_key != key:
-            self._read_files(key, current)
+            sync.read_once(self.store, self.path, self.settings.python, self.zone_name(), key,
+                           current, self._schedule)
             pulse = self.store.pulse()
         if pulse.catalog_version != self._version:
             self._load_catalog()
-        if pulse.clock is not None and clock_offset() < pulse.clock - CLOCK_SLACK:
+        if clock.went_back(pulse.clock):
             self._clock_went_back()
             pulse = self.store.pulse()
         return pulse
@@ -125,24 +119,13 @@ class Docroot:
         return self._catalog
 
     def _files_key(self) -> str:
-        """Identify the contents of the DOCROOT's two files (re-hashed only when they change)."""
+        """Identify the DOCROOT's two files (re-hashed only when their stat changes)."""
         paths = (self.path / TASKS_FILE, self.path / CONFIG_FILE)
         stamps = (_identity(paths[0]), _identity(paths[1]))
-        if stamps == self._stamps:
-            return self._key
-        import hashlib
-
-        digest = hashlib.blake2b(catalogs.FORMAT.encode(), digest_size=16)
-        for p in paths:
-            try:
-                digest.update(p.read_bytes())
-            except OSError:
-                digest.update(b"\0missing")
-            digest.update(b"\0")
-        if stamps[1] != self._stamps[1]:
-            self._reload_settings()
-        digest.update(self.zone_name().encode())
-        self._stamps, self._key = stamps, digest.hexdigest()
+        if stamps != self._stamps:
+            if stamps[1] != self._stamps[1]:
+                self._reload_settings()
+            self._stamps, self._key = stamps, sync.files_key(paths, self.zone_name())
         return self._key
 
     def _reload_settings(self) -> None:
@@ -152,41 +135,6 @@ class Docroot:
         except ConfigError as exc:  # keep the last good settings
             self._settings_error = LoadError(exc.path, exc.line, exc.problem)
             self._log_once(str(self._settings_error), logging.ERROR)
-
-    def _read_files(self, key: str, current: float) -> None:
-        lease = catalogs.READ_TIMEOUT + 5
-        deadline = time.monotonic() + lease
-        while not self.store.begin_read(key, now(), now() + lease):  # real time, not `at`
-            # Another process reads them: wait for its catalog (off any request's
-            # path), so nobody acts on a catalog older than the files it can see.
-            if self.store.catalog().key == key or time.monotonic() > deadline:
-                return
-            time.sleep(0.02)
-        stored = self.store.catalog()
-        fresh = catalogs.read(self.path, self.settings.python, self.zone_name())
-        previous = catalogs.Catalog.from_json(stored.data) if stored.data else None
-        merged = fresh.merged_over(previous)
-        syncs, removed = self._syncs(merged, self.store.states(), current)
-        self.store.save_catalog(key, merged.to_json(), syncs, removed, current)
-        for error in merged.errors:
-            log.error("reqcron: %s", error)
-
-    def _syncs(self, catalog: Catalog, states: dict[str, TaskState],
-               current: float) -> tuple[list[TaskSync], list[str]]:
-        """The row changes a new catalog needs: new tasks and changed schedules start
-        at their next slot; an ``every`` keeps counting from when it was first seen."""
-        syncs = []
-        for name, info in catalog.tasks.items():
-            state = states.get(name)
-            if state is not None and state.signature == info.signature:
-                continue
-            anchor = state.anchor if state is not None and state.anchor else current
-            schedule = self._schedule(info.signature, anchor)
-            nxt = schedule.next_run(_dt(current)) if schedule is not None else None
-            syncs.append(TaskSync(name, info.signature, _ts(nxt), anchor, info.enabled))
-        removed = [n for n, s in states.items()
-                   if n not in catalog.tasks and s.signature != REMOVED]
-        return syncs, removed
 
     def _load_catalog(self) -> None:
         row = self.store.catalog()
@@ -277,28 +225,16 @@ class Docroot:
         return {n: s for n, s in self.store.states().items() if n in tasks}
 
     def _clock_went_back(self) -> None:
-        """Follow Debian cron when the wall clock was set back.
-
-        Interval and wildcard schedules go on from the new time; fixed-time
-        ones do not repeat slots that already ran, unless the clock went
-        back by three hours or more.  Only a row claimed at a wall time
-        later than now moves, so running this needlessly changes nothing.
-        """
+        """Re-position the slots claimed at a wall time later than now (see clock.py)."""
         current = now()  # not a caller's `at`: this is about the real clock
         for name, state in self.store.states().items():
             info = self._catalog.tasks.get(name)
             if info is None or state.next_due is None or state.signature != info.signature:
                 continue
-            schedule = self.schedule_of(name, state)
-            expected = _ts(schedule.next_run(_dt(current)))
-            if expected is None:
-                continue
-            limit = expected
-            if isinstance(schedule, Cron) and not schedule.wildcard:
-                limit = _ts(schedule.next_run(_dt(current + CLOCK_REPEAT))) or expected
-            if state.next_due > limit:
-                self.store.reposition(name, state.next_due, info.signature, expected)
-        self.store.set_meta("clock", repr(clock_offset()))
+            moved = clock.repositioned(self.schedule_of(name, state), state.next_due, current)
+            if moved is not None:
+                self.store.reposition(name, state.next_due, info.signature, moved)
+        self.store.set_meta("clock", repr(clock.offset()))
         log.warning("reqcron: %s: the clock was set back; schedules follow the new time",
                     self.path)
 
@@ -315,21 +251,26 @@ class Docroot:
         """
         current = now() if at is None else at
         self.pulse(current)
-        claims: list[Claim] = []
+        claims: list[Claim | None] = []
         for state in self.store.due_states(current):
             info = self._catalog.tasks.get(state.name)
             if info is None or state.signature != info.signature:
                 continue  # removed, or this process's catalog is not the state's
+            error = self._catalog.error_of(info.name)
             try:
                 if state.run_requested is not None and state.run_requested <= current:
-                    claims.extend(self._claim_request(info, state, current))
+                    claims.append(claim_request(self.store, info, state, error, current))
                 if state.next_due is not None and state.next_due <= current:
-                    claims.extend(self._claim_slot(info, state, trigger, current))
+                    schedule = self.schedule_of(info.name, state)
+                    claims.append(claim_slot(self.store, info, state, schedule, error, trigger,
+                                             current))
             except StateError:
                 raise
             except Exception as exc:  # a bad value of one task
-                self._task_broke(info, state, current, exc)
-        return claims
+                problem = park(self.store, info, state, current, exc)
+                self._log_once(f"reqcron: task {info.name} of {self.path}: {problem}",
+                               logging.ERROR)
+        return [c for c in claims if c is not None]
 
     def claim_due(self, name: str, trigger: Trigger = Trigger.CRON) -> Claim | None:
         """Claim ``name``'s slot if one is due now (for a run that starts anyway)."""
@@ -339,60 +280,8 @@ class Docroot:
         state = self.store.states().get(name)
         if state is None or state.next_due is None or state.next_due > current:
             return None
-        return next(iter(self._claim_slot(info, state, trigger, current)), None)
-
-    def _claim_request(self, info: TaskInfo, state: TaskState, current: float) -> list[Claim]:
-        assert state.run_requested is not None
-        run = Run(task=info.name, trigger=Trigger.RUN_NOW, status=Status.PENDING,
-                  created=current)
-        self._unless_runnable(info, state, run, current, grace=False)
-        run_id = self.store.claim_request(info.name, state.run_requested, run)
-        if run_id is None or run.status != Status.PENDING:
-            return []
-        return [Claim(run_id, info.name, Trigger.RUN_NOW, None)]
-
-    def _claim_slot(self, info: TaskInfo, state: TaskState, trigger: Trigger,
-                    current: float) -> list[Claim]:
-        assert state.next_due is not None
-        schedule = self.schedule_of(info.name, state)
-        first, moment = _dt(state.next_due), _dt(current)
-        slot = schedule.latest_slot(first, moment)
-        run = Run(task=info.name, trigger=trigger, status=Status.PENDING, created=current,
-                  slot=slot.timestamp(), lateness=current - slot.timestamp(),
-                  slots=schedule.count(first, moment))
-        self._unless_runnable(info, state, run, current, grace=True)
-        new_next = _ts(schedule.next_run(moment))
-        run_id = self.store.claim_slot(info.name, state.next_due, info.signature, new_next, run,
-                                       merge=run.status != Status.PENDING, clock=clock_offset())
-        if run_id is None or run.status != Status.PENDING:
-            return []
-        return [Claim(run_id, info.name, trigger, run.slot)]
-
-    def _unless_runnable(self, info: TaskInfo, state: TaskState, run: Run, current: float,
-                         grace: bool) -> None:
-        """Turn ``run`` into the record of why it cannot run, if it cannot."""
-        error = self._catalog.error_of(info.name)
-        lateness = run.lateness or 0.0
-        if grace and not state.enabled:
-            run.status, run.error = Status.SKIPPED, "disabled"
-        elif grace and info.grace is not None and lateness > info.grace:
-            run.status = Status.MISSED
-            run.error = f"found {lateness:.0f} s late, past its grace of {info.grace:g} s"
-        elif error:
-            run.status, run.exit_code = Status.FAILED, 2
-            run.error = f"not run: {TASKS_FILE} does not load: {error}"
-        else:
-            return
-        run.end = current
-
-    def _task_broke(self, info: TaskInfo, state: TaskState, current: float,
-                    exc: Exception) -> None:
-        """Record a task whose schedule failed, and park it until its schedule changes."""
-        error = f"its schedule failed: {type(exc).__name__}: {exc}"
-        self._log_once(f"reqcron: task {info.name} of {self.path}: {error}", logging.ERROR)
-        if self.store.reposition(info.name, state.next_due, info.signature, None):
-            self.store.add_run(Run(task=info.name, trigger="schedule", status=Status.FAILED,
-                                   created=current, end=current, error=error))
+        return claim_slot(self.store, info, state, self.schedule_of(name, state),
+                          self._catalog.error_of(name), trigger, current)
 
     # -- steering ------------------------------------------------------------
 
@@ -468,15 +357,6 @@ class Docroot:
             self._store.close()
 
 
-def clock_offset() -> float:
-    """Wall clock minus monotonic clock: it drops when the wall clock is set back.
-
-    A process that was merely slow to get here reads both clocks together,
-    so it never mistakes its own delay for a change of the clock.
-    """
-    return time.time() - time.monotonic()
-
-
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
     try:
         st = path.stat()
@@ -487,9 +367,4 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
 
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
-
-
-def _ts(moment: datetime | None) -> float | None:
-    return moment.timestamp() if moment is not None else None
-
 

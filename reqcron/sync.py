@@ -1,0 +1,84 @@
+"""The catalog kept in the state, in step with the DOCROOT's files, read once per site.
+
+When ``__tasks__.py`` or ``reqcron.toml`` changes, the first process to
+notice takes a lease, reads the files in a child (``catalog.read``), lays
+the answer over the stored catalog (a task that no longer loads keeps its
+last good definition) and stores it with the task rows it implies, in one
+transaction.  The others wait for that answer rather than act on a catalog
+older than the files they can see.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import catalog as catalogs
+from .records import TaskState, now
+from .store import Store, TaskSync
+from .store.sqlite import REMOVED
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
+if TYPE_CHECKING:
+    from .catalog import Catalog
+    from .schedule import Schedule
+
+    ScheduleOf = Callable[[str, float | None], Schedule | None]
+
+log = logging.getLogger("reqcron")
+
+
+def files_key(paths: Sequence[Path], zone: str) -> str:
+    """Identify the contents of the files a catalog is read from, and the zone it is read in."""
+    import hashlib
+
+    digest = hashlib.blake2b(catalogs.FORMAT.encode(), digest_size=16)
+    for path in paths:
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            digest.update(b"\0missing")
+        digest.update(b"\0")
+    digest.update(zone.encode())
+    return digest.hexdigest()
+
+
+def read_once(store: Store, docroot: Path, python: str, zone: str, key: str, current: float,
+              schedule: ScheduleOf) -> None:
+    """Read the files of ``key`` and store the catalog, unless another process does."""
+    lease = catalogs.READ_TIMEOUT + 5
+    deadline = time.monotonic() + lease
+    while not store.begin_read(key, now(), now() + lease):  # real time, not a caller's `at`
+        if store.catalog().key == key or time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
+    stored = store.catalog()
+    fresh = catalogs.read(docroot, python, zone)
+    previous = catalogs.Catalog.from_json(stored.data) if stored.data else None
+    merged = fresh.merged_over(previous)
+    syncs, removed = row_changes(merged, store.states(), current, schedule)
+    store.save_catalog(key, merged.to_json(), syncs, removed, current)
+    for error in merged.errors:
+        log.error("reqcron: %s", error)
+
+
+def row_changes(catalog: Catalog, states: dict[str, TaskState], current: float,
+                schedule: ScheduleOf) -> tuple[list[TaskSync], list[str]]:
+    """The task rows a new catalog needs: new tasks and changed schedules start at
+    their next slot; an ``every`` keeps counting from when it was first seen; tasks
+    gone from the file are marked removed (back later, they start afresh)."""
+    syncs = []
+    for name, info in catalog.tasks.items():
+        state = states.get(name)
+        if state is not None and state.signature == info.signature:
+            continue
+        anchor = state.anchor if state is not None and state.anchor else current
+        found = schedule(info.signature, anchor)
+        nxt = found.next_run(datetime.fromtimestamp(current, UTC)) if found else None
+        syncs.append(TaskSync(name, info.signature, nxt.timestamp() if nxt else None, anchor,
+                              info.enabled))
+    removed = [n for n, s in states.items() if n not in catalog.tasks and s.signature != REMOVED]
+    return syncs, removed
