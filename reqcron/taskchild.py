@@ -1,0 +1,217 @@
+"""What runs in the forked task child: set up, run(), report; never returns.
+
+The child leads its own process group, closes the caller's lock fds, dies
+with its supervisor (a lifeline pipe), writes its stack to a pipe when
+asked to stop, and caps what it reports (limits.py) before serialising it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import time
+import traceback
+
+from .errors import ReqCronError
+from .limits import ERROR_LIMIT, RETURN_VALUE_LIMIT, TRACEBACK_LIMIT, cap
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from pathlib import Path
+    from typing import Any
+
+    from .task import Task
+
+DISABLED_CHECK_EVERY = 1.0  # seconds between proceed()'s looks at the enabled flag
+
+
+def run_child(
+    task: Task,
+    out_w: int,
+    res_w: int,
+    stack_w: int,
+    lifeline: int,
+    bind: Callable[[list[bool]], None],
+) -> None:
+    """Run the task in the forked child and report; never returns."""
+    code = 1
+    report: dict[str, Any] = {"ok": False}
+    try:
+        watcher = _die_with_supervisor(lifeline)
+        os.dup2(out_w, 1)
+        os.dup2(out_w, 2)
+        os.close(out_w)
+        for stream in (sys.stdout, sys.stderr):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(line_buffering=True)
+        stopping: list[bool] = []
+        signal.signal(signal.SIGTERM, lambda _s, _f: stopping.append(True))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns ^C into SIGTERM
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        _dump_stack_on_stop(stack_w, watcher)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)
+        bind(stopping)
+        value = task.run()
+        report = {"ok": True, "return_value": _describe(value)}
+        code = 0
+    except BaseException as exc:  # the task's failure is data, reported below
+        trace = _trace(exc)
+        report = {"ok": False, "error": _error(exc), "traceback": trace}
+        try:
+            sys.stderr.write(trace)
+        except Exception:
+            pass
+    finally:
+        try:
+            if task._database is not None:
+                task._database.close()
+        except Exception:
+            pass
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            import json
+
+            data = json.dumps(report).encode()
+            while data:
+                data = data[os.write(res_w, data) :]
+        finally:
+            os._exit(code)
+
+
+def bind_context(
+    task: Task,
+    stopping: list[bool],
+    *,
+    docroot: Path,
+    config: Mapping[str, Any],
+    database: str | None,
+    is_disabled: Callable[[], bool],
+) -> None:
+    task.config = config
+    task.docroot = docroot
+    checked = [0.0, False]
+
+    def stop_requested() -> bool:
+        if stopping:
+            return True
+        clock = time.monotonic()
+        if clock - checked[0] >= DISABLED_CHECK_EVERY:
+            checked[0] = clock
+            try:
+                checked[1] = is_disabled()
+            except ReqCronError:
+                pass
+        return bool(checked[1])
+
+    task._stop_requested = stop_requested
+    if database:
+        spec = database
+        task._open_database = lambda: open_database(spec, docroot)
+
+
+def open_database(spec: str, docroot: os.PathLike[str]) -> Any:
+    """Open the DB-API connection that reqcron.toml's ``database`` names."""
+    if ":" in spec and not spec.endswith((".db", ".sqlite", ".sqlite3")):
+        import importlib
+
+        module_name, _, attr = spec.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+        return factory()
+    path = os.path.join(docroot, os.path.expanduser(spec))
+    return sqlite3.connect(path)
+
+
+def _describe(value: Any) -> str | None:
+    """Return the run's return value as JSON (or its repr), capped."""
+    import json
+
+    if value is None:
+        return None
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return cap(text, RETURN_VALUE_LIMIT)
+
+
+def _error(exc: BaseException) -> str:
+    """Return ``Type: message``, the message cut before anything copies it whole."""
+    name = type(exc).__name__
+    return f"{name}: {cap(_message(exc), max(ERROR_LIMIT - len(name) - 2, 0))}"
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return "<its str() failed>"
+
+
+def _trace(exc: BaseException) -> str:
+    """Format the traceback from the task's frame on, each message in it capped."""
+    tb = exc.__traceback__.tb_next if exc.__traceback__ else None  # not _child's frame
+    top = traceback.TracebackException(type(exc), exc, tb, compact=True)
+    # format() would copy each exception's text whole: cut it first.  ``_str``
+    # is where TracebackException keeps it (3.11 to 3.13); without it, no harm.
+    pending, seen = [top], set()
+    while pending:
+        te = pending.pop()
+        if id(te) in seen:
+            continue
+        seen.add(id(te))
+        text = getattr(te, "_str", None)
+        if isinstance(text, str) and len(text) > ERROR_LIMIT:
+            setattr(te, "_str", cap(text, ERROR_LIMIT))  # noqa: B010 - not in the stubs
+        notes = getattr(te, "__notes__", None)
+        if isinstance(notes, list):
+            te.__notes__ = [cap(str(n), ERROR_LIMIT) for n in notes[:20]]
+        pending += [t for t in (te.__cause__, te.__context__) if t is not None]
+        pending += getattr(te, "exceptions", None) or []
+    return cap("".join(top.format()), TRACEBACK_LIMIT, keep_end=True)
+
+
+def _dump_stack_on_stop(stack_w: int, lifeline: int | None) -> None:
+    """On SIGTERM, write every thread's stack to ``stack_w``, then stop as asked.
+
+    faulthandler writes from its C signal handler, so the stack shows even
+    while the task is stuck in C code; ``chain`` then runs the Python
+    handler that turns proceed() False.  A task that sets its own SIGTERM
+    handler replaces this one.
+    """
+    import faulthandler
+    import threading
+
+    os.write(stack_w, f"reqcron-threads {threading.get_ident():x} {lifeline or 0:x}\n".encode())
+    faulthandler.register(signal.SIGTERM, file=stack_w, all_threads=True, chain=True)
+    # A process the task forks is not the task: its stack would only mix in.
+    os.register_at_fork(after_in_child=lambda: faulthandler.unregister(signal.SIGTERM))
+
+
+def _die_with_supervisor(lifeline: int) -> int | None:
+    """Kill this process as soon as its supervisor dies, so its locks die with it.
+
+    The supervisor holds the only write end of ``lifeline``; the read sees
+    EOF when it exits or is killed.  A pipe and a thread instead of
+    prctl(PR_SET_PDEATHSIG): no ctypes to import, and it works beyond Linux.
+    """
+    import threading
+
+    def watch() -> None:
+        try:
+            while os.read(lifeline, 1):
+                pass
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="reqcron-lifeline", daemon=True)
+    thread.start()
+    return thread.ident
