@@ -289,7 +289,7 @@ def _stack_at_stop(dump: str) -> tuple[str | None, str]:
 
     The dump starts with the child's own line naming its main thread (which
     runs the task) and its lifeline thread (left out); the main thread's
-    frames from _child outward are reqcron's, not the task's, and are cut.
+    frames from run_child outward are reqcron's, not the task's, and are cut.
     """
     import re  # the supervisor's alone: not on the child's way to run()
 
@@ -309,7 +309,7 @@ def _stack_at_stop(dump: str) -> tuple[str | None, str]:
             current = blocks[ident] = []
         elif current is not None and line.startswith("  "):
             frame = frame_re.match(line)
-            if frame and frame.group(3) == "_child" and frame.group(1) == __file__:
+            if frame and frame.group(3) == "run_child" and frame.group(1) == taskchild.__file__:
                 current = None  # reqcron's own frames from here on
             else:
                 current.append(line)
