@@ -25,6 +25,7 @@ import signal
 import sys
 import time
 
+from . import taskchild
 from .limits import (
     OUTPUT_LIMIT,
     RESULT_READ_LIMIT,
