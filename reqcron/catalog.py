@@ -138,7 +138,7 @@ def info_of(task: Task, zone_name: str) -> TaskInfo:
 
 def build(docroot: Path, zone_name: str) -> Catalog:
     """Import the tasks file in this process and describe it (the child's half)."""
-    from .config import zone_named
+    from .zones import zone_named
 
     loaded = load_tasks(docroot, zone_named(zone_name))
     catalog = Catalog(zone_name, errors=loaded.errors)

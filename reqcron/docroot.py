@@ -17,12 +17,13 @@ from pathlib import Path
 from . import catalog as catalogs
 from . import clock, locks, sync
 from .claims import claim_request, claim_slot, park
-from .config import CONFIG_FILE, TASKS_FILE, Settings, load_settings, local_zone, zone_named
+from .config import CONFIG_FILE, TASKS_FILE, Settings, load_settings
 from .errors import ConfigError, DocrootError, ScheduleError, StateError, TaskLookupError
 from .loader import LoadError, load_tasks
 from .records import Claim, Run, Status, TaskState, Trigger, now
 from .schedule import Schedule, from_signature
 from .store import SQLiteStore, Store
+from .zones import local_zone, zone_name, zone_named
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -152,8 +153,6 @@ class Docroot:
         if self.settings.timezone:
             return self.settings.timezone
         if self._zone_name is None:
-            from .config import zone_name
-
             here = zone_name(local_zone())
             self._zone_name = self.store.init_meta("zone", here)
             if self._zone_name != here:

@@ -11,10 +11,10 @@ import shlex
 import sys
 from datetime import UTC, datetime, timedelta, tzinfo
 
-from .config import local_zone, zone_name
 from .docroot import Docroot
 from .records import Run, Status, now
 from .schedule import Cron, Every
+from .zones import local_zone, zone_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -13,12 +13,12 @@ import os
 import sys
 
 from . import locks
-from .config import zone_named
 from .errors import ReqCronError, TaskLookupError
 from .exits import EXIT_FAILED, EXIT_NOT_RUN, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE
 from .loader import load_tasks
 from .records import Run, Status, Trigger, now
 from .supervise import supervise
+from .zones import zone_named
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:

@@ -235,7 +235,7 @@ def from_signature(signature: str | None, anchor: datetime | None = None) -> Sch
         if kind == "none":
             return Never()
         if kind == "cron":
-            from .config import zone_named
+            from .zones import zone_named
 
             expr, _, zone = rest.rpartition("@")
             return Cron(expr, zone_named(zone))

@@ -148,7 +148,7 @@ class Task:
 
     def _compile(self, default_zone: tzinfo | None) -> Schedule:
         from . import schedule as sch
-        from .config import local_zone, zone_named
+        from .zones import local_zone, zone_named
 
         forms = {k: getattr(type(self), k) for k in _FORMS if getattr(type(self), k) is not None}
         anchor = type(self).anchor
