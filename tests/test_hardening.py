@@ -218,3 +218,16 @@ def test_crontab_exits_non_zero_when_a_task_does_not_load(make_docroot):
     proc = reqcron_cmd("crontab", str(root))
     assert proc.returncode == 1 and "'Bad'" in proc.stderr
     assert f"--if-due {root} Tick" in proc.stdout
+
+
+def test_a_cron_schedule_in_the_localtime_zone_round_trips(make_docroot):
+    # /etc/localtime copied as a plain file has no IANA name: the zone is "localtime".
+    root = make_docroot(MINUTE_TASK.replace("* * * * *", "0 * * * *"),
+                        '[reqcron]\ntimezone = "localtime"\n')
+    doc = Docroot(root)
+    doc.due(at=T0)
+    assert doc.catalog().tasks["Tick"].signature == "cron:0 * * * *@localtime"
+    (claim,) = doc.due(at=T0 + 3600)
+    assert claim.slot == T0 - 30 + 3600
+    assert reqcron_cmd("list", str(root)).returncode == 0
+    doc.close()
