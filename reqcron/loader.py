@@ -36,10 +36,12 @@ class LoadError(Record):
 class Loaded(Record):
     """The outcome of one load: the tasks that registered, and what went wrong."""
 
-    __slots__ = ("tasks", "errors", "file_ok", "stamp")
+    __slots__ = ("tasks", "names", "errors", "file_ok", "stamp")
 
     def __init__(self, stamp: tuple[int, int] | None = None):
         self.tasks: dict[str, Task] = {}
+        #: Every task name the file registers (with ``only``, not all are created).
+        self.names: list[str] = []
         self.errors: list[LoadError] = []
         #: False when the file as a whole failed (syntax or import error).
         self.file_ok = True
@@ -66,9 +68,9 @@ def load_tasks(
 ) -> Loaded:
     """Import DOCROOT/__tasks__.py afresh and register its Task subclasses.
 
-    Schedules are compiled (and so validated) for every task, or only for
-    ``only`` when given, or for none without ``compile_schedules``: a task process
-    need not import croniter for the other tasks.
+    Each task is created and its schedule compiled (and so validated), unless
+    ``compile_schedules`` is off; with ``only``, just that task is created (a
+    task process needs neither the others nor croniter for them).
     """
     path = docroot / TASKS_FILE
     loaded = Loaded(stamp=file_stamp(path))
@@ -119,20 +121,21 @@ def load_tasks(
         if added_path and not only:
             sys.path.remove(str(docroot))
 
-    classes: list[type[Task]] = []
-    for value in list(module.__dict__.values()):
-        if (
-            isinstance(value, type)
-            and issubclass(value, Task)
-            and value is not Task
-            and not value.__dict__.get("abstract", False)
-            and value not in classes
-        ):
-            classes.append(value)
+    classes = dict.fromkeys(  # a class bound to two names is one task
+        value
+        for value in list(module.__dict__.values())
+        if isinstance(value, type)
+        and issubclass(value, Task)
+        and value is not Task
+        and not value.__dict__.get("abstract", False)
+    )
     by_name: dict[str, list[type[Task]]] = {}
     for cls in classes:
         by_name.setdefault(str(cls.name), []).append(cls)
+    loaded.names = sorted(by_name)
     for task_name, group in by_name.items():
+        if only is not None and task_name != only:
+            continue  # a task process creates only its own task
         line = _class_line(group[0])
         if len(group) > 1:
             names = " and ".join(c.__qualname__ for c in group)
@@ -158,7 +161,7 @@ def load_tasks(
             continue
         try:
             task = group[0]()
-            if compile_schedules and (only is None or only == task_name):
+            if compile_schedules:
                 task.compiled_schedule(zone)
         except ScheduleError as exc:
             loaded.errors.append(LoadError(str(path), line, str(exc), task_name))

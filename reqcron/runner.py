@@ -96,8 +96,9 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
     if task_errors:
         raise refuse(EXIT_USAGE, str(task_errors[0]))
     if name not in loaded.tasks:
-        raise refuse(EXIT_USAGE, str(TaskLookupError(name, sorted(loaded.tasks))))
+        raise refuse(EXIT_USAGE, str(TaskLookupError(name, loaded.names)))
     task = loaded.tasks[name]
+    started = now()  # the run starts once its code is loaded
 
     trigger = Trigger.MANUAL
     if run_id is None:
