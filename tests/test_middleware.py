@@ -12,7 +12,7 @@ from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
 
 import pytest
-from conftest import wait_for, write
+from conftest import reqcron_cmd, runtask, wait_for, write
 
 from reqcron import Docroot, ReqCron
 
@@ -147,6 +147,7 @@ def test_requests_run_a_one_second_task_in_detached_processes(make_docroot, midd
 
 
 def test_a_slow_task_does_not_slow_requests(make_docroot, middleware, tmp_path):
+    marker = tmp_path / "slow"
     root = make_docroot(f"""
         import time
         from reqcron import Task
@@ -154,18 +155,22 @@ def test_a_slow_task_does_not_slow_requests(make_docroot, middleware, tmp_path):
             every = 1
             overlap = True
             def run(self):
-                open({str(tmp_path / "slow")!r}, "a").write("x")
+                open({str(marker)!r}, "a").write("x")
                 time.sleep(3)
     """)
     app = middleware(hello, root)
     worst = 0.0
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
+
+    def second_run_started():
+        nonlocal worst
         t = time.perf_counter()
-        request(app)
+        assert request(app)[0] == "200 OK"
         worst = max(worst, time.perf_counter() - t)
-        time.sleep(0.01)
-    assert (tmp_path / "slow").exists()
+        return marker.exists() and len(marker.read_text()) >= 2
+
+    # Two runs started: requests went on while the first one slept.
+    wait_for(second_run_started, timeout=15, interval=0.01,
+             message="a second run of Slow while the first one sleeps")
     assert worst < 0.5, f"a request took {worst:.3f} s"
 
 
@@ -205,23 +210,23 @@ def test_hot_reload_adds_changes_and_removes_tasks(make_docroot, middleware):
         "class A(Task):\n    every = 3600\n"
         "class B(Task):\n    every = 1\n",
     )
-    drive(app, lambda: doc.store.runs("B"), message="B, added while serving, to run")
-    count_a = len(doc.store.runs("A"))
-    time.sleep(1.5)  # A now runs hourly: let a few one-second slots go by
-    drive(app, lambda: len(doc.store.runs("B")) >= 3, message="more runs of B")
-    assert len([r for r in doc.store.runs("A") if r.status != "pending"]) <= count_a
-    write(root / "__tasks__.py", "from reqcron import Task\nclass A(Task):\n    every = 3600\n")
-    drive(
-        app,
-        lambda: app.docroot is not None and "B" not in app.docroot.tasks(),
-        message="B to be removed",
+    first_b = drive(app, lambda: doc.store.runs("B"), message="B, added while serving, to run")[-1]
+    # The anchor: B ran two more one-second slots, which the old A had too.
+    drive(app, lambda: [r for r in doc.store.runs("B") if r.slot >= first_b.slot + 1.5],
+          message="two more slots of B")
+    # A's change was stored with B's arrival: no claim of A came after B's first.
+    assert not [r for r in doc.store.runs("A") if r.id > first_b.id]
+    write(
+        root / "__tasks__.py",
+        "from reqcron import Task\n"
+        "class A(Task):\n    every = 3600\n"
+        "class C(Task):\n    every = 1\n",
     )
-    settled = len(doc.store.runs("B"))
-    time.sleep(1.5)
-    for _ in range(20):
-        request(app)
-        time.sleep(0.05)
-    assert len(doc.store.runs("B")) <= settled + 1  # at most one already in flight
+    first_c = drive(app, lambda: doc.store.runs("C"), message="C, added as B went, to run")[-1]
+    drive(app, lambda: [r for r in doc.store.runs("C") if r.slot >= first_c.slot + 1.5],
+          message="two more slots of C")
+    assert "B" not in doc.catalog().tasks
+    assert not [r for r in doc.store.runs("B") if r.id > first_c.id]  # only runs in flight
     doc.close()
 
 
@@ -264,23 +269,40 @@ def test_a_broken_tasks_file_is_survived_recorded_and_recovered(
 def test_an_unusable_state_dir_still_serves(make_docroot, middleware, tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    root = make_docroot(PROBE, f'[reqcron]\nstate_dir = "{blocker / "x"}"\n')
-    app = middleware(hello, root)
+    bad = make_docroot(PROBE, f'[reqcron]\nstate_dir = "{blocker / "x"}"\n')
+    good = make_docroot(PROBE)  # beside it, so that its runs show the checks go on
+    app = middleware(hello)
+    turn = [0]
+
+    def both(environ, start_response):
+        turn[0] += 1
+        environ["DOCUMENT_ROOT"] = str(bad if turn[0] % 2 else good)
+        return app(environ, start_response)
+
+    doc = Docroot(good)
+
+    def ticks():
+        return [r for r in doc.store.runs("Tick") if r.status == "ok"]
+
+    def logged():
+        return sum("cannot be used" in r.getMessage() for r in caplog.records)
+
     with caplog.at_level(logging.ERROR, logger="reqcron"):
-        for _ in range(30):
-            assert request(app) == ("200 OK", b"hello")
-            time.sleep(0.02)
-        wait_for(lambda: any("cannot be used" in r.getMessage() for r in caplog.records))
-    assert sum("cannot be used" in r.getMessage() for r in caplog.records) == 1
+        drive(both, logged, message="the unusable state to be logged")
+        seen = len(ticks())
+        # Each check tends both sites: two more runs of the good one are two
+        # more checks of the bad one.
+        drive(both, lambda: len(ticks()) >= seen + 2, message="two more checks")
+    assert logged() == 1
+    doc.close()
 
 
 def test_a_bad_toml_still_serves(make_docroot, middleware, caplog):
     root = make_docroot(PROBE, "[reqcron\n")
     app = middleware(hello, root)
     with caplog.at_level(logging.ERROR, logger="reqcron"):
-        for _ in range(10):
-            assert request(app) == ("200 OK", b"hello")
-        wait_for(lambda: any("invalid TOML" in r.getMessage() for r in caplog.records))
+        drive(app, lambda: any("invalid TOML" in r.getMessage() for r in caplog.records),
+              message="the TOML error to be logged")
 
 
 def test_a_missing_task_interpreter_is_recorded(make_docroot, middleware):
@@ -330,4 +352,55 @@ def test_without_watchdog_a_cheap_stat_still_picks_up_changes(make_docroot, midd
     write(root / "__tasks__.py", "from reqcron import Task\nclass B(Task):\n    every = 1\n")
     drive(app, lambda: [r for r in doc.store.runs("B") if r.status == "ok"],
           message="B, added with watch=False, to run")
+    doc.close()
+
+
+def test_disable_stops_every_trigger_while_other_tasks_run_on(make_docroot, middleware):
+    root = make_docroot("""
+        from reqcron import Task
+        class Tick(Task):  # the anchor: still enabled, on the same one-second slots
+            every = 1
+        class Off(Task):
+            every = 1
+    """)
+    assert reqcron_cmd("disable", str(root), "Off").returncode == 0
+    doc = Docroot(root)
+
+    def ticked(trigger):
+        return [r for r in doc.store.runs("Tick", 1000)
+                if r.trigger == trigger and r.status == "ok"]
+
+    def skipped():  # coalesced: one row, its count of slots grows
+        return sum(r.slots for r in doc.store.runs("Off", 1000) if r.status == "skipped")
+
+    # Requests through the middleware.
+    app = middleware(hello, root)
+    drive(app, lambda: len(ticked("request")) >= 2, message="Tick to run from requests")
+    by_requests = skipped()
+    assert by_requests > 0  # a slot of Off passed with each of Tick's
+
+    # `reqcron due`, with no requests coming.
+    def due():
+        proc = reqcron_cmd("due", str(root))
+        assert proc.returncode == 0, proc.stderr
+        assert "Off" not in proc.stdout
+        return ticked("due") and skipped() > by_requests
+
+    wait_for(due, timeout=15, message="Tick to run from `reqcron due`")
+    by_due = skipped()
+
+    # Crontab lines: `runtask --if-due`.
+    def if_due():
+        off = runtask(root, "--if-due", "Off")
+        assert off.returncode in (0, 75), off.stderr
+        assert runtask(root, "--if-due", "Tick").returncode == 0
+        return ticked("cron") and skipped() > by_due
+
+    wait_for(if_due, timeout=15, message="Tick to run from `runtask --if-due`")
+    assert runtask(root, "Off").returncode == 75  # and by hand
+
+    runs = doc.store.runs("Off", 1000)
+    assert [(r.status, r.error) for r in runs] == [("skipped", "disabled")] * len(runs)
+    assert not [r for r in runs if r.start is not None]  # no process ran it
+    assert "skipped" in reqcron_cmd("history", str(root), "Off").stdout
     doc.close()
