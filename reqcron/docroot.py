@@ -230,7 +230,10 @@ class Docroot:
             info = self._catalog.tasks.get(name)
             if info is None or state.next_due is None or state.signature != info.signature:
                 continue
-            moved = clock.repositioned(self.schedule_of(name, state), state.next_due, current)
+            schedule = self._schedule(info.signature, state.anchor or state.first_seen)
+            if schedule is None:
+                continue
+            moved = clock.repositioned(schedule, state.next_due, current)
             if moved is not None:
                 self.store.reposition(name, state.next_due, info.signature, moved)
         self.store.set_meta("clock", repr(clock.offset()))

@@ -133,8 +133,8 @@ class Every(Schedule):
         after = after.astimezone(UTC)
         if self.anchor is None:
             return after + self.interval
-        if after < self.anchor:
-            return self.anchor
+        if after < self.anchor and self.explicit:
+            return self.anchor  # it starts there; a first-seen anchor counts both ways
         steps = math.floor((after - self.anchor) / self.interval) + 1
         return self.anchor + steps * self.interval
 

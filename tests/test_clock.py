@@ -31,24 +31,6 @@ from reqcron import Docroot
 SHIM = Path(__file__).resolve().parent / "timeshim"
 UTC_TOML = '[reqcron]\ntimezone = "UTC"\n'
 
-# Found by these tests: the first check after the clock went back recurses
-# (_clock_went_back -> schedule_of -> info -> catalog -> pulse -> _clock_went_back,
-# the new clock offset being stored only at the end), so every trigger fails
-# with RecursionError and, in the middleware, nothing runs again.
-NEEDS_NO_RECURSION = (
-    "needs: reqcron/docroot.py Docroot._clock_went_back to build each schedule from the "
-    "catalog it already holds, self._schedule(info.signature, state.anchor or "
-    "state.first_seen) (skipping None), instead of self.schedule_of(name, state), whose "
-    "info() -> catalog() -> pulse() re-enters _clock_went_back: RecursionError"
-)
-NEEDS_EVERY_BEFORE_ANCHOR = (
-    "needs: reqcron/schedule.py Every.next_run to return the anchor for an earlier time "
-    "only when the anchor is the task's own (`if after < self.anchor and self.explicit`); "
-    "an anchor from the state (first seen) must count backwards too, or an `every` task "
-    "waits until the clock is back at its first-seen time; and " + NEEDS_NO_RECURSION[7:]
-)
-
-
 class Clock:
     """The offset, in seconds, that the shimmed processes add to the real wall clock."""
 
@@ -167,7 +149,6 @@ def test_the_shim_moves_the_wall_clock_of_child_processes_only(clock):
     assert abs(mono - time.monotonic()) < 5  # the system-wide monotonic clock is untouched
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_NO_RECURSION)
 def test_a_wildcard_cron_task_takes_its_next_minute_in_the_time_set_back(
     make_docroot, clock, serve, runs_of
 ):
@@ -197,7 +178,6 @@ def test_a_wildcard_cron_task_takes_its_next_minute_in_the_time_set_back(
     assert [(r.slot, r.trigger) for r in after] == [(boundary, "request")]  # once, that slot
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_EVERY_BEFORE_ANCHOR)
 def test_an_every_task_keeps_running_after_the_clock_is_set_back_an_hour(
     make_docroot, clock, serve, runs_of
 ):
@@ -248,7 +228,6 @@ def run_fixed_slot_then_set_back(root: Path, slot: float, clock: Clock, runs_of,
     return before
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_NO_RECURSION)
 def test_a_fixed_time_slot_that_ran_does_not_run_again_when_the_clock_goes_back_a_little(
     make_docroot, clock, runs_of
 ):
@@ -264,7 +243,6 @@ def test_a_fixed_time_slot_that_ran_does_not_run_again_when_the_clock_goes_back_
     assert [(r.slot, r.status) for r in runs_of(root, "Fixed")] == [(slot, "ok")]
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_NO_RECURSION)
 def test_a_fixed_time_slot_runs_again_when_the_clock_goes_back_a_day(
     make_docroot, clock, runs_of
 ):
