@@ -89,7 +89,8 @@ def test_run_history_and_one_run_in_full(site):
     assert reqcron_cmd("list", str(site)).returncode == 1  # a failure is reported
 
 
-def test_disable_stops_every_trigger_and_runtask_exits_75(site):
+def test_a_disabled_task_is_listed_and_not_run_by_hand_or_run_now(site):
+    # Every trigger of a schedule: tests/test_middleware.py's disable test.
     assert reqcron_cmd("disable", str(site), "Reindex").returncode == 0
     from conftest import runtask
 
@@ -99,8 +100,14 @@ def test_disable_stops_every_trigger_and_runtask_exits_75(site):
     doc = Docroot(site)
     doc.run_now("Reindex")
     (claim,) = doc.due()
+    spawned = [sys.executable, "-m", "reqcron.runtask", "--run-id", str(claim.run_id),
+               str(site), "Reindex"]  # what the server starts for the claim
+    assert subprocess.run(spawned, capture_output=True).returncode == 75
+    run = doc.get_run(claim.run_id)
+    assert (run.status, run.error) == ("skipped", "disabled")
     doc.close()
     assert reqcron_cmd("enable", str(site), "Reindex").returncode == 0
+    assert runtask(site, "Reindex").returncode == 0
 
 
 def test_due_wait_starts_due_tasks_and_returns_the_worst_code(site):
