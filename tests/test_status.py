@@ -138,6 +138,7 @@ def test_a_real_browser_logs_in_runs_a_task_sees_it_in_the_history_and_signs_out
         site, tmp_path):
     pytest.importorskip("selenium")
     from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from test_servers import Server, free_port
@@ -165,8 +166,19 @@ def test_a_real_browser_logs_in_runs_a_task_sees_it_in_the_history_and_signs_out
         driver.find_element(By.NAME, "token").send_keys(TOKEN)
         driver.find_element(By.TAG_NAME, "button").click()
         wait_for(lambda: "Run now" in driver.page_source, message="the page after login")
+
+        def stale(element):
+            try:
+                element.is_enabled()
+            except WebDriverException:  # stale, or its document already gone
+                return True
+            return False
+
         row = driver.find_element(By.XPATH, "//tr[td/b[text()='Reindex']]")
-        row.find_element(By.XPATH, ".//button[text()='Run now']").click()
+        run_now = row.find_element(By.XPATH, ".//button[text()='Run now']")
+        run_now.click()
+        # The POST must be answered before the next driver.get(), which would cancel it.
+        wait_for(lambda: stale(run_now), message="the page after Run now")
 
         def reindex_in_history():
             driver.get(server.url + "_reqcron/")
