@@ -19,6 +19,7 @@ import hmac
 import json
 import math
 import os
+import re
 import secrets
 import threading
 import time
@@ -168,7 +169,7 @@ class StatusPage:
         """Return the (id, expiry) of the request's valid session cookie, if any."""
         sid, _, rest = request.cookies.get(COOKIE, "").partition(".")
         expires, _, mac = rest.partition(".")
-        if not (sid and expires.isdigit() and int(expires) > time.time()):
+        if not (sid and re.fullmatch("[0-9]{1,12}", expires) and int(expires) > time.time()):
             return None
         if not hmac.compare_digest(mac.encode(), self._mac(f"session:{sid}.{expires}").encode()):
             return None
@@ -197,7 +198,7 @@ class StatusPage:
         if refusal is not None:
             return refusal
         if not self._check(request, request.POST.get("token", "")):
-            return self._login_form(401, "That token is not right.")
+            return self._refuse(request, 401, "That token is not right.")
         sid, expires = secrets.token_urlsafe(32), int(time.time()) + SESSION_SECONDS
         response = Response(status=303, location=request.application_url + self.path + "/")
         response.set_cookie(COOKIE, f"{sid}.{expires}.{self._mac(f'session:{sid}.{expires}')}",
@@ -258,9 +259,7 @@ class StatusPage:
 <form method="post" action="{escape(self.path)}/login">
 <label>Status token <input type="password" name="token" autofocus required></label>
 <button>Sign in</button></form></main></html>"""
-        response = Response(body, status=status, content_type="text/html", charset="utf-8")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="reqcron"'
-        return response
+        return Response(body, status=status, content_type="text/html", charset="utf-8")
 
 
 def _after_fork(ref: weakref.ref[StatusPage]) -> None:

@@ -149,7 +149,9 @@ def test_a_session_cookie_expires(app):
     past = str(int(time.time()) - 1)
     for stale in (session_cookie(sid, past),                      # expired
                   cookie.split(";")[0].replace(expires, str(int(expires) + 3600)),  # stretched
-                  session_cookie(sid, expires, token="another token")):  # signed by another
+                  session_cookie(sid, expires, token="another token"),  # signed by another
+                  session_cookie(sid, "9" * 5000), session_cookie(sid, "\u00b2"),  # not times
+                  "reqcron_session=..", "reqcron_session=x"):
         assert get(app, "/_reqcron/", headers={"Cookie": stale}).status_int == 401
     assert get(app, "/_reqcron/", headers={"Cookie": cookie.split(";")[0]}).status_int == 200
 
