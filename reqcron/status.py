@@ -1,22 +1,34 @@
 """The opt-in status page; the only module that imports webob.
 
-Auth: ``Authorization: Bearer <token>``, or the token typed once into a
-login form that sets an HttpOnly, SameSite=Strict cookie holding an HMAC
-of the token (never the token itself).  Without either: 401 and a login
-form that names nothing.  Actions are POST-only with a CSRF token derived
-from the session.  Every piece of text is escaped.
+Auth: ``Authorization: Bearer <token>`` (any case of "Bearer"), or the
+token typed once into a login form that sets an HttpOnly, SameSite=Strict
+session cookie: a random id, its expiry and an HMAC of both keyed by the
+token (never the token itself), so every worker process can check it
+without shared state.  Without either: 401 and a login form that names
+nothing (JSON for ``?format=json``).  Wrong tokens are throttled per client
+address and per process (429).  Every POST is refused from another origin;
+actions and sign-out also carry a CSRF token derived from the session.
+Every response forbids framing.  Every piece of text is escaped.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
+import math
 import os
+import re
+import secrets
 import threading
+import time
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
 from html import escape
 from typing import Any
+from urllib.parse import urlsplit
 
 from webob import Request, Response
 
@@ -26,6 +38,52 @@ from .errors import ReqCronError
 
 COOKIE = "reqcron_session"
 ACTIONS = ("run", "enable", "disable")
+SESSION_SECONDS = 12 * 3600  # a login lasts this long (the cookie's Max-Age)
+# Wrong tokens (login form or Bearer header) allowed within FAILURE_WINDOW
+# seconds, from one client address and from all of them, per process;
+# beyond that, 429 without checking the token.  Behind a reverse proxy every
+# client shares the proxy's address (X-Forwarded-For is not trusted).
+FAILURES_PER_CLIENT = 10
+FAILURES_PER_PROCESS = 100
+FAILURE_WINDOW = 300.0
+
+
+class Throttle:
+    """Count wrong tokens per client and in all over a sliding window."""
+
+    def __init__(self, per_client: int, total: int, window: float):
+        self.per_client, self.total, self.window = per_client, total, window
+        self._clients: dict[str, deque[float]] = {}
+        self._all: deque[float] = deque()
+
+    def wait(self, client: str, now: float) -> float:
+        """Return the seconds ``client`` must wait before a token is checked (0: none)."""
+        self._forget(now)
+        waits = [0.0]
+        mine = self._clients.get(client)
+        if mine and len(mine) >= self.per_client:
+            waits.append(mine[0] + self.window - now)
+        if len(self._all) >= self.total:
+            waits.append(self._all[0] + self.window - now)
+        return max(waits)
+
+    def failed(self, client: str, now: float) -> None:
+        self._clients.setdefault(client, deque()).append(now)
+        self._all.append(now)
+
+    def succeeded(self, client: str) -> None:
+        self._clients.pop(client, None)
+
+    def _forget(self, now: float) -> None:
+        # Checks stop once `total` failures are counted, so this stays small.
+        cutoff = now - self.window
+        while self._all and self._all[0] <= cutoff:
+            self._all.popleft()
+        for client, times in list(self._clients.items()):
+            while times and times[0] <= cutoff:
+                times.popleft()
+            if not times:
+                del self._clients[client]
 
 
 class StatusPage:
@@ -37,16 +95,20 @@ class StatusPage:
         self.root = docroot
         self.path = path.rstrip("/") or "/"
         self._token = token.encode()
-        self._session = self._mac(b"session")
+        self._digest = hashlib.sha256(self._token).digest()  # compared: no length leaks
         self._doc: Docroot | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        self._throttle = Throttle(FAILURES_PER_CLIENT, FAILURES_PER_PROCESS, FAILURE_WINDOW)
+        # Signed-out sessions (id -> expiry), in this process only: another
+        # worker still takes a replayed cookie until it expires, which
+        # SESSION_SECONDS bounds.  Changing the token ends every session.
+        self._revoked: dict[str, int] = {}
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
 
-    def _mac(self, message: bytes) -> str:
-        return hmac.new(self._token, message, hashlib.sha256).hexdigest()
-
-    def _csrf(self) -> str:
-        return self._mac(b"csrf:" + self._session.encode())
+    def _mac(self, message: str) -> str:
+        return hmac.new(self._token, message.encode(), hashlib.sha256).hexdigest()
 
     def _docroot(self) -> Docroot:
         # One engine per process (the worker thread keeps its own); re-made
@@ -61,80 +123,173 @@ class StatusPage:
         request = Request(environ)
         with self._lock:
             response = self._respond(request)
+        for key, value in HEADERS.items():
+            response.headers[key] = value
         return response(environ, start_response)  # type: ignore[no-any-return]
 
     def _respond(self, request: Request) -> Response:
         sub = request.path_info[len(self.path):].strip("/")
+        if request.method == "POST" and not _same_origin(request):
+            return _plain(403, "Cross-origin request refused.")
         if sub == "login" and request.method == "POST":
             return self._login(request)
-        if not self._authorized(request):
-            return self._login_form(401, "")
+        csrf = self._authenticate(request)
+        if isinstance(csrf, Response):
+            return csrf
         try:
-            if sub == "action":
+            if sub in ("action", "logout"):
                 if request.method != "POST":
-                    return _plain(405, "Actions are POST only.", allow="POST")
-                return self._action(request)
+                    return _plain(405, "POST only.", allow="POST")
+                if not hmac.compare_digest(request.POST.get("csrf", "").encode(), csrf.encode()):
+                    return _plain(403, "Missing or wrong CSRF token; reload the page.")
+                return self._action(request) if sub == "action" else self._logout(request)
             if sub == "" and request.method in ("GET", "HEAD"):
-                return self._page(request)
+                return self._page(request, csrf)
             return _plain(404, "Not found.")
         except ReqCronError as exc:
             return _plain(500 if not isinstance(exc, LookupError) else 404, str(exc))
 
-    def _authorized(self, request: Request) -> bool:
-        header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer "):
-            return hmac.compare_digest(header[7:].strip().encode(), self._token)
-        cookie = request.cookies.get(COOKIE, "")
-        return hmac.compare_digest(cookie.encode(), self._session.encode())
+    def _authenticate(self, request: Request) -> str | Response:
+        """Return the caller's CSRF token, or the response that turns the caller away."""
+        scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() == "bearer":
+            refusal = self._throttled(request)
+            if refusal is not None:
+                return refusal
+            if self._check(request, credentials.strip()):
+                return self._mac("csrf:bearer")
+            return self._refuse(request, 401, "That token is not right.")
+        session = self._session(request)
+        if session is None:
+            return self._refuse(request, 401, "")
+        return self._mac(f"csrf:{session[0]}")
+
+    def _session(self, request: Request) -> tuple[str, int] | None:
+        """Return the (id, expiry) of the request's valid session cookie, if any."""
+        sid, _, rest = request.cookies.get(COOKIE, "").partition(".")
+        expires, _, mac = rest.partition(".")
+        if not (sid and re.fullmatch("[0-9]{1,12}", expires) and int(expires) > time.time()):
+            return None
+        if not hmac.compare_digest(mac.encode(), self._mac(f"session:{sid}.{expires}").encode()):
+            return None
+        return None if sid in self._revoked else (sid, int(expires))
+
+    def _check(self, request: Request, typed: str) -> bool:
+        """Compare a token and count it against the client if wrong."""
+        client = request.remote_addr or ""
+        if hmac.compare_digest(hashlib.sha256(typed.encode()).digest(), self._digest):
+            self._throttle.succeeded(client)
+            return True
+        self._throttle.failed(client, time.monotonic())
+        return False
+
+    def _throttled(self, request: Request) -> Response | None:
+        wait = self._throttle.wait(request.remote_addr or "", time.monotonic())
+        if not wait:
+            return None
+        seconds = max(1, math.ceil(wait))
+        response = self._refuse(request, 429, f"Too many wrong tokens; try again in {seconds} s.")
+        response.headers["Retry-After"] = str(seconds)
+        return response
 
     def _login(self, request: Request) -> Response:
-        typed = request.POST.get("token", "")
-        if not hmac.compare_digest(typed.encode(), self._token):
-            return self._login_form(401, "That token is not right.")
+        refusal = self._throttled(request)
+        if refusal is not None:
+            return refusal
+        if not self._check(request, request.POST.get("token", "")):
+            return self._refuse(request, 401, "That token is not right.")
+        sid, expires = secrets.token_urlsafe(32), int(time.time()) + SESSION_SECONDS
         response = Response(status=303, location=request.application_url + self.path + "/")
-        response.set_cookie(COOKIE, self._session, httponly=True, samesite="Strict",
-                            path=self.path, secure=request.scheme == "https")
+        response.set_cookie(COOKIE, f"{sid}.{expires}.{self._mac(f'session:{sid}.{expires}')}",
+                            max_age=SESSION_SECONDS, **self._cookie_flags(request))
         return response
+
+    def _logout(self, request: Request) -> Response:
+        session = self._session(request)
+        if session is not None:
+            now = time.time()
+            self._revoked = {s: e for s, e in self._revoked.items() if e > now}
+            self._revoked[session[0]] = session[1]
+        response = self._login_form(200, "Signed out.", note="good")
+        response.set_cookie(COOKIE, "", max_age=0, **self._cookie_flags(request))
+        return response
+
+    def _cookie_flags(self, request: Request) -> dict[str, Any]:
+        return {"httponly": True, "samesite": "Strict", "path": self.path,
+                "secure": request.scheme == "https"}
 
     def _action(self, request: Request) -> Response:
         form = request.POST
-        if not hmac.compare_digest(form.get("csrf", "").encode(), self._csrf().encode()):
-            return _plain(403, "Missing or wrong CSRF token; reload the page and try again.")
         action, name = form.get("action", ""), form.get("task", "")
         if action not in ACTIONS:
             return _plain(400, f"Unknown action {action!r}.")
         doc = self._docroot()
         {"run": doc.run_now, "enable": doc.enable, "disable": doc.disable}[action](name)
-        offers = request.accept.acceptable_offers(["text/html", "application/json"])
-        if offers and offers[0][0] == "application/json":
+        if _wants_json(request):
             return Response(json_body={"ok": True, "action": action, "task": name})
         return Response(status=303, location=request.application_url + self.path + "/")
 
-    def _page(self, request: Request) -> Response:
-        data = report.summary(self._docroot(), history=30)
+    def _page(self, request: Request, csrf: str) -> Response:
+        doc = self._docroot()
+        data = report.summary(doc, history=30)
         if request.GET.get("format") == "json":
-            data["csrf"] = self._csrf()
-            response = Response(json.dumps(data, indent=2).encode(),
-                                content_type="application/json")
+            data["csrf"] = csrf
+            return Response(json.dumps(data, indent=2).encode(), content_type="application/json")
+        runs = {r.id: r for r in doc.recent_runs(None, 30)}
+        return Response(_render(data, runs, csrf, self.path),
+                        content_type="text/html", charset="utf-8")
+
+    def _refuse(self, request: Request, status: int, message: str) -> Response:
+        """A 401 or 429: JSON if asked for, else the login form."""
+        if _wants_json(request):
+            response = Response(json_body={"error": message or "A status token is needed."},
+                                status=status)
         else:
-            runs = {r.id: r for r in self._docroot().recent_runs(None, 30)}
-            response = Response(_render(data, runs, self._csrf(), self.path),
-                                content_type="text/html", charset="utf-8")
-        response.cache_control = "no-store"
+            response = self._login_form(status, message)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="reqcron"'
         return response
 
-    def _login_form(self, status: int, message: str) -> Response:
-        note = f'<p class="bad">{escape(message)}</p>' if message else ""
+    def _login_form(self, status: int, message: str, note: str = "bad") -> Response:
+        shown = f'<p class="{note}">{escape(message)}</p>' if message else ""
         body = f"""<!doctype html><html lang="en"><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>reqcron: sign in</title><style>{_CSS}</style>
-<main><h1>reqcron</h1>{note}
+<main><h1>reqcron</h1>{shown}
 <form method="post" action="{escape(self.path)}/login">
 <label>Status token <input type="password" name="token" autofocus required></label>
 <button>Sign in</button></form></main></html>"""
-        response = Response(body, status=status, content_type="text/html", charset="utf-8")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="reqcron"'
-        return response
+        return Response(body, status=status, content_type="text/html", charset="utf-8")
+
+
+def _after_fork(ref: weakref.ref[StatusPage]) -> None:
+    """In a child after fork(): a lock another thread held would never be released."""
+    page = ref()
+    if page is not None:
+        page._lock = threading.Lock()
+
+
+def _wants_json(request: Request) -> bool:
+    if request.GET.get("format") == "json":
+        return True
+    offers = request.accept.acceptable_offers(["text/html", "application/json"])
+    return bool(offers) and offers[0][0] == "application/json"
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def _same_origin(request: Request) -> bool:
+    """False if an Origin (else Referer) header names another scheme://host:port."""
+    claimed = request.headers.get("Origin") or request.headers.get("Referer")
+    return not claimed or _origin(claimed) == _origin(request.host_url)
 
 
 def _plain(status: int, text: str, **headers: str) -> Response:
@@ -200,6 +355,8 @@ def _render(data: dict[str, Any], runs: dict[Any, Any], csrf: str, path: str) ->
 <main><h1>reqcron <small>{escape(data["docroot"])}</small></h1>
 <p>Times in {escape(data["timezone"])}.
 <a href="{escape(path)}/">Refresh</a> · <a href="{escape(path)}/?format=json">JSON</a></p>
+<form method="post" action="{escape(path)}/logout" class="signout">
+<input type="hidden" name="csrf" value="{escape(csrf)}"><button>Sign out</button></form>
 {f'<h2>Load errors</h2><ul class="bad">{errors}</ul>' if errors else ""}
 <h2>Tasks</h2>
 <table><tr><th>Task</th><th>Schedule</th><th>Next run</th><th>Last run</th><th>Enabled</th>
@@ -207,9 +364,7 @@ def _render(data: dict[str, Any], runs: dict[Any, Any], csrf: str, path: str) ->
 <h2>Recent runs</h2>
 <table id="history"><tr><th>Run</th><th>Task</th><th>Trigger</th><th>Start</th><th>Duration</th>
 <th>Status</th><th>Result</th></tr>{"".join(history)}</table></main>
-<script>/* refresh while nobody reads an opened output */
-setTimeout(function r() {{ if (document.querySelector("details[open]")) setTimeout(r, 5000);
-else location.reload(); }}, 5000);</script></html>"""
+<script>{_SCRIPT}</script></html>"""
 
 
 _CSS = """body{font:15px/1.4 system-ui,sans-serif;margin:0;background:#f6f6f4;color:#222}
@@ -219,4 +374,27 @@ border-bottom:1px solid #ddd;text-align:left;vertical-align:top}th{background:#e
 .actions form{display:inline;margin-right:.25rem}button{cursor:pointer}pre{white-space:pre-wrap;
 max-height:20rem;overflow:auto;background:#f0f0f0;padding:.5rem}.mark{font-size:75%;
 background:#fde68a;padding:0 .3rem;border-radius:3px;text-transform:uppercase}.bad,.s-failed,
-.s-timeout,.s-lost,.s-missed{color:#b91c1c}.s-ok{color:#15803d}.s-skipped{color:#92400e}"""
+.s-timeout,.s-lost,.s-missed{color:#b91c1c}.s-ok,.good{color:#15803d}.s-skipped{color:#92400e}
+.signout{float:right;margin-top:-2.6rem}"""
+_SCRIPT = """/* refresh while nobody reads an opened output */
+setTimeout(function r() { if (document.querySelector("details[open]")) setTimeout(r, 5000);
+else location.reload(); }, 5000);"""
+
+
+def _sha256(text: str) -> str:
+    return "sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
+# Sent with every response: no framing, and only this page's own style and
+# script (by hash), forms posting back to it.
+HEADERS = {
+    "Content-Security-Policy": (
+        f"default-src 'none'; img-src 'self'; style-src '{_sha256(_CSS)}'; "
+        f"script-src '{_sha256(_SCRIPT)}'; form-action 'self'; base-uri 'none'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}

@@ -134,9 +134,11 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="Debian's chromium is not installed")
-def test_a_real_browser_logs_in_runs_a_task_and_sees_it_in_the_history(site, tmp_path):
+def test_a_real_browser_logs_in_runs_a_task_sees_it_in_the_history_and_signs_out(
+        site, tmp_path):
     pytest.importorskip("selenium")
     from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from test_servers import Server, free_port
@@ -156,6 +158,7 @@ def test_a_real_browser_logs_in_runs_a_task_and_sees_it_in_the_history(site, tmp
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
                  f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1200,900"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         driver.get(server.url + "_reqcron/")
@@ -163,8 +166,19 @@ def test_a_real_browser_logs_in_runs_a_task_and_sees_it_in_the_history(site, tmp
         driver.find_element(By.NAME, "token").send_keys(TOKEN)
         driver.find_element(By.TAG_NAME, "button").click()
         wait_for(lambda: "Run now" in driver.page_source, message="the page after login")
+
+        def stale(element):
+            try:
+                element.is_enabled()
+            except WebDriverException:  # stale, or its document already gone
+                return True
+            return False
+
         row = driver.find_element(By.XPATH, "//tr[td/b[text()='Reindex']]")
-        row.find_element(By.XPATH, ".//button[text()='Run now']").click()
+        run_now = row.find_element(By.XPATH, ".//button[text()='Run now']")
+        run_now.click()
+        # The POST must be answered before the next driver.get(), which would cancel it.
+        wait_for(lambda: stale(run_now), message="the page after Run now")
 
         def reindex_in_history():
             driver.get(server.url + "_reqcron/")
@@ -179,6 +193,18 @@ def test_a_real_browser_logs_in_runs_a_task_and_sees_it_in_the_history(site, tmp
         assert shot.stat().st_size > 1000
         if os.environ.get("REQCRON_SCREENSHOT"):  # to refresh docs/status.png by hand
             shutil.copy(shot, os.environ["REQCRON_SCREENSHOT"])
+        # The Content-Security-Policy lets the page's own style and script run.
+        body = driver.find_element(By.TAG_NAME, "body")
+        assert body.value_of_css_property("background-color") == "rgba(246, 246, 244, 1)"
+        refused = [e["message"] for e in driver.get_log("browser")
+                   if "Content Security Policy" in e["message"]]
+        assert not refused
+
+        driver.find_element(By.XPATH, "//button[text()='Sign out']").click()
+        wait_for(lambda: driver.find_elements(By.NAME, "token"), message="the login form")
+        assert "Signed out" in driver.page_source
+        driver.get(server.url + "_reqcron/")
+        assert driver.find_elements(By.NAME, "token") and "Reindex" not in driver.page_source
     finally:
         driver.quit()
         server.stop()
