@@ -19,12 +19,8 @@ import hmac
 import json
 import math
 import os
-import re
-import secrets
 import threading
-import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable
 from html import escape
 from typing import Any
@@ -35,80 +31,22 @@ from webob import Request, Response
 from . import report
 from .docroot import Docroot
 from .errors import ReqCronError
+from .gate import SESSION_SECONDS, Gate
 
 COOKIE = "reqcron_session"
 ACTIONS = ("run", "enable", "disable")
-SESSION_SECONDS = 12 * 3600  # a login lasts this long (the cookie's Max-Age)
-# Wrong tokens (login form or Bearer header) allowed within FAILURE_WINDOW
-# seconds, from one client address and from all of them, per process;
-# beyond that, 429 without checking the token.  Behind a reverse proxy every
-# client shares the proxy's address (X-Forwarded-For is not trusted).
-FAILURES_PER_CLIENT = 10
-FAILURES_PER_PROCESS = 100
-FAILURE_WINDOW = 300.0
-
-
-class Throttle:
-    """Count wrong tokens per client and in all over a sliding window."""
-
-    def __init__(self, per_client: int, total: int, window: float):
-        self.per_client, self.total, self.window = per_client, total, window
-        self._clients: dict[str, deque[float]] = {}
-        self._all: deque[float] = deque()
-
-    def wait(self, client: str, now: float) -> float:
-        """Return the seconds ``client`` must wait before a token is checked (0: none)."""
-        self._forget(now)
-        waits = [0.0]
-        mine = self._clients.get(client)
-        if mine and len(mine) >= self.per_client:
-            waits.append(mine[0] + self.window - now)
-        if len(self._all) >= self.total:
-            waits.append(self._all[0] + self.window - now)
-        return max(waits)
-
-    def failed(self, client: str, now: float) -> None:
-        self._clients.setdefault(client, deque()).append(now)
-        self._all.append(now)
-
-    def succeeded(self, client: str) -> None:
-        self._clients.pop(client, None)
-
-    def _forget(self, now: float) -> None:
-        # Checks stop once `total` failures are counted, so this stays small.
-        cutoff = now - self.window
-        while self._all and self._all[0] <= cutoff:
-            self._all.popleft()
-        for client, times in list(self._clients.items()):
-            while times and times[0] <= cutoff:
-                times.popleft()
-            if not times:
-                del self._clients[client]
-
-
 class StatusPage:
     """A WSGI app serving the status page of one DOCROOT under ``path``."""
 
     def __init__(self, docroot: str, path: str, token: str):
-        if not token:
-            raise ValueError("status_token must not be empty")
         self.root = docroot
         self.path = path.rstrip("/") or "/"
-        self._token = token.encode()
-        self._digest = hashlib.sha256(self._token).digest()  # compared: no length leaks
+        self._gate = Gate(token)
         self._doc: Docroot | None = None
         self._pid = 0
         self._lock = threading.Lock()
-        self._throttle = Throttle(FAILURES_PER_CLIENT, FAILURES_PER_PROCESS, FAILURE_WINDOW)
-        # Signed-out sessions (id -> expiry), in this process only: another
-        # worker still takes a replayed cookie until it expires, which
-        # SESSION_SECONDS bounds.  Changing the token ends every session.
-        self._revoked: dict[str, int] = {}
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
-
-    def _mac(self, message: str) -> str:
-        return hmac.new(self._token, message.encode(), hashlib.sha256).hexdigest()
 
     def _docroot(self) -> Docroot:
         # One engine per process (the worker thread keeps its own); re-made
@@ -156,35 +94,16 @@ class StatusPage:
             refusal = self._throttled(request)
             if refusal is not None:
                 return refusal
-            if self._check(request, credentials.strip()):
-                return self._mac("csrf:bearer")
+            if self._gate.check(request.remote_addr or "", credentials.strip()):
+                return self._gate.csrf(None)
             return self._refuse(request, 401, "That token is not right.")
-        session = self._session(request)
+        session = self._gate.session(request.cookies.get(COOKIE, ""))
         if session is None:
             return self._refuse(request, 401, "")
-        return self._mac(f"csrf:{session[0]}")
-
-    def _session(self, request: Request) -> tuple[str, int] | None:
-        """Return the (id, expiry) of the request's valid session cookie, if any."""
-        sid, _, rest = request.cookies.get(COOKIE, "").partition(".")
-        expires, _, mac = rest.partition(".")
-        if not (sid and re.fullmatch("[0-9]{1,12}", expires) and int(expires) > time.time()):
-            return None
-        if not hmac.compare_digest(mac.encode(), self._mac(f"session:{sid}.{expires}").encode()):
-            return None
-        return None if sid in self._revoked else (sid, int(expires))
-
-    def _check(self, request: Request, typed: str) -> bool:
-        """Compare a token and count it against the client if wrong."""
-        client = request.remote_addr or ""
-        if hmac.compare_digest(hashlib.sha256(typed.encode()).digest(), self._digest):
-            self._throttle.succeeded(client)
-            return True
-        self._throttle.failed(client, time.monotonic())
-        return False
+        return self._gate.csrf(session[0])
 
     def _throttled(self, request: Request) -> Response | None:
-        wait = self._throttle.wait(request.remote_addr or "", time.monotonic())
+        wait = self._gate.wait(request.remote_addr or "")
         if not wait:
             return None
         seconds = max(1, math.ceil(wait))
@@ -196,20 +115,15 @@ class StatusPage:
         refusal = self._throttled(request)
         if refusal is not None:
             return refusal
-        if not self._check(request, request.POST.get("token", "")):
+        if not self._gate.check(request.remote_addr or "", request.POST.get("token", "")):
             return self._refuse(request, 401, "That token is not right.")
-        sid, expires = secrets.token_urlsafe(32), int(time.time()) + SESSION_SECONDS
         response = Response(status=303, location=request.application_url + self.path + "/")
-        response.set_cookie(COOKIE, f"{sid}.{expires}.{self._mac(f'session:{sid}.{expires}')}",
-                            max_age=SESSION_SECONDS, **self._cookie_flags(request))
+        response.set_cookie(COOKIE, self._gate.new_session(), max_age=SESSION_SECONDS,
+                            **self._cookie_flags(request))
         return response
 
     def _logout(self, request: Request) -> Response:
-        session = self._session(request)
-        if session is not None:
-            now = time.time()
-            self._revoked = {s: e for s, e in self._revoked.items() if e > now}
-            self._revoked[session[0]] = session[1]
+        self._gate.sign_out(request.cookies.get(COOKIE, ""))
         response = self._login_form(200, "Signed out.", note="good")
         response.set_cookie(COOKIE, "", max_age=0, **self._cookie_flags(request))
         return response

@@ -19,14 +19,9 @@ import pytest
 from conftest import wait_for
 from webob import Request
 
-import reqcron.status
 from reqcron import Docroot, ReqCron
-from reqcron.status import (
-    FAILURES_PER_CLIENT,
-    FAILURES_PER_PROCESS,
-    SESSION_SECONDS,
-    StatusPage,
-)
+from reqcron.gate import FAILURES_PER_CLIENT, FAILURES_PER_PROCESS, SESSION_SECONDS, Throttle
+from reqcron.status import StatusPage
 
 TOKEN = "s3cret-token"
 TASKS = """
@@ -205,7 +200,7 @@ def test_a_process_wide_cap_stops_guesses_spread_over_addresses(app):
 
 
 def test_the_throttle_forgets_failures_after_its_window():
-    throttle = reqcron.status.Throttle(per_client=2, total=3, window=60)
+    throttle = Throttle(per_client=2, total=3, window=60)
     throttle.failed("a", now=100)
     throttle.failed("a", now=110)
     assert throttle.wait("a", now=120) == 40  # until the failure at 100 is a minute old
