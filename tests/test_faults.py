@@ -10,7 +10,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import textwrap
 import time
 import urllib.request
@@ -25,6 +24,7 @@ from test_servers import BIN, Server, free_port
 
 from reqcron import Docroot, ReqCron
 from reqcron.errors import StateError
+from reqcron.limits import ERROR_LIMIT
 from reqcron.store.sqlite import SQLiteStore
 
 #: The read time limit the servers and commands of these tests use (catalog.READ_TIMEOUT).
@@ -255,11 +255,11 @@ def test_a_tasks_file_that_misbehaves_at_import_harms_no_worker(
     server = gunicorn(root)
     url = server.url + "pid"
 
-    def read_by_the_server(test: Callable[[dict[str, Any]], bool]) -> Callable[[], bool]:
-        def step() -> bool:
+    def read_by_the_server(test: Callable[[dict[str, Any]], bool]) -> Callable[[], Any]:
+        def step() -> dict[str, Any] | None:
             get(url)
             catalog = stored_catalog(root)
-            return catalog is not None and test(catalog)
+            return catalog if catalog is not None and test(catalog) else None
         return step
 
     def names(catalog: dict[str, Any]) -> set[str]:
@@ -267,8 +267,8 @@ def test_a_tasks_file_that_misbehaves_at_import_harms_no_worker(
 
     wait_for(read_by_the_server(lambda c: names(c) == {"Hourly"}), timeout=20,
              message="the server to read the good tasks file")
-    before = workers(server)
-    assert len(before) == 3
+    before = wait_for(lambda: len(workers(server)) == 3 and workers(server), timeout=20,
+                      message="three workers")
 
     replace(root / "__tasks__.py", GOOD + tail)
     started = time.monotonic()
@@ -298,11 +298,11 @@ def test_a_tasks_file_that_misbehaves_at_import_harms_no_worker(
         assert listed.returncode == 2
         assert shown["Hourly"]["error"] and problem in shown["Hourly"]["error"]
         assert len(data["load_errors"]) == 1 and problem in data["load_errors"][0]
-        assert len(data["load_errors"][0]) < 10_000  # a message, not the flood
-        assert catalog["file_error"] and len(catalog["file_error"]) < 10_000
+        assert len(data["load_errors"][0]) < ERROR_LIMIT + 1000  # a message, not the flood
+        assert catalog["file_error"] and len(catalog["file_error"]) <= ERROR_LIMIT
 
-    # `reqcron check` names the problem in one sentence: from the state the server
-    # wrote, and by reading the file itself (a fresh state), within the time limit.
+    # `reqcron check` names the problem: from the state the server wrote (in one
+    # sentence), and by reading the file itself (a fresh state) within the time limit.
     for env in ({}, {"XDG_STATE_HOME": str(tmp_path / "fresh")}):
         begun = time.monotonic()
         checked = reqcron_cmd("check", str(root), env={**os.environ, **env})
@@ -313,7 +313,9 @@ def test_a_tasks_file_that_misbehaves_at_import_harms_no_worker(
             assert errors == []
         else:
             assert len(errors) == 1 and problem in errors[0], checked.stderr
-            assert len(checked.stderr) < 10_000
+            if not env:
+                assert len(checked.stderr.splitlines()) == 1, checked.stderr
+            assert len(checked.stderr) < 2 * (ERROR_LIMIT + 1000)  # see the xfail below
         assert processes("reqcron.catalog", str(root)) == []
 
     # Logged once by the whole server (not per worker or per request); no flood in it.
@@ -321,10 +323,39 @@ def test_a_tasks_file_that_misbehaves_at_import_harms_no_worker(
         get(url)
     log = server.log.read_bytes()
     assert len(log) < 1_000_000, f"the server's log grew to {len(log)} bytes"
-    assert b"x" * 1000 not in log
+    # At most one capped error message of it (ERROR_LIMIT characters).
+    assert b"x" * (ERROR_LIMIT + 1) not in log
+    if problem is None:
+        assert b"x" * 1000 not in log
     if problem is not None:
         assert log.decode().count(problem) == 1, log.decode()[-3000:]
     assert workers(server) == before
+
+
+def test_a_copy_forked_at_import_that_leaves_its_session_is_not_left_behind(
+    make_docroot: Callable[..., Path]
+) -> None:
+    root = make_docroot(GOOD + "import os, time\nif os.fork() == 0:\n    os.setsid()\n"
+                        "    time.sleep(60)\n")
+    begun = time.monotonic()
+    checked = reqcron_cmd("check", str(root))
+    assert time.monotonic() - begun < READ_TIMEOUT + 10  # nothing held the answer's pipe
+    assert checked.returncode == 2
+    assert "__tasks__.py:7: it forked at import" in checked.stderr, checked.stderr
+    wait_for(lambda: processes("reqcron.catalog", str(root)) == [], timeout=5,
+             message="the forked copy to be gone")
+
+
+@pytest.mark.xfail(strict=True, reason="needs: Docroot._read_files (docroot.py) to leave "
+                   "logging its load errors to the middleware, e.g. Docroot(..., "
+                   "log_reads=False) from commands._open; check prints them itself")
+def test_check_that_reads_the_file_itself_names_the_problem_once(
+    make_docroot: Callable[..., Path]
+) -> None:
+    root = make_docroot(GOOD + "import os\nos._exit(3)\n")
+    checked = reqcron_cmd("check", str(root))
+    assert checked.returncode == 2
+    assert checked.stderr.count("exited with code 3") == 1, checked.stderr
 
 
 # -- 2. the state directory deleted while the site serves -------------------------------
