@@ -8,8 +8,10 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
+import sys
 import textwrap
 import time
 import urllib.request
@@ -147,6 +149,14 @@ def runs(root: Path, task: str = "Tick") -> list[Any]:
         return []
     finally:
         doc.close()
+
+
+def peek_runs(db: Path) -> list[tuple[Any, ...]]:
+    """The runs in a state.db that no process may change now (read without a -shm)."""
+    with sqlite3.connect(f"file:{db}?immutable=1", uri=True) as conn:
+        rows = conn.execute("SELECT id, task, status FROM runs").fetchall()
+    conn.close()
+    return rows
 
 
 def ok_runs(root: Path, task: str = "Tick") -> list[Any]:
@@ -394,9 +404,12 @@ def test_a_read_only_state_dir_made_writable_later_resumes_runs(
         wait_for(lambda: request(app) == "200 OK" and caplog.records, timeout=10,
                  message="the problem to be logged")
         assert serve_for(app, 1.5, force=True) > 20
-    assert runs(root) == []
+    assert peek_runs(state_dir / "state.db") == []
     assert len(caplog.records) == 1, [r.getMessage() for r in caplog.records]
     assert str(state_dir) in caplog.records[0].getMessage()
+    assert "no file can be created in" in caplog.records[0].getMessage()
+    reset = reqcron_cmd("state", "reset", str(root))  # cannot rename it: one sentence
+    assert reset.returncode == 2 and "cannot set it aside" in reset.stderr, reset.stderr
     immutable(state_dir, False)
     drive(app, lambda: ok_runs(root), message="an ok run once the state dir is writable")
 
@@ -456,6 +469,48 @@ def test_a_damaged_state_stops_claiming_is_logged_once_and_reset_resumes(
     assert reqcron_cmd("check", str(root)).returncode == 0
 
 
+def test_a_state_made_by_many_processes_at_once_is_never_seen_half_made(tmp_path: Path) -> None:
+    # An empty state.db counts as damaged, so no process may ever see one being made.
+    db = tmp_path / "race" / "state.db"
+    go = tmp_path / "go"
+    code = textwrap.dedent(f"""
+        import os, time
+        from pathlib import Path
+        from reqcron.store.sqlite import SQLiteStore
+        Path({str(tmp_path)!r}, f"ready-{{os.getpid()}}").touch()
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.001)
+        store = SQLiteStore(Path({str(db)!r}))
+        store.pulse()
+        store.close()
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == len(procs), timeout=20,
+             message="every process to wait for the signal")
+    go.touch()
+    for proc in procs:
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    assert [p.name for p in db.parent.iterdir() if ".new-" in p.name] == []
+
+
+def test_two_resets_in_one_second_keep_both_old_states(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "state.db"
+    kept = []
+    for _ in range(2):
+        store = SQLiteStore(db)
+        store.set_meta("which", str(len(kept)))
+        kept.append(store.set_aside())
+        store.close()
+    assert kept[0] != kept[1]
+    for number, aside in enumerate(kept):
+        assert aside is not None
+        store = SQLiteStore(Path(aside))
+        assert store.meta("which") == str(number)
+        store.close()
+
+
 # -- 5. a missing or unusable state directory is logged once per cause ------------------
 
 
@@ -476,10 +531,17 @@ def test_an_unusable_state_dir_is_logged_once_per_cause(
     blocker.write_text("")
     parent = tmp_path / "locked"
     parent.mkdir()
-    not_a_dir = make_docroot(TICK, f'[reqcron]\nstate_dir = "{blocker / "state"}"\n')
-    cannot_create = make_docroot(TICK, f'[reqcron]\nstate_dir = "{parent / "state"}"\n')
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o700)
+    causes = {
+        "not a dir": blocker / "state",  # below a regular file
+        "missing, cannot be made": parent / "state",
+        "cannot make state.db in it": empty,
+    }
+    roots = [make_docroot(TICK, f'[reqcron]\nstate_dir = "{where}"\n') for where in causes.values()]
     immutable(parent)
-    apps = [middleware(hello, not_a_dir, poll=0.05), middleware(hello, cannot_create, poll=0.05)]
+    immutable(empty)
+    apps = [middleware(hello, root, poll=0.05) for root in roots]
     with caplog.at_level(logging.WARNING, logger="reqcron"):
         for app in apps:
             wait_for(lambda app=app: request(app) == "200 OK" and opens[0], timeout=10)
@@ -490,10 +552,10 @@ def test_an_unusable_state_dir_is_logged_once_per_cause(
                 assert request(app) == "200 OK"
             time.sleep(0.01)
     messages = [r.getMessage() for r in caplog.records]
-    assert opens[0] >= 20, "the state was not tried again and again"
-    assert len(messages) == 2, messages
-    assert sum(str(blocker) in m for m in messages) == 1
-    assert sum(str(parent / "state") in m for m in messages) == 1
+    assert opens[0] >= 30, "the state was not tried again and again"
+    assert len(messages) == len(causes), messages
+    for where in causes.values():
+        assert sum(str(where) in m for m in messages) == 1, messages
 
 
 # -- 6. `reqcron check` on a bad interpreter and an unusable state ----------------------
@@ -518,4 +580,6 @@ def test_check_names_a_missing_interpreter_and_an_unusable_state(
     if "state" in problems:
         assert str(blocker / "state") in checked.stderr
         assert "Not a directory" in checked.stderr
+        assert "cannot be used: state at" not in checked.stderr  # said once, not nested
+    assert len(checked.stderr.splitlines()) >= len(problems)
     assert "Traceback" not in checked.stderr

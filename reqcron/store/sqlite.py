@@ -137,6 +137,8 @@ class SQLiteStore(Store):
                 self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
             )
             st = os.stat(self.path)
+        except StateError:
+            raise  # already one sentence
         except (OSError, sqlite3.Error) as exc:
             raise StateError(str(self.path), _reason(exc, self.path)) from None
         if st.st_size == 0:
@@ -177,7 +179,11 @@ class SQLiteStore(Store):
         fails if another process put its own there first: that one is used.
         """
         tmp = self.path.with_name(f"{self.path.name}.new-{os.getpid()}-{os.urandom(4).hex()}")
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        except OSError as exc:  # said without the temporary name: the same every time
+            raise StateError(str(self.path), f"cannot create it in {self.path.parent}: "
+                             f"{exc.strerror or exc}") from None
         try:
             conn = sqlite3.connect(tmp, isolation_level=None)
             try:
@@ -470,12 +476,19 @@ class SQLiteStore(Store):
             self._drop()
             if not self.path.exists():
                 return None
-            aside = self.path.with_name(f"{self.path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
+            stem = f"{self.path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}"
+            aside, n = self.path.with_name(stem), 1
+            while any(os.path.lexists(f"{aside}{s}") for s in ("", "-wal", "-shm")):
+                n += 1  # a second reset within the second keeps the first one's files
+                aside = self.path.with_name(f"{stem}-{n}")
             for suffix in ("", "-wal", "-shm"):
                 try:
                     os.rename(f"{self.path}{suffix}", f"{aside}{suffix}")
                 except FileNotFoundError:
                     pass
+                except OSError as exc:
+                    raise StateError(str(self.path), f"cannot set it aside as {aside}{suffix}: "
+                                     f"{exc.strerror or exc}") from None
             return str(aside)
 
     def close(self) -> None:
