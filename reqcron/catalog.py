@@ -255,10 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     # even if it left its process group, which the parent kills.
     forked_at: list[int | None] = []
     copy: list[bool] = []
+    reader = os.getpid()
 
     def in_copy() -> None:
         copy.append(True)
         _die_with_parent()
+        if os.getppid() != reader:  # the reader (or a copy's parent) is gone already
+            os._exit(0)
 
     os.register_at_fork(after_in_parent=lambda: forked_at.append(_line_in(where)),
                         after_in_child=in_copy)

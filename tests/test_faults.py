@@ -380,7 +380,8 @@ def test_a_deleted_state_dir_is_recreated_private_and_runs_resume(
     drive(app, lambda: ok_runs(root), message="a first ok run")
     shutil.rmtree(state_dir)
     assert not state_dir.exists()
-    drive(app, lambda: ok_runs(root), message="an ok run in a recreated state")
+    (run, *_) = drive(app, lambda: ok_runs(root), message="an ok run in a recreated state")
+    assert run.trigger == "request"
     assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((state_dir / "state.db").stat().st_mode) == 0o600
 
@@ -412,6 +413,26 @@ def test_a_read_only_state_dir_made_writable_later_resumes_runs(
     assert reset.returncode == 2 and "cannot set it aside" in reset.stderr, reset.stderr
     immutable(state_dir, False)
     drive(app, lambda: ok_runs(root), message="an ok run once the state dir is writable")
+
+
+def test_a_state_dir_below_a_file_resumes_runs_once_the_file_is_a_dir(
+    make_docroot: Callable[..., Path], middleware: Callable[..., ReqCron], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # The same without chattr: a path below a regular file fails for root too (ENOTDIR).
+    var = tmp_path / "var"
+    var.write_text("")
+    root = make_docroot(TICK, f'[reqcron]\nstate_dir = "{var / "state"}"\n')
+    app = middleware(hello, root, poll=0.2)
+    with caplog.at_level(logging.ERROR, logger="reqcron"):
+        wait_for(lambda: request(app) == "200 OK" and caplog.records, timeout=10,
+                 message="the problem to be logged")
+        assert serve_for(app, 1, force=True) > 20
+    assert len(caplog.records) == 1, [r.getMessage() for r in caplog.records]
+    var.unlink()
+    var.mkdir()
+    drive(app, lambda: ok_runs(root), message="an ok run once the state dir can be made")
+    assert stat.S_IMODE((var / "state").stat().st_mode) == 0o700
 
 
 # -- 4. a damaged state.db ------------------------------------------------------------
