@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from .task import Task
 
 
-
 def _read_timeout(default: float = 10.0) -> float:
     """The read time limit: REQCRON_READ_TIMEOUT seconds (0.1 to 3600) if set, else 10."""
     try:

@@ -63,8 +63,9 @@ FAULTS: dict[str, tuple[str, str | None, int]] = {
     "exit": ("import os\nos._exit(3)\n", "exited with code 3", 2),
     "loop": ("while True:\n    pass\n", f"took longer than {READ_TIMEOUT:g} s", 2),
     "fork": ("import os\nos.fork()\n", "forked at import", 2),
-    # 100 MB on stdout and on stderr, and then a file that loads: nothing is wrong with
-    # its tasks, so it loads (a new task shows it was read) and its output goes nowhere.
+    # 100 MB printed (50 on stdout, 50 on stderr), then a file that loads: nothing is
+    # wrong with its tasks, so it loads (a new task shows it was read), and the output
+    # goes nowhere.
     "flood": (
         "import os, sys\n"
         "for _ in range(50):\n"
@@ -75,7 +76,7 @@ FAULTS: dict[str, tuple[str, str | None, int]] = {
         None,
         0,
     ),
-    # The same flood, then an error whose message is itself 20 MB.
+    # 50 MB printed, then an error whose message is itself 20 MB.
     "flood-error": (
         "import sys\n"
         "for _ in range(50):\n"
@@ -97,7 +98,7 @@ def short_read_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def replace(path: Path, source: str) -> None:
-    """Replace a file atomically (no reader ever sees half of it), with a new mtime."""
+    """Replace a file atomically: no reader ever sees half of it."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(textwrap.dedent(source))
     os.replace(tmp, path)
