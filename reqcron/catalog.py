@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .config import TASKS_FILE
+from .limits import ERROR_LIMIT, cap
 from .loader import LoadError, load_tasks
 from .records import Record
 
@@ -25,8 +26,18 @@ if TYPE_CHECKING:
 
     from .task import Task
 
-#: Seconds a read of __tasks__.py may take before it is stopped.
-READ_TIMEOUT = 10.0
+
+def _read_timeout(default: float = 10.0) -> float:
+    """The read time limit: REQCRON_READ_TIMEOUT seconds (0.1 to 3600) if set, else 10."""
+    try:
+        value = float(os.environ.get("REQCRON_READ_TIMEOUT", default))
+    except ValueError:
+        return default
+    return value if 0.1 <= value <= 3600 else default  # also refuses nan and inf
+
+
+#: Seconds a read of __tasks__.py may take before it is stopped (REQCRON_READ_TIMEOUT).
+READ_TIMEOUT = _read_timeout()
 #: Bytes of catalog a read may answer with (10,000 tasks take ~3 MB).
 READ_LIMIT = 64 * 1024 * 1024
 #: Changes whenever the catalog's shape does, so old stored catalogs are re-read.
@@ -112,7 +123,19 @@ class Catalog(Record):
         data = json.loads(text)
         tasks = {t["name"]: TaskInfo(**t) for t in data["tasks"]}
         errors = [LoadError(**e) for e in data["errors"]]
-        return cls(data["zone"], tasks, errors, data["file_error"])
+        return cls(data["zone"], tasks, errors, data["file_error"]).capped()
+
+    def capped(self) -> Catalog:
+        """Cut every error message to ERROR_LIMIT: an exception raised at import
+        with a 100 MB message must not flood the state, the log or a terminal."""
+        for error in self.errors:
+            error.message = cap(str(error.message), ERROR_LIMIT)
+        if self.file_error is not None:
+            self.file_error = cap(self.file_error, ERROR_LIMIT)
+        for info in self.tasks.values():
+            if info.error is not None:
+                info.error = cap(info.error, ERROR_LIMIT)
+        return self
 
 
 def _fields(record: Record) -> dict[str, Any]:
@@ -141,10 +164,10 @@ def build(docroot: Path, zone_name: str) -> Catalog:
     from .zones import zone_named
 
     loaded = load_tasks(docroot, zone_named(zone_name))
-    catalog = Catalog(zone_name, errors=loaded.errors)
+    catalog = Catalog(zone_name, errors=loaded.errors).capped()
     if not loaded.file_ok:
-        catalog.file_error = "; ".join(str(e) for e in loaded.errors if e.task is None)
-        return catalog
+        catalog.file_error = "; ".join(str(e) for e in catalog.errors if e.task is None)
+        return catalog.capped()
     for name, task in loaded.tasks.items():
         catalog.tasks[name] = info_of(task, zone_name)
     return catalog
@@ -219,20 +242,70 @@ def read(docroot: Path, python: str, zone_name: str, timeout: float = READ_TIMEO
 def main(argv: list[str] | None = None) -> int:
     """``python -P -m reqcron.catalog DOCROOT ZONE``: print the catalog as JSON."""
     docroot, zone_name = argv if argv is not None else sys.argv[1:]
+    where = str(Path(docroot) / TASKS_FILE)
     # The answer goes to a copy of stdout; whatever the tasks file prints
     # goes nowhere, so a flood at import never reaches the server's log.
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     os.dup2(null, 2)
+    # A fork at import leaves two processes reading on: only this one answers,
+    # and the answer is that the file forked.  The copy dies with this process
+    # even if it left its process group, which the parent kills.
+    forked_at: list[int | None] = []
+    copy: list[bool] = []
+    reader = os.getpid()
+
+    def in_copy() -> None:
+        copy.append(True)
+        _die_with_parent()
+        if os.getppid() != reader:  # the reader (or a copy's parent) is gone already
+            os._exit(0)
+
+    os.register_at_fork(after_in_parent=lambda: forked_at.append(_line_in(where)),
+                        after_in_child=in_copy)
     try:
         catalog = build(Path(docroot), zone_name)
-    except Exception as exc:  # the loader reports; this is the last resort
-        catalog = Catalog.failed(zone_name, LoadError(str(Path(docroot) / TASKS_FILE), None,
-                                                      f"{type(exc).__name__}: {exc}"))
-    out.write(catalog.to_json())
+    except BaseException as exc:  # the loader reports; this is the last resort
+        catalog = Catalog.failed(zone_name, LoadError(where, None, _describe(exc)))
+    if copy:
+        os._exit(0)
+    if forked_at:
+        catalog = Catalog.failed(zone_name, LoadError(
+            where, forked_at[0], "it forked at import (os.fork(), multiprocessing or the like): "
+            f"reading {TASKS_FILE} must start no processes, so it was not loaded"))
+    out.write(catalog.capped().to_json())
     out.flush()
     os._exit(0)  # no atexit handlers or threads of the tasks file hold the exit
+
+
+def _line_in(path: str) -> int | None:
+    """The line of ``path`` the current call stack passes through, if any."""
+    frame = sys._getframe(1)
+    while frame.f_code.co_filename != path:
+        if frame.f_back is None:
+            return None
+        frame = frame.f_back
+    return frame.f_lineno
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to kill this process when its parent ends (Linux; else nothing)."""
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, 9, 0, 0, 0)  # SIGKILL
+    except (OSError, AttributeError):
+        pass
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -132,13 +132,21 @@ class SQLiteStore(Store):
         try:
             ensure_private_dir(self.path.parent)
             if not self.path.exists():
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+                self._create_file()
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
             )
             st = os.stat(self.path)
+        except StateError:
+            raise  # already one sentence
         except (OSError, sqlite3.Error) as exc:
-            raise StateError(str(self.path), _reason(exc)) from None
+            raise StateError(str(self.path), _reason(exc, self.path)) from None
+        if st.st_size == 0:
+            # A state is only ever put in place whole (_create_file), so an
+            # empty file was truncated: SQLite would take it for a new, empty
+            # database and every position and run would be lost unsaid.
+            conn.close()
+            raise StateError(str(self.path), _damaged("it is empty (truncated?)"))
         # Switching a new file to WAL answers "locked" at once, without the
         # busy handler, while another process opens it too (gunicorn workers
         # starting together): retry for a while.
@@ -158,11 +166,44 @@ class SQLiteStore(Store):
                     conn.execute("ROLLBACK")
                 if not _busy(exc) or time.monotonic() > deadline:
                     conn.close()
-                    raise StateError(str(self.path), _reason(exc)) from None
+                    raise StateError(str(self.path), _reason(exc, self.path)) from None
                 time.sleep(0.01)
             except sqlite3.Error as exc:
                 conn.close()
-                raise StateError(str(self.path), _reason(exc)) from None
+                raise StateError(str(self.path), _reason(exc, self.path)) from None
+
+    def _create_file(self) -> None:
+        """Put a new, complete state in place atomically (no one ever sees it half made).
+
+        It is built under a temporary name and hard-linked to its place, which
+        fails if another process put its own there first: that one is used.
+        """
+        tmp = self.path.with_name(f"{self.path.name}.new-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        except OSError as exc:  # said without the temporary name: the same every time
+            raise StateError(str(self.path), f"cannot create it in {self.path.parent}: "
+                             f"{exc.strerror or exc}") from None
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                self._create(conn)
+            finally:
+                conn.close()  # the last connection: checkpoints and removes the WAL files
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another process was first
+            except OSError:  # a filesystem without hard links
+                if not self.path.exists():
+                    os.rename(tmp, self.path)
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.unlink(f"{tmp}{suffix}")
+                except FileNotFoundError:
+                    pass
 
     @staticmethod
     def _create(conn: sqlite3.Connection) -> None:
@@ -210,7 +251,7 @@ class SQLiteStore(Store):
             except sqlite3.Error as exc:
                 if not _busy(exc):
                     self._drop()
-                raise StateError(str(self.path), _reason(exc)) from None
+                raise StateError(str(self.path), _reason(exc, self.path)) from None
 
     def verify(self) -> None:
         with self._lock:
@@ -435,12 +476,19 @@ class SQLiteStore(Store):
             self._drop()
             if not self.path.exists():
                 return None
-            aside = self.path.with_name(f"{self.path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
+            stem = f"{self.path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}"
+            aside, n = self.path.with_name(stem), 1
+            while any(os.path.lexists(f"{aside}{s}") for s in ("", "-wal", "-shm")):
+                n += 1  # a second reset within the second keeps the first one's files
+                aside = self.path.with_name(f"{stem}-{n}")
             for suffix in ("", "-wal", "-shm"):
                 try:
                     os.rename(f"{self.path}{suffix}", f"{aside}{suffix}")
                 except FileNotFoundError:
                     pass
+                except OSError as exc:
+                    raise StateError(str(self.path), f"cannot set it aside as {aside}{suffix}: "
+                                     f"{exc.strerror or exc}") from None
             return str(aside)
 
     def close(self) -> None:
@@ -470,9 +518,33 @@ def _busy(exc: sqlite3.Error) -> bool:
     return "locked" in text or "busy" in text
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, path: Path | None = None) -> str:
     text = str(exc) or type(exc).__name__
     if "not a database" in text or "malformed" in text:
-        return (f"{text}: the file is damaged; `reqcron state reset DOCROOT` sets it aside "
-                "and starts a fresh state")
+        return _damaged(text)
+    if "unable to open" in text and path is not None:
+        why = _cannot_write_beside(path)
+        if why:
+            return f"{text}: {why}"
     return text
+
+
+def _damaged(text: str) -> str:
+    return (f"{text}; the file is damaged: `reqcron state reset DOCROOT` sets it aside "
+            "and starts a fresh state")
+
+
+def _cannot_write_beside(path: Path) -> str | None:
+    """Why no file can be made beside ``path`` (SQLite needs its -wal and -shm), or None.
+
+    Tried for real, not with os.access: the answer must hold for root too
+    (a read-only mount, the immutable attribute).
+    """
+    probe = path.with_name(f".{path.name}.probe-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+    except OSError as exc:
+        return (f"no file can be created in {path.parent} ({exc.strerror or exc}), "
+                f"and SQLite needs to create {path.name}-wal and {path.name}-shm there")
+    os.unlink(probe)
+    return None
