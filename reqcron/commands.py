@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _open(args: argparse.Namespace) -> Docroot:
-    return Docroot(args.docroot)
+    return Docroot(args.docroot, log_load_errors=False)  # each command reports them
 
 
 def _emit(data: Any) -> None:

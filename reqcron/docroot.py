@@ -43,10 +43,17 @@ class Docroot:
     """One DOCROOT: its settings, its tasks and its shared state."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0, store: Store | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        # Seconds to wait for a busy database; keep it short on a request
+        # path, where skipping and retrying beats waiting.
+        busy_timeout: float = 5.0,
+        store: Store | None = None,
+        # Log the load errors this process finds reading the files (the
+        # server's log); commands print them themselves.
+        log_load_errors: bool = True,
     ):
-        # busy_timeout: seconds to wait for the database; keep it short on a
-        # request path, where skipping and retrying beats waiting.
         root = Path(path).expanduser()
         if not root.is_dir():
             raise DocrootError(str(path))
@@ -56,6 +63,7 @@ class Docroot:
         self.settings: Settings = load_settings(self.path)
         self._settings_error: LoadError | None = None
         self._busy_timeout = busy_timeout
+        self._log_load_errors = log_load_errors
         self._store = store
         self._catalog: Catalog = catalogs.Catalog("UTC")
         self._version = -1
@@ -101,7 +109,7 @@ class Docroot:
         pulse = self.store.pulse()
         if pulse.catalog_key != key:
             sync.read_once(self.store, self.path, self.settings.python, self.zone_name(), key,
-                           current, self._schedule)
+                           current, self._schedule, self._log_load_errors)
             pulse = self.store.pulse()
         if pulse.catalog_version != self._version:
             self._load_catalog()

@@ -45,7 +45,7 @@ def run_command(docroot_path: str, name: str, *, run_id: int | None = None,
     from .docroot import Docroot
 
     logging.basicConfig(level=logging.WARNING, format="runtask: %(message)s")
-    docroot = Docroot(docroot_path)
+    docroot = Docroot(docroot_path, log_load_errors=False)  # a refusal names them
     try:
         if run_id is None:  # a person or a crontab, not the server
             from .paths import owner_warning

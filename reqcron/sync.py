@@ -47,8 +47,12 @@ def files_key(paths: Sequence[Path], zone: str) -> str:
 
 
 def read_once(store: Store, docroot: Path, python: str, zone: str, key: str, current: float,
-              schedule: ScheduleOf) -> None:
-    """Read the files of ``key`` and store the catalog, unless another process does."""
+              schedule: ScheduleOf, log_errors: bool = True) -> None:
+    """Read the files of ``key`` and store the catalog, unless another process does.
+
+    The load errors found are logged once, by the process that read them
+    (``log_errors``: off where the caller reports them itself, as commands do).
+    """
     lease = catalogs.READ_TIMEOUT + 5
     deadline = time.monotonic() + lease
     while not store.begin_read(key, now(), now() + lease):  # real time, not a caller's `at`
@@ -61,7 +65,7 @@ def read_once(store: Store, docroot: Path, python: str, zone: str, key: str, cur
     merged = fresh.merged_over(previous)
     syncs, removed = row_changes(merged, store.states(), current, schedule)
     store.save_catalog(key, merged.to_json(), syncs, removed, current)
-    for error in merged.errors:
+    for error in merged.errors if log_errors else ():
         log.error("reqcron: %s", error)
 
 

@@ -326,7 +326,7 @@ def test_a_tasks_file_that_misbehaves_at_import_harms_no_worker(
             assert len(errors) == 1 and problem in errors[0], checked.stderr
             if not env:
                 assert len(checked.stderr.splitlines()) == 1, checked.stderr
-            assert len(checked.stderr) < 2 * (ERROR_LIMIT + 1000)  # see the xfail below
+            assert len(checked.stderr) < 2 * (ERROR_LIMIT + 1000)  # once: see the test below
         assert processes("reqcron.catalog", str(root)) == []
 
     # Logged once by the whole server (not per worker or per request); no flood in it.
@@ -357,9 +357,6 @@ def test_a_copy_forked_at_import_that_leaves_its_session_is_not_left_behind(
              message="the forked copy to be gone")
 
 
-@pytest.mark.xfail(strict=True, reason="needs: Docroot._read_files (docroot.py) to leave "
-                   "logging its load errors to the middleware, e.g. Docroot(..., "
-                   "log_reads=False) from commands._open; check prints them itself")
 def test_check_that_reads_the_file_itself_names_the_problem_once(
     make_docroot: Callable[..., Path]
 ) -> None:
