@@ -24,6 +24,7 @@ from ..errors import StateError
 from ..limits import ERROR_LIMIT, OUTPUT_LIMIT, RETURN_VALUE_LIMIT, TRACEBACK_LIMIT, cap
 from ..records import RUN_COLUMNS, Run, Status, TaskState
 from .base import CatalogRow, Pulse, Store, TaskSync
+from .sqlite_file import busy, open_file, reason, set_aside
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -31,45 +32,6 @@ if TYPE_CHECKING:
 
 #: The signature of a task that is no longer in __tasks__.py.
 REMOVED = "removed"
-
-_SCHEMA_VERSION = 2
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    name TEXT PRIMARY KEY,
-    next_due REAL,
-    anchor REAL,
-    enabled INTEGER NOT NULL,
-    run_requested REAL,
-    signature TEXT,
-    first_seen REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tasks_by_next_due ON tasks (next_due);
-CREATE INDEX IF NOT EXISTS tasks_by_request ON tasks (run_requested)
-    WHERE run_requested IS NOT NULL;
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    task TEXT NOT NULL,
-    trigger TEXT NOT NULL,
-    status TEXT NOT NULL,
-    created REAL NOT NULL,
-    slot REAL, lateness REAL, start REAL, "end" REAL,
-    exit_code INTEGER, pid INTEGER,
-    output TEXT, return_value TEXT, error TEXT, traceback TEXT,
-    lock TEXT,
-    slots INTEGER NOT NULL DEFAULT 1
-);
-CREATE INDEX IF NOT EXISTS runs_by_task ON runs (task, id);
-CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status) WHERE status IN ('pending', 'running');
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS catalog (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    version INTEGER NOT NULL,
-    key TEXT, data TEXT,
-    reading_key TEXT, reading_until REAL
-);
-INSERT OR IGNORE INTO catalog (id, version) VALUES (1, 0)
-"""
-_MIGRATIONS = {1: "ALTER TABLE tasks DROP COLUMN last_slot"}
 
 _SELECT_RUNS = "SELECT id, " + ", ".join(f'"{c}"' for c in RUN_COLUMNS) + " FROM runs"
 _SELECT_TASKS = (
@@ -127,102 +89,8 @@ class SQLiteStore(Store):
         return self._conn
 
     def _open(self) -> sqlite3.Connection:
-        from ..paths import ensure_private_dir
-
-        try:
-            ensure_private_dir(self.path.parent)
-            if not self.path.exists():
-                self._create_file()
-            conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-            )
-            st = os.stat(self.path)
-        except StateError:
-            raise  # already one sentence
-        except (OSError, sqlite3.Error) as exc:
-            raise StateError(str(self.path), _reason(exc, self.path)) from None
-        if st.st_size == 0:
-            # A state is only ever put in place whole (_create_file), so an
-            # empty file was truncated: SQLite would take it for a new, empty
-            # database and every position and run would be lost unsaid.
-            conn.close()
-            raise StateError(str(self.path), _damaged("it is empty (truncated?)"))
-        # Switching a new file to WAL answers "locked" at once, without the
-        # busy handler, while another process opens it too (gunicorn workers
-        # starting together): retry for a while.
-        deadline = time.monotonic() + max(self.busy_timeout, 2.0)
-        while True:
-            try:
-                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version != _SCHEMA_VERSION:
-                    self._create(conn)
-                self._ident = (st.st_dev, st.st_ino)
-                return conn
-            except sqlite3.OperationalError as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if not _busy(exc) or time.monotonic() > deadline:
-                    conn.close()
-                    raise StateError(str(self.path), _reason(exc, self.path)) from None
-                time.sleep(0.01)
-            except sqlite3.Error as exc:
-                conn.close()
-                raise StateError(str(self.path), _reason(exc, self.path)) from None
-
-    def _create_file(self) -> None:
-        """Put a new, complete state in place atomically (no one ever sees it half made).
-
-        It is built under a temporary name and hard-linked to its place, which
-        fails if another process put its own there first: that one is used.
-        """
-        tmp = self.path.with_name(f"{self.path.name}.new-{os.getpid()}-{os.urandom(4).hex()}")
-        try:
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
-        except OSError as exc:  # said without the temporary name: the same every time
-            raise StateError(str(self.path), f"cannot create it in {self.path.parent}: "
-                             f"{exc.strerror or exc}") from None
-        try:
-            conn = sqlite3.connect(tmp, isolation_level=None)
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                self._create(conn)
-            finally:
-                conn.close()  # the last connection: checkpoints and removes the WAL files
-            try:
-                os.link(tmp, self.path)
-            except FileExistsError:
-                pass  # another process was first
-            except OSError:  # a filesystem without hard links
-                if not self.path.exists():
-                    os.rename(tmp, self.path)
-        finally:
-            for suffix in ("", "-wal", "-shm"):
-                try:
-                    os.unlink(f"{tmp}{suffix}")
-                except FileNotFoundError:
-                    pass
-
-    @staticmethod
-    def _create(conn: sqlite3.Connection) -> None:
-        # BEGIN IMMEDIATE waits for the write lock (busy timeout); bare DDL
-        # could fail at once on a stale read snapshot.
-        conn.execute("BEGIN IMMEDIATE")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version != _SCHEMA_VERSION:
-            if version > _SCHEMA_VERSION:
-                conn.execute("ROLLBACK")
-                raise sqlite3.DatabaseError(
-                    f"its schema is version {version}, newer than this reqcron knows"
-                )
-            if version in _MIGRATIONS:
-                conn.execute(_MIGRATIONS[version])
-            for statement in _SCHEMA.split(";"):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-        conn.execute("COMMIT")
+        conn, self._ident = open_file(self.path, self.busy_timeout)
+        return conn
 
     def _drop(self) -> None:
         """Forget a connection that failed; the next use opens the file afresh."""
@@ -249,9 +117,9 @@ class SQLiteStore(Store):
                 else:
                     yield db
             except sqlite3.Error as exc:
-                if not _busy(exc):
+                if not busy(exc):
                     self._drop()
-                raise StateError(str(self.path), _reason(exc, self.path)) from None
+                raise StateError(str(self.path), reason(exc, self.path)) from None
 
     def verify(self) -> None:
         with self._lock:
@@ -474,22 +342,7 @@ class SQLiteStore(Store):
     def set_aside(self) -> str | None:
         with self._lock:
             self._drop()
-            if not self.path.exists():
-                return None
-            stem = f"{self.path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}"
-            aside, n = self.path.with_name(stem), 1
-            while any(os.path.lexists(f"{aside}{s}") for s in ("", "-wal", "-shm")):
-                n += 1  # a second reset within the second keeps the first one's files
-                aside = self.path.with_name(f"{stem}-{n}")
-            for suffix in ("", "-wal", "-shm"):
-                try:
-                    os.rename(f"{self.path}{suffix}", f"{aside}{suffix}")
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    raise StateError(str(self.path), f"cannot set it aside as {aside}{suffix}: "
-                                     f"{exc.strerror or exc}") from None
-            return str(aside)
+            return set_aside(self.path)
 
     def close(self) -> None:
         with self._lock:
@@ -513,38 +366,3 @@ def _run(row: tuple[Any, ...]) -> Run:
     return Run(id=run_id, **dict(zip(RUN_COLUMNS, values, strict=True)))
 
 
-def _busy(exc: sqlite3.Error) -> bool:
-    text = str(exc)
-    return "locked" in text or "busy" in text
-
-
-def _reason(exc: BaseException, path: Path | None = None) -> str:
-    text = str(exc) or type(exc).__name__
-    if "not a database" in text or "malformed" in text:
-        return _damaged(text)
-    if "unable to open" in text and path is not None:
-        why = _cannot_write_beside(path)
-        if why:
-            return f"{text}: {why}"
-    return text
-
-
-def _damaged(text: str) -> str:
-    return (f"{text}; the file is damaged: `reqcron state reset DOCROOT` sets it aside "
-            "and starts a fresh state")
-
-
-def _cannot_write_beside(path: Path) -> str | None:
-    """Why no file can be made beside ``path`` (SQLite needs its -wal and -shm), or None.
-
-    Tried for real, not with os.access: the answer must hold for root too
-    (a read-only mount, the immutable attribute).
-    """
-    probe = path.with_name(f".{path.name}.probe-{os.getpid()}-{os.urandom(4).hex()}")
-    try:
-        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
-    except OSError as exc:
-        return (f"no file can be created in {path.parent} ({exc.strerror or exc}), "
-                f"and SQLite needs to create {path.name}-wal and {path.name}-shm there")
-    os.unlink(probe)
-    return None
