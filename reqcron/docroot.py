@@ -219,7 +219,7 @@ class Docroot:
         """Return task ``name``'s schedule, with an ``every`` anchored as the state says."""
         info = self.info(name)
         if state is None:
-            state = self.store.states().get(name)
+            state = self.store.state(name)
         anchor = (state.anchor or state.first_seen) if state is not None else now()
         schedule = self._schedule(info.signature, anchor)
         if schedule is None:
@@ -287,7 +287,7 @@ class Docroot:
         current = now()
         self.pulse(current)
         info = self.info(name)
-        state = self.store.states().get(name)
+        state = self.store.state(name)
         if state is None or state.next_due is None or state.next_due > current:
             return None
         return claim_slot(self.store, info, state, self.schedule_of(name, state),
@@ -311,7 +311,7 @@ class Docroot:
         self.store.set_enabled(name, False)
 
     def is_enabled(self, name: str) -> bool:
-        state = self.store.states().get(name)
+        state = self.store.state(name)
         if state is not None:
             return state.enabled
         return self.info(name).enabled

@@ -103,6 +103,10 @@ class Store:
     def states(self) -> dict[str, TaskState]:
         raise NotImplementedError
 
+    def state(self, name: str) -> TaskState | None:
+        """One task's row (a task process needs no others)."""
+        raise NotImplementedError
+
     def due_states(self, now: float) -> list[TaskState]:
         """The rows with a slot or a run-now request due at ``now``."""
         raise NotImplementedError

@@ -215,6 +215,11 @@ class SQLiteStore(Store):
             rows = db.execute(_SELECT_TASKS).fetchall()
         return {row[0]: _state(row) for row in rows}
 
+    def state(self, name: str) -> TaskState | None:
+        with self._cursor() as db:
+            row = db.execute(_SELECT_TASKS + " WHERE name = ?", (name,)).fetchone()
+        return _state(row) if row else None
+
     def due_states(self, now: float) -> list[TaskState]:
         with self._cursor() as db:
             rows = db.execute(
