@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from wsgiref.util import setup_testing_defaults
 
 import pytest
 
@@ -99,3 +100,51 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {message}")
         time.sleep(interval)
+
+
+def hello(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """The app under the middleware in tests."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+def request(app: Callable[..., Any], path: str = "/", **extra: Any) -> tuple[str, bytes]:
+    """Send one WSGI request to ``app``; return its status line and body."""
+    environ = {"PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "", **extra}
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    body = app(environ, lambda s, h, exc_info=None: status.append(s))
+    try:
+        data = b"".join(body)
+    finally:
+        if hasattr(body, "close"):
+            body.close()
+    return status[0], data
+
+
+def drive(app: Callable[..., Any], until: Callable[[], Any], timeout: float = 15.0,
+          message: str = "condition") -> Any:
+    """Send requests until ``until()`` is truthy, like a site with steady traffic."""
+
+    def step() -> Any:
+        assert request(app)[0] == "200 OK"
+        return until()
+
+    return wait_for(step, timeout=timeout, interval=0.05, message=message)
+
+
+@pytest.fixture
+def middleware() -> Any:
+    """Make ReqCron middlewares that are closed after the test."""
+    from reqcron import ReqCron
+
+    made: list[ReqCron] = []
+
+    def make(*args: Any, **kwargs: Any) -> ReqCron:
+        mw = ReqCron(*args, **kwargs)
+        made.append(mw)
+        return mw
+
+    yield make
+    for mw in made:
+        mw.close()

@@ -18,10 +18,9 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from wsgiref.util import setup_testing_defaults
 
 import pytest
-from conftest import reqcron_cmd, wait_for
+from conftest import drive, hello, reqcron_cmd, request, wait_for
 from test_servers import BIN, Server, free_port
 
 from reqcron import Docroot, ReqCron
@@ -164,31 +163,6 @@ def ok_runs(root: Path, task: str = "Tick") -> list[Any]:
     return [r for r in runs(root, task) if r.status == "ok"]
 
 
-def hello(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"hello"]
-
-
-def request(app: ReqCron) -> str:
-    environ: dict[str, Any] = {"PATH_INFO": "/", "SCRIPT_NAME": "", "QUERY_STRING": ""}
-    setup_testing_defaults(environ)
-    status: list[str] = []
-    body = app(environ, lambda s, h, exc_info=None: status.append(s))
-    b"".join(body)
-    return status[0]
-
-
-def drive(app: ReqCron, until: Callable[[], Any], timeout: float = 15.0,
-          message: str = "condition") -> Any:
-    """Send requests until ``until()`` is truthy, like a site with steady traffic."""
-
-    def step() -> Any:
-        assert request(app) == "200 OK"
-        return until()
-
-    return wait_for(step, timeout=timeout, interval=0.05, message=message)
-
-
 def serve_for(app: ReqCron, seconds: float, force: bool = False) -> int:
     """Send requests for ``seconds`` (each one a check when ``force``); return how many."""
     count = 0
@@ -196,24 +170,10 @@ def serve_for(app: ReqCron, seconds: float, force: bool = False) -> int:
     while time.monotonic() < deadline:
         if force:
             app._wake_at = 0  # a check on every request, not once per poll
-        assert request(app) == "200 OK"
+        assert request(app)[0] == "200 OK"
         count += 1
         time.sleep(0.01)
     return count
-
-
-@pytest.fixture
-def middleware() -> Iterator[Callable[..., ReqCron]]:
-    made: list[ReqCron] = []
-
-    def make(*args: Any, **kwargs: Any) -> ReqCron:
-        mw = ReqCron(*args, **kwargs)
-        made.append(mw)
-        return mw
-
-    yield make
-    for mw in made:
-        mw.close()
 
 
 @pytest.fixture
@@ -400,7 +360,7 @@ def test_a_read_only_state_dir_made_writable_later_resumes_runs(
     immutable(state_dir)
     app = middleware(hello, root, poll=0.2)
     with caplog.at_level(logging.ERROR, logger="reqcron"):
-        wait_for(lambda: request(app) == "200 OK" and caplog.records, timeout=10,
+        wait_for(lambda: request(app)[0] == "200 OK" and caplog.records, timeout=10,
                  message="the problem to be logged")
         assert serve_for(app, 1.5, force=True) > 20
     assert peek_runs(state_dir / "state.db") == []
@@ -423,7 +383,7 @@ def test_a_state_dir_below_a_file_resumes_runs_once_the_file_is_a_dir(
     root = make_docroot(TICK, f'[reqcron]\nstate_dir = "{var / "state"}"\n')
     app = middleware(hello, root, poll=0.2)
     with caplog.at_level(logging.ERROR, logger="reqcron"):
-        wait_for(lambda: request(app) == "200 OK" and caplog.records, timeout=10,
+        wait_for(lambda: request(app)[0] == "200 OK" and caplog.records, timeout=10,
                  message="the problem to be logged")
         assert serve_for(app, 1, force=True) > 20
     assert len(caplog.records) == 1, [r.getMessage() for r in caplog.records]
@@ -468,7 +428,7 @@ def test_a_damaged_state_stops_claiming_is_logged_once_and_reset_resumes(
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
             app._wake_at = 0
-            assert request(app) == "200 OK"
+            assert request(app)[0] == "200 OK"
             seen.update(processes("reqcron.runtask", str(root)))
             time.sleep(0.02)
         wait_for(lambda: caplog.records, message="the damage to be logged")
@@ -563,12 +523,12 @@ def test_an_unusable_state_dir_is_logged_once_per_cause(
     apps = [middleware(hello, root, poll=0.05) for root in roots]
     with caplog.at_level(logging.WARNING, logger="reqcron"):
         for app in apps:
-            wait_for(lambda app=app: request(app) == "200 OK" and opens[0], timeout=10)
+            wait_for(lambda app=app: request(app)[0] == "200 OK" and opens[0], timeout=10)
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
             for app in apps:
                 app._wake_at = 0
-                assert request(app) == "200 OK"
+                assert request(app)[0] == "200 OK"
             time.sleep(0.01)
     messages = [r.getMessage() for r in caplog.records]
     assert opens[0] >= 30, "the state was not tried again and again"

@@ -8,13 +8,11 @@ import os
 import socket
 import sys
 import time
-from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
 
-import pytest
-from conftest import reqcron_cmd, runtask, wait_for, write
+from conftest import drive, hello, reqcron_cmd, request, runtask, wait_for, write
 
-from reqcron import Docroot, ReqCron
+from reqcron import Docroot
 
 PROBE = """
 import json, os, time
@@ -33,48 +31,6 @@ class Tick(Task):
         return {"pid": os.getpid(), "sid": os.getsid(0), "ppid": os.getppid(),
                 "fds": fds, "stdin": os.readlink("/proc/self/fd/0")}
 """
-
-
-def hello(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"hello"]
-
-
-def request(app, path="/", **extra):
-    environ = {"PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "", **extra}
-    setup_testing_defaults(environ)
-    status = []
-    body = app(environ, lambda s, h, exc_info=None: status.append(s))
-    try:
-        data = b"".join(body)
-    finally:
-        if hasattr(body, "close"):
-            body.close()
-    return status[0], data
-
-
-@pytest.fixture
-def middleware():
-    made = []
-
-    def make(*args, **kwargs):
-        mw = ReqCron(*args, **kwargs)
-        made.append(mw)
-        return mw
-
-    yield make
-    for mw in made:
-        mw.close()
-
-
-def drive(app, until, timeout=15.0, message="condition"):
-    """Send requests until ``until()`` is truthy, like a site with steady traffic."""
-
-    def step():
-        assert request(app)[0] == "200 OK"
-        return until()
-
-    return wait_for(step, timeout=timeout, interval=0.05, message=message)
 
 
 def test_the_wrapped_app_passes_wsgiref_validate(make_docroot, middleware):
