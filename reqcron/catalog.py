@@ -10,7 +10,6 @@ result is kept in the state, so each change is read once per site.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -111,6 +110,8 @@ class Catalog(Record):
         return next((str(e) for e in self.errors if e.task == name), self.file_error)
 
     def to_json(self) -> str:
+        import json  # not on a task process's way to run()
+
         return json.dumps({
             "zone": self.zone,
             "tasks": [_fields(info) for info in self.tasks.values()],
@@ -120,6 +121,8 @@ class Catalog(Record):
 
     @classmethod
     def from_json(cls, text: str) -> Catalog:
+        import json
+
         data = json.loads(text)
         tasks = {t["name"]: TaskInfo(**t) for t in data["tasks"]}
         errors = [LoadError(**e) for e in data["errors"]]

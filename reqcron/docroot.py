@@ -15,13 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import catalog as catalogs
-from . import clock, locks, sync
-from .claims import claim_request, claim_slot, park
+from . import locks, sync
 from .config import CONFIG_FILE, TASKS_FILE, Settings, load_settings
 from .errors import ConfigError, DocrootError, ScheduleError, StateError, TaskLookupError
 from .loader import LoadError, load_tasks
+from .paths import check_tasks_safety
 from .records import Claim, Run, Status, TaskState, Trigger, now
-from .schedule import Schedule, from_signature
 from .store import SQLiteStore, Store
 from .zones import local_zone, zone_name, zone_named
 
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
 
     from .catalog import Catalog, TaskInfo
+    from .schedule import Schedule
     from .store import Pulse
     from .task import Task
 
@@ -67,7 +67,7 @@ class Docroot:
         self._store = store
         self._catalog: Catalog = catalogs.Catalog("UTC")
         self._version = -1
-        self._stamps: tuple[object, object] = (None, _identity(self.path / CONFIG_FILE))
+        self._stamps: tuple[object, ...] = (None, _identity(self.path / CONFIG_FILE), None)
         self._key = ""
         self._zone_name: str | None = None
         self.zone_warning: str | None = None
@@ -113,6 +113,8 @@ class Docroot:
             pulse = self.store.pulse()
         if pulse.catalog_version != self._version:
             self._load_catalog()
+        from . import clock  # here and below: not on a task process's way to run()
+
         if clock.went_back(pulse.clock):
             self._clock_went_back()
             pulse = self.store.pulse()
@@ -130,11 +132,15 @@ class Docroot:
     def _files_key(self) -> str:
         """Identify the DOCROOT's two files (re-hashed only when their stat changes)."""
         paths = (self.path / TASKS_FILE, self.path / CONFIG_FILE)
-        stamps = (_identity(paths[0]), _identity(paths[1]))
+        stamps = (_identity(paths[0]), _identity(paths[1]), _identity(self.path))
         if stamps != self._stamps:
             if stamps[1] != self._stamps[1]:
                 self._reload_settings()
-            self._stamps, self._key = stamps, sync.files_key(paths, self.zone_name())
+            # Modes count too: a tasks file others can write is refused, and
+            # fixing its mode must be read again.
+            refusal = check_tasks_safety(self.path) or ""
+            self._stamps = stamps
+            self._key = sync.files_key(paths, f"{self.zone_name()}\0{refusal}")
         return self._key
 
     def _reload_settings(self) -> None:
@@ -207,6 +213,8 @@ class Docroot:
     # -- schedules -------------------------------------------------------------
 
     def _schedule(self, signature: str, anchor: float | None) -> Schedule | None:
+        from .schedule import from_signature
+
         key = (signature, anchor if signature.startswith("every:") else None)
         if key not in self._schedules:
             schedule = from_signature(signature, _dt(anchor) if anchor is not None else None)
@@ -233,6 +241,8 @@ class Docroot:
 
     def _clock_went_back(self) -> None:
         """Re-position the slots claimed at a wall time later than now (see clock.py)."""
+        from . import clock
+
         current = now()  # not a caller's `at`: this is about the real clock
         for name, state in self.store.states().items():
             info = self._catalog.tasks.get(name)
@@ -259,6 +269,8 @@ class Docroot:
         longer loads is recorded and not returned.  One task's failure is
         recorded on that task; the others go on.
         """
+        from .claims import claim_request, claim_slot, park
+
         current = now() if at is None else at
         self.pulse(current)
         claims: list[Claim | None] = []
@@ -284,6 +296,8 @@ class Docroot:
 
     def claim_due(self, name: str, trigger: Trigger = Trigger.CRON) -> Claim | None:
         """Claim ``name``'s slot if one is due now (for a run that starts anyway)."""
+        from .claims import claim_slot
+
         current = now()
         self.pulse(current)
         info = self.info(name)
@@ -367,12 +381,12 @@ class Docroot:
             self._store.close()
 
 
-def _identity(path: Path) -> tuple[int, int, int, int] | None:
+def _identity(path: Path) -> tuple[int, ...] | None:
     try:
         st = path.stat()
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev, st.st_mode)
 
 
 def _dt(ts: float) -> datetime:

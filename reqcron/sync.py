@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("reqcron")
 
 
-def files_key(paths: Sequence[Path], zone: str) -> str:
-    """Identify the contents of the files a catalog is read from, and the zone it is read in."""
+def files_key(paths: Sequence[Path], context: str) -> str:
+    """Identify the contents of the files a catalog is read from, and what else it
+    depends on (``context``: the zone it is read in, a refusal of the files)."""
     import hashlib
 
     digest = hashlib.blake2b(catalogs.FORMAT.encode(), digest_size=16)
@@ -42,7 +43,7 @@ def files_key(paths: Sequence[Path], zone: str) -> str:
         except OSError:
             digest.update(b"\0missing")
         digest.update(b"\0")
-    digest.update(zone.encode())
+    digest.update(context.encode())
     return digest.hexdigest()
 
 

@@ -232,3 +232,13 @@ def test_a_cron_schedule_in_the_localtime_zone_round_trips(make_docroot):
     listed = reqcron_cmd("list", str(root))  # starved (it ran in the past), not broken
     assert "every hour at :00" in listed.stdout and "load error" not in listed.stdout
     doc.close()
+
+
+def test_fixing_a_world_writable_tasks_file_is_seen_without_a_content_change(make_docroot):
+    root = make_docroot(MINUTE_TASK)
+    assert reqcron_cmd("check", str(root)).returncode == 0
+    (root / "__tasks__.py").chmod(0o646)
+    refused = reqcron_cmd("check", str(root))
+    assert refused.returncode == 2 and "refusing to load tasks" in refused.stderr
+    (root / "__tasks__.py").chmod(0o644)
+    assert reqcron_cmd("check", str(root)).returncode == 0
