@@ -164,7 +164,9 @@ def load_tasks(
             if compile_schedules:
                 task.compiled_schedule(zone)
         except ScheduleError as exc:
-            loaded.errors.append(LoadError(str(path), line, str(exc), task_name))
+            # The line of schedule() in __init__, else of the attribute at fault.
+            at = _error_at(path, exc, _attribute_line(source, group[0], exc.problem) or line)
+            loaded.errors.append(LoadError(str(path), at.line, str(exc), task_name))
             continue
         except Exception as exc:
             err = _error_at(path, exc, default_line=line)
@@ -187,6 +189,27 @@ def _class_line(cls: type) -> int | None:
         code = getattr(func, "__code__", None)
         if code is not None:
             return int(code.co_firstlineno)
+    return None
+
+
+_ATTRIBUTES = ("cron", "every", "at", "anchor", "timeout", "grace", "stop_grace", "timezone")
+
+
+def _attribute_line(source: bytes, cls: type, problem: str) -> int | None:
+    """The line where ``cls`` sets the attribute a schedule problem is about, if it does."""
+    first = problem.split(" ", 1)[0]
+    attr = "timezone" if problem.startswith("unknown time zone") else first
+    if attr not in _ATTRIBUTES:
+        return None
+    import ast  # only on errors
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
+            for item in node.body:
+                targets = (item.targets if isinstance(item, ast.Assign)
+                           else [item.target] if isinstance(item, ast.AnnAssign) else [])
+                if any(isinstance(t, ast.Name) and t.id == attr for t in targets):
+                    return item.lineno
     return None
 
 

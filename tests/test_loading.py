@@ -198,3 +198,23 @@ def test_state_lives_outside_the_docroot_and_is_private(make_docroot, state_home
     assert stat.S_IMODE(os.stat(doc.settings.state_dir).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
     doc.close()
+
+
+def test_a_schedule_error_names_the_line_at_fault(make_docroot):
+    root = make_docroot("""\
+        from reqcron import Task
+
+        class A(Task):
+            timeout = 5
+            cron = "*/10 * * *"
+
+            def run(self):
+                pass
+
+        class B(Task):
+            def __init__(self):
+                Task.__init__(self)
+                self.schedule(hour=25)
+        """)
+    errors = {e.task: e.line for e in Docroot(root).load_errors()}
+    assert errors == {"A": 5, "B": 13}
