@@ -26,7 +26,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog="reqcron", description="See and steer the tasks of a DOCROOT.")
+    parser.add_argument("--version", action="version", version=f"reqcron {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
 
@@ -67,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                                description="set the state aside (kept beside it, renamed) "
                                "and start a fresh one; history and positions start over")
     reset.add_argument("docroot", metavar="DOCROOT")
+    reset.add_argument("--force", action="store_true",
+                       help="reset a state that is not damaged too (its history is set aside)")
     reset.set_defaults(handler=cmd_state_reset)
     return parser
 
@@ -123,10 +128,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                         f"since its slot. Add this crontab line:\n  {t['fix']}\n")
         for error in data["load_errors"]:
             out += f"\nload error: {error}\n"
-        for t in data["tasks"]:
-            if t["error"]:
-                out += f"\n{t['name']} keeps its last good schedule; its runs fail until " \
-                       f"{t['name']} loads again\n"
+        broken = [t["name"] for t in data["tasks"] if t["error"]]
+        if broken:
+            out += (f"\nBROKEN: {', '.join(broken)} keep their last good schedule; their "
+                    "slots are recorded as failed until they load again\n")
         for warning in data["warnings"]:
             out += f"\nwarning: {warning}\n"
         out += f"\nstate: {data['state']}\n"
@@ -215,7 +220,8 @@ def cmd_enable(args: argparse.Namespace) -> int:
 
 def cmd_disable(args: argparse.Namespace) -> int:
     _open(args).disable(args.task)
-    sys.stdout.write(f"{args.task} disabled; a run in progress is asked to stop\n")
+    sys.stdout.write(f"{args.task} disabled (a run in progress, if any, sees proceed() "
+                     "turn False)\n")
     return EXIT_OK
 
 
@@ -268,6 +274,10 @@ def cmd_crontab(args: argparse.Namespace) -> int:
 
 def cmd_state_reset(args: argparse.Namespace) -> int:
     doc = _open(args)
+    if not args.force and not doc.state_problems():
+        sys.stderr.write(f"reqcron: the state at {doc.state_location} is usable; "
+                         "pass --force to set it aside all the same\n")
+        return EXIT_USAGE
     aside = doc.reset_state()
     sys.stdout.write(f"the old state is kept at {aside}; a fresh state starts at "
                      f"{doc.state_location}\n" if aside else
@@ -277,7 +287,11 @@ def cmd_state_reset(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     doc = _open(args)
-    describe = doc.info(args.task).describe
+    info = doc.info(args.task)
+    describe = info.describe
+    if doc.catalog().error_of(args.task):
+        sys.stderr.write(f"reqcron: {args.task} does not load; these are the times of its last "
+                         f"good schedule: {doc.catalog().error_of(args.task)}\n")
     runs = report.explain(doc, args.task, args.count)
     if args.json:
         _emit({"task": args.task, "schedule": describe, "runs": runs})

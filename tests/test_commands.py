@@ -228,3 +228,20 @@ def test_a_broken_tasks_file_is_reported_by_list(make_docroot):
     proc = reqcron_cmd("list", str(root))
     assert proc.returncode == 2
     assert "load error:" in proc.stdout and "nope_not_here" in proc.stdout
+
+
+def test_state_reset_keeps_a_usable_state_unless_forced(site):
+    assert reqcron_cmd("run", str(site), "Reindex").returncode == 0
+    refused = reqcron_cmd("state", "reset", str(site))
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    assert "ok" in reqcron_cmd("history", str(site)).stdout  # nothing lost
+    forced = reqcron_cmd("state", "reset", str(site), "--force")
+    assert forced.returncode == 0 and "the old state is kept at" in forced.stdout
+    assert "no runs yet" in reqcron_cmd("history", str(site)).stdout
+
+
+def test_version_is_shown():
+    from reqcron import __version__
+
+    proc = reqcron_cmd("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"reqcron {__version__}"
