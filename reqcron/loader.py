@@ -36,31 +36,20 @@ class LoadError(Record):
 class Loaded(Record):
     """The outcome of one load: the tasks that registered, and what went wrong."""
 
-    __slots__ = ("tasks", "names", "errors", "file_ok", "stamp")
+    __slots__ = ("tasks", "names", "errors", "file_ok")
 
-    def __init__(self, stamp: tuple[int, int] | None = None):
+    def __init__(self) -> None:
         self.tasks: dict[str, Task] = {}
         #: Every task name the file registers (with ``only``, not all are created).
         self.names: list[str] = []
         self.errors: list[LoadError] = []
         #: False when the file as a whole failed (syntax or import error).
         self.file_ok = True
-        #: The tasks file's (mtime_ns, size) when it was read; None if absent.
-        self.stamp = stamp
 
 
 def module_name(docroot: Path) -> str:
     """Return the module name __tasks__.py is imported under, unique per DOCROOT."""
     return f"_reqcron_tasks_{path_key(docroot)}"
-
-
-def file_stamp(path: Path) -> tuple[int, int] | None:
-    """Return (mtime_ns, size) of ``path``, or None when it does not exist."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size)
 
 
 def load_tasks(
@@ -73,8 +62,8 @@ def load_tasks(
     task process needs neither the others nor croniter for them).
     """
     path = docroot / TASKS_FILE
-    loaded = Loaded(stamp=file_stamp(path))
-    if loaded.stamp is None:
+    loaded = Loaded()
+    if not path.exists():
         loaded.file_ok = False
         loaded.errors.append(LoadError(str(path), None, "the file is missing"))
         return loaded

@@ -18,8 +18,7 @@ from pathlib import Path
 
 from . import catalog as catalogs
 from .records import TaskState, now
-from .store import Store, TaskSync
-from .store.sqlite import REMOVED
+from .store import REMOVED, Store, TaskSync
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:

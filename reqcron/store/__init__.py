@@ -6,7 +6,7 @@ keeps it in one SQLite file for the processes of one host.
 
 from __future__ import annotations
 
-from .base import CatalogRow, Pulse, Store, TaskSync
+from .base import REMOVED, CatalogRow, Pulse, Store, TaskSync
 from .sqlite import SQLiteStore
 
-__all__ = ["CatalogRow", "Pulse", "SQLiteStore", "Store", "TaskSync"]
+__all__ = ["REMOVED", "CatalogRow", "Pulse", "SQLiteStore", "Store", "TaskSync"]

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+#: The signature of a task that is no longer in __tasks__.py.
+REMOVED = "removed"
+
+
 class TaskSync(Record):
     """Where a task's row must be after a catalog change: created or re-positioned."""
 

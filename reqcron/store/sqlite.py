@@ -23,15 +23,13 @@ from pathlib import Path
 from ..errors import StateError
 from ..limits import ERROR_LIMIT, OUTPUT_LIMIT, RETURN_VALUE_LIMIT, TRACEBACK_LIMIT, cap
 from ..records import RUN_COLUMNS, Run, Status, TaskState
-from .base import CatalogRow, Pulse, Store, TaskSync
+from .base import REMOVED, CatalogRow, Pulse, Store, TaskSync
 from .sqlite_file import busy, open_file, reason, set_aside
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from typing import Any
 
-#: The signature of a task that is no longer in __tasks__.py.
-REMOVED = "removed"
 
 _SELECT_RUNS = "SELECT id, " + ", ".join(f'"{c}"' for c in RUN_COLUMNS) + " FROM runs"
 _SELECT_TASKS = (
