@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import catalog as catalogs
-from . import locks, sync
+from . import sync
 from .config import CONFIG_FILE, TASKS_FILE, Settings, load_settings
 from .errors import ConfigError, DocrootError, ScheduleError, StateError, TaskLookupError
 from .loader import LoadError, load_tasks
@@ -358,13 +358,13 @@ class Docroot:
         current = now()
         for run in self.store.runs(name, 1000, (Status.PENDING, Status.RUNNING)):
             assert run.id is not None
-            if run.status == Status.RUNNING and not (run.lock and locks.holder_alive(run.lock)):
+            if run.status == Status.RUNNING and not (run.lock and self.store.lock_alive(run.lock)):
                 error = "its process died without recording an end (killed?)"
                 if self.store.update_run_if(run.id, Status.RUNNING, status=Status.FAILED,
                                             end=current, error=error, exit_code=1):
                     count += 1
                     if run.lock:
-                        locks.release_path(run.lock)
+                        self.store.forget_lock(run.lock)
             elif run.status == Status.PENDING and current - run.created > PENDING_TIMEOUT:
                 if self.not_started(run.id, f"its process did not start within "
                                             f"{PENDING_TIMEOUT:.0f} s"):

@@ -1,4 +1,4 @@
-"""flock-based locks that the kernel releases when their holder dies.
+"""flock-based locks that the kernel releases when their holder dies (SQLite stores).
 
 Two kinds, both files under the state directory:
 
@@ -16,30 +16,48 @@ import fcntl
 import os
 from pathlib import Path
 
+from .paths import ensure_private_dir
+
+
+class FileLock:
+    """A held flock; ``token`` is what a run row keeps to find it again."""
+
+    def __init__(self, fd: int, token: str, remove: bool):
+        self.fd = fd
+        self.token = token
+        self.fds: tuple[int, ...] = (fd,)  # a task's child closes these: it never extends it
+        self._remove = remove
+
+    def release(self) -> None:
+        if self._remove:
+            forget(self.token)
+        os.close(self.fd)
+
 
 def lock_dir(state_dir: Path) -> Path:
     path = state_dir / "locks"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ensure_private_dir(path)
     return path
 
 
-def take_task_lock(state_dir: Path, task: str) -> int | None:
-    """Take ``task``'s overlap lock; return its fd, or None while another run holds it."""
-    fd = os.open(lock_dir(state_dir) / f"{task}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def take_task_lock(state_dir: Path, task: str) -> FileLock | None:
+    """Take ``task``'s overlap lock; None while another run holds it."""
+    path = lock_dir(state_dir) / f"{task}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
-    return fd
+    return FileLock(fd, str(path), remove=False)
 
 
-def take_run_lock(state_dir: Path) -> tuple[int, str]:
-    """Create and hold a fresh run lock; return its fd and path."""
+def take_run_lock(state_dir: Path) -> FileLock:
+    """Create and hold a fresh run lock."""
     path = lock_dir(state_dir) / f"run-{os.urandom(8).hex()}.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd, str(path)
+    return FileLock(fd, str(path), remove=True)
 
 
 def holder_alive(path: str) -> bool:
@@ -57,14 +75,7 @@ def holder_alive(path: str) -> bool:
     return False
 
 
-def release(fd: int, path: str | None = None) -> None:
-    """Drop a lock (and remove a run lock's file)."""
-    if path is not None:
-        release_path(path)
-    os.close(fd)
-
-
-def release_path(path: str) -> None:
+def forget(path: str) -> None:
     """Remove a dead run's lock file."""
     try:
         os.unlink(path)

@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 
-from . import locks
 from .errors import ReqCronError, TaskLookupError
 from .exits import EXIT_FAILED, EXIT_NOT_RUN, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE
 from .loader import load_tasks
@@ -118,20 +117,20 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
         raise NotRun(EXIT_NOT_RUN, f"task {name!r} is disabled")
     task_lock = None
     if not task.overlap:
-        task_lock = locks.take_task_lock(docroot.settings.state_dir, name)
+        task_lock = store.take_task_lock(name)
         if task_lock is None:
             _record_not_run(
                 docroot, name, run_id, trigger, started, "the previous run is still going"
             )
             raise NotRun(EXIT_NOT_RUN, f"task {name!r} is still running from before")
-    run_fd, run_lock = locks.take_run_lock(docroot.settings.state_dir)
+    run_lock = store.take_run_lock()
     try:
         docroot.reap(name)
         running: dict[str, Any] = {
             "status": Status.RUNNING,
             "start": started,
             "pid": os.getpid(),
-            "lock": run_lock,
+            "lock": run_lock.token,
         }
         if run_id is None or not store.update_run_if(run_id, Status.PENDING, **running):
             run_id = store.add_run(Run(task=name, trigger=trigger, created=started, **running))
@@ -142,7 +141,7 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
             database=docroot.settings.database,
             is_disabled=lambda: not docroot.is_enabled(name),
             echo=echo,
-            close_in_child=(run_fd,) if task_lock is None else (run_fd, task_lock),
+            close_in_child=(*run_lock.fds, *(task_lock.fds if task_lock else ())),
         )
         exit_code = _EXIT_CODES.get(outcome.status, EXIT_FAILED)
         if outcome.status == Status.TIMEOUT:
@@ -160,9 +159,9 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
         )
         store.prune(name, docroot.settings.history)
     finally:
-        locks.release(run_fd, run_lock)
+        run_lock.release()
         if task_lock is not None:
-            locks.release(task_lock)
+            task_lock.release()
     return exit_code
 
 

@@ -8,6 +8,8 @@ mark) and the run history.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from ..records import Record, Run, TaskState
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
@@ -17,6 +19,15 @@ if TYPE_CHECKING:
 
 #: The signature of a task that is no longer in __tasks__.py.
 REMOVED = "removed"
+
+
+class Lock(Protocol):
+    """A held lock; freed by ``release()`` or by whatever ends its holder."""
+
+    token: str  # what a run row keeps (Run.lock)
+    fds: tuple[int, ...]  # what a task's forked child closes, so it never extends the lock
+
+    def release(self) -> None: ...
 
 
 class TaskSync(Record):
@@ -166,6 +177,23 @@ class Store:
 
     def prune(self, name: str, keep: int) -> None:
         raise NotImplementedError
+
+    # -- locks that die with their holder ---------------------------------------
+
+    def take_task_lock(self, name: str) -> Lock | None:
+        """Take ``name``'s overlap lock for this process's life; None while another run has it."""
+        raise NotImplementedError
+
+    def take_run_lock(self) -> Lock:
+        """A fresh lock this run holds while it lives; its token goes into the run's row."""
+        raise NotImplementedError
+
+    def lock_alive(self, token: str) -> bool:
+        """Tell whether the run lock ``token`` is still held, on any host."""
+        raise NotImplementedError
+
+    def forget_lock(self, token: str) -> None:
+        """Tidy what a dead run's lock left behind."""
 
     # -- health ---------------------------------------------------------------
 

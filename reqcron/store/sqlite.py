@@ -20,10 +20,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .. import locks
 from ..errors import StateError
 from ..limits import ERROR_LIMIT, OUTPUT_LIMIT, RETURN_VALUE_LIMIT, TRACEBACK_LIMIT, cap
 from ..records import RUN_COLUMNS, Run, Status, TaskState
-from .base import REMOVED, CatalogRow, Pulse, Store, TaskSync
+from .base import REMOVED, CatalogRow, Lock, Pulse, Store, TaskSync
 from .sqlite_file import busy, open_file, reason, set_aside
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
@@ -346,6 +347,18 @@ class SQLiteStore(Store):
         with self._lock:
             self._drop()
             return set_aside(self.path)
+
+    def take_task_lock(self, name: str) -> Lock | None:
+        return locks.take_task_lock(self.path.parent, name)
+
+    def take_run_lock(self) -> Lock:
+        return locks.take_run_lock(self.path.parent)
+
+    def lock_alive(self, token: str) -> bool:
+        return locks.holder_alive(token)
+
+    def forget_lock(self, token: str) -> None:
+        locks.forget(token)
 
     def close(self) -> None:
         with self._lock:
