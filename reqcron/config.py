@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 CONFIG_FILE = "reqcron.toml"
 HISTORY_MAX = 1_000_000  # runs kept per task; more would only make the state slow
 
-_KEYS = {"timezone", "state_dir", "database", "python", "history", "site"}
+_KEYS = {"timezone", "state_dir", "database", "python", "history", "site", "state"}
+_SERVER_STATE = ("postgresql://", "postgres://")
 _SITE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _COMMAND = re.compile(r"[A-Za-z0-9._+-]+")
 
@@ -40,6 +41,7 @@ class Settings(Record):
         "history",
         "config",
         "site",
+        "state",
     )
 
     def __init__(
@@ -52,6 +54,7 @@ class Settings(Record):
         history: int = 100,
         config: Mapping[str, Any] | None = None,
         site: str | None = None,
+        state: str | None = None,
     ):
         self.docroot = docroot
         self.timezone = timezone  # None: the zone kept in the state (see Docroot.zone_name)
@@ -61,6 +64,7 @@ class Settings(Record):
         self.history = history
         self.config: Mapping[str, Any] = MappingProxyType(dict(config or {}))
         self.site = site  # None: the state is keyed by the DOCROOT's real path
+        self.state = state  # a PostgreSQL URL shared by several hosts; None: SQLite
 
 
 def load_settings(docroot: Path) -> Settings:
@@ -117,6 +121,14 @@ def load_settings(docroot: Path) -> Settings:
         raise ConfigError(
             str(path), f"site must be 1 to 64 letters, digits, '.', '_' or '-', not {site!r}"
         )
+    server = text("state")
+    if server is not None:
+        if not server.startswith(_SERVER_STATE):
+            raise ConfigError(str(path), "state must be a PostgreSQL URL (postgresql://...); "
+                              "leave it out for SQLite in state_dir")
+        if site is None:
+            raise ConfigError(str(path), "site is required with a PostgreSQL state: it names "
+                              "this site in the state every host shares")
     python = text("python")
     if python is not None and not (os.path.isabs(python) or _COMMAND.fullmatch(python)):
         raise ConfigError(
@@ -152,6 +164,7 @@ def load_settings(docroot: Path) -> Settings:
         history=history,
         config=config,
         site=site,
+        state=server,
     )
 
 

@@ -21,7 +21,7 @@ from .errors import ConfigError, DocrootError, ScheduleError, StateError, TaskLo
 from .loader import LoadError, load_tasks
 from .paths import check_tasks_safety
 from .records import Claim, Run, Status, TaskState, Trigger, now
-from .store import SQLiteStore, Store
+from .store import CLOCK_KEY, SQLiteStore, Store
 from .zones import local_zone, zone_name, zone_named
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
@@ -254,7 +254,7 @@ class Docroot:
             moved = clock.repositioned(schedule, state.next_due, current)
             if moved is not None:
                 self.store.reposition(name, state.next_due, info.signature, moved)
-        self.store.set_meta("clock", repr(clock.offset()))
+        self.store.set_meta(CLOCK_KEY, repr(clock.offset()))
         log.warning("reqcron: %s: the clock was set back; schedules follow the new time",
                     self.path)
 

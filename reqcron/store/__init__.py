@@ -6,7 +6,9 @@ keeps it in one SQLite file for the processes of one host.
 
 from __future__ import annotations
 
-from .base import REMOVED, CatalogRow, Pulse, Store, TaskSync
+from .base import CLOCK_KEY, REMOVED, CatalogRow, Lock, Pulse, Store, TaskSync
 from .sqlite import SQLiteStore
 
-__all__ = ["REMOVED", "CatalogRow", "Pulse", "SQLiteStore", "Store", "TaskSync"]
+__all__ = [
+    "CLOCK_KEY", "REMOVED", "CatalogRow", "Lock", "Pulse", "SQLiteStore", "Store", "TaskSync",
+]

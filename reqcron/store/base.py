@@ -8,6 +8,7 @@ mark) and the run history.
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 from ..records import Record, Run, TaskState
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 
 #: The signature of a task that is no longer in __tasks__.py.
 REMOVED = "removed"
+#: Where a host keeps its clock offset (a monotonic clock is one host's alone).
+CLOCK_KEY = f"clock:{os.uname().nodename}"
 
 
 class Lock(Protocol):

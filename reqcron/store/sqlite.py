@@ -24,7 +24,7 @@ from .. import locks
 from ..errors import StateError
 from ..limits import ERROR_LIMIT, OUTPUT_LIMIT, RETURN_VALUE_LIMIT, TRACEBACK_LIMIT, cap
 from ..records import RUN_COLUMNS, Run, Status, TaskState
-from .base import REMOVED, CatalogRow, Lock, Pulse, Store, TaskSync
+from .base import CLOCK_KEY, REMOVED, CatalogRow, Lock, Pulse, Store, TaskSync
 from .sqlite_file import busy, open_file, reason, set_aside
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
@@ -39,7 +39,7 @@ _SELECT_TASKS = (
 _PULSE = (
     "SELECT version, key, (SELECT min(next_due) FROM tasks),"
     " (SELECT min(run_requested) FROM tasks WHERE run_requested IS NOT NULL),"
-    " (SELECT value FROM meta WHERE key = 'clock') FROM catalog WHERE id = 1"
+    " (SELECT value FROM meta WHERE key = ?) FROM catalog WHERE id = 1"
 )
 #: Caps on the text a run keeps, and which end of it matters.
 _CAPS = {
@@ -147,7 +147,7 @@ class SQLiteStore(Store):
 
     def pulse(self) -> Pulse:
         with self._cursor() as db:
-            version, key, next_due, requested, clock = db.execute(_PULSE).fetchone()
+            version, key, next_due, requested, clock = db.execute(_PULSE, (CLOCK_KEY,)).fetchone()
         return Pulse(version, key, next_due, requested, float(clock) if clock else None)
 
     def meta(self, key: str) -> str | None:
@@ -239,7 +239,7 @@ class SQLiteStore(Store):
             if not won:
                 return None
             if clock is not None:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (repr(clock),))
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (CLOCK_KEY, repr(clock)))
             return self._record(db, run, merge)
 
     def reposition(self, name: str, expected: float | None, signature: str,
