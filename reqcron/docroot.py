@@ -78,7 +78,14 @@ class Docroot:
     def store(self) -> Store:
         """The state store (opened on first use)."""
         if self._store is None:
-            self._store = SQLiteStore(self.settings.state_dir / "state.db", self._busy_timeout)
+            if self.settings.state:
+                from .store.postgres import PostgresStore  # psycopg only where it is used
+
+                assert self.settings.site is not None  # config requires it with a URL
+                self._store = PostgresStore(self.settings.state, self.settings.site)
+            else:
+                self._store = SQLiteStore(self.settings.state_dir / "state.db",
+                                          self._busy_timeout)
         return self._store
 
     @property

@@ -18,6 +18,7 @@ import subprocess
 import threading
 
 from .docroot import Docroot
+from .paths import ensure_private_dir
 from .records import Claim
 
 log = logging.getLogger("reqcron")
@@ -40,6 +41,7 @@ class Spawner:
             "--run-id", str(claim.run_id), str(docroot.path), claim.task,
         ]
         try:
+            ensure_private_dir(docroot.settings.state_dir)  # a shared state makes none here
             errors = os.open(
                 docroot.settings.state_dir / SPAWN_LOG,
                 os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,

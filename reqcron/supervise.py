@@ -93,8 +93,11 @@ def supervise(
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its pipes
         os.setpgid(0, 0)  # its own group, so a stop reaches what it starts too
-        for fd in close_in_child:  # else a helper the task forks keeps them, and its locks
-            os.close(fd)
+        for fd in set(close_in_child):  # else a helper the task forks keeps them, and its locks
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the child must never return into the supervisor's code
         os.close(out_r)
         os.close(res_r)
         os.close(stack_r)

@@ -148,3 +148,38 @@ def middleware() -> Any:
     yield make
     for mw in made:
         mw.close()
+
+
+#: The PostgreSQL server the PostgreSQL tests use (they create and drop their own databases).
+PG_SERVER = os.environ.get("REQCRON_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The server's URL; fail (CI: REQCRON_REQUIRE_POSTGRES=1) or skip when it is not there."""
+    try:
+        import psycopg
+
+        psycopg.connect(PG_SERVER, connect_timeout=3).close()
+    except Exception as exc:
+        message = (f"PostgreSQL is not reachable at {PG_SERVER} ({exc}); start one, or point "
+                   "REQCRON_TEST_POSTGRES at one, to run the PostgreSQL tests")
+        if os.environ.get("REQCRON_REQUIRE_POSTGRES"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return PG_SERVER
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Any:
+    """A fresh, empty database for one test; dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    name = f"reqcron_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield pg_server.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -16,6 +16,24 @@ from reqcron import Docroot
 from reqcron.records import Status
 from reqcron.store import SQLiteStore, TaskSync
 
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_docroot(request, make_docroot):
+    """Every DOCROOT of these tests on each store: SQLite, and PostgreSQL as one site."""
+    if request.param == "sqlite":
+        return make_docroot
+    url = request.getfixturevalue("pg_url")
+    sites = [0]
+
+    def make(tasks=None, toml=None, name=None):
+        sites[0] += 1
+        extra = f'state = "{url}"\nsite = "site{sites[0]}"\n'
+        toml = (toml or "[reqcron]\n").replace("[reqcron]\n", "[reqcron]\n" + extra, 1)
+        return make_docroot(tasks, toml, name)
+
+    return make
+
+
 T0 = datetime(2026, 11, 23, 12, 0, 30, tzinfo=UTC).timestamp()
 MINUTE_TASK = "from reqcron import Task\nclass Tick(Task):\n    cron = '* * * * *'\n"
 
@@ -157,10 +175,15 @@ def test_eight_processes_racing_due_claim_each_slot_exactly_once(make_docroot, t
     assert len(claimed) == len(runs)
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def store(request, tmp_path: Path):
     """Every store backend; a new backend adds itself here and inherits these tests."""
-    backend = SQLiteStore(tmp_path / "s" / "state.db")
+    if request.param == "postgres":
+        from reqcron.store.postgres import PostgresStore
+
+        backend = PostgresStore(request.getfixturevalue("pg_url"), site="s")
+    else:
+        backend = SQLiteStore(tmp_path / "s" / "state.db")
     yield backend
     backend.close()
 
