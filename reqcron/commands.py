@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--force", action="store_true",
                        help="reset a state that is not damaged too (its history is set aside)")
     reset.set_defaults(handler=cmd_state_reset)
+    copy = actions.add_parser("copy", help="copy the SQLite state into a PostgreSQL one",
+                              description="copy this DOCROOT's SQLite state (schedule positions, "
+                              "enable flags, history) into PostgreSQL as its `site`, for several "
+                              "hosts; then set `state` in reqcron.toml")
+    copy.add_argument("docroot", metavar="DOCROOT")
+    copy.add_argument("url", metavar="URL", help="postgresql://...")
+    copy.set_defaults(handler=cmd_state_copy)
     return parser
 
 
@@ -270,6 +277,21 @@ def cmd_crontab(args: argparse.Namespace) -> int:
         sys.stderr.write("reqcron: the lines above keep the last good schedule of the tasks "
                          "that do not load; fix them and print the lines again\n")
     return EXIT_FAILED if errors else EXIT_OK
+
+
+def cmd_state_copy(args: argparse.Namespace) -> int:
+    from .store.postgres import redact
+
+    if not args.url.startswith(("postgresql://", "postgres://")):
+        raise _Usage(f"URL must be a PostgreSQL URL (postgresql://...), not {args.url!r}")
+    tasks, runs = _open(args).copy_state_to(args.url)
+    sys.stdout.write(f"copied {tasks} tasks and {runs} runs into {redact(args.url)}; now set "
+                     f'state = "{redact(args.url)}" in reqcron.toml\n')
+    return EXIT_OK
+
+
+class _Usage(ReqCronError, ValueError):
+    pass
 
 
 def cmd_state_reset(args: argparse.Namespace) -> int:

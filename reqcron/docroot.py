@@ -101,6 +101,26 @@ class Docroot:
         """Set the state aside (kept, renamed) so a fresh one starts; return where it went."""
         return self.store.set_aside()
 
+    def copy_state_to(self, url: str) -> tuple[int, int]:
+        """Copy this DOCROOT's SQLite state into the PostgreSQL ``url`` as its ``site``.
+
+        Returns how many tasks and runs were copied.  The target site must be empty.
+        """
+        from .store.postgres import PostgresStore
+
+        if not self.settings.site:
+            raise StateError(url, "set `site` in reqcron.toml first: it names this site "
+                             "in the shared state")
+        source = SQLiteStore(self.settings.state_dir / "state.db", self._busy_timeout)
+        target = PostgresStore(url, self.settings.site)
+        try:
+            dump = source.dump()
+            target.restore(dump)
+        finally:
+            source.close()
+            target.close()
+        return len(dump.tasks), len(dump.runs)
+
     # -- the catalog -----------------------------------------------------------
 
     def pulse(self, at: float | None = None) -> Pulse:

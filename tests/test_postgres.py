@@ -245,3 +245,23 @@ def test_runs_resume_without_a_twice_run_slot_when_the_database_comes_back(
         doc.close()
     finally:
         proxy.close()
+
+
+def test_a_sqlite_state_is_copied_into_postgresql_with_one_command(
+    make_docroot, pg_url, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("RUNS_FILE", str(tmp_path / "runs"))
+    root = make_docroot(TASKS, '[reqcron]\nsite = "shop"\n')
+    assert runtask(root, "Tick").returncode == 0
+    assert reqcron_cmd("disable", str(root), "Slow").returncode == 0
+    secret = pg_url.replace("root@", "root:hunter2@")
+    copied = reqcron_cmd("state", "copy", str(root), secret)
+    assert copied.returncode == 0, copied.stderr
+    assert "copied 2 tasks and 1 runs" in copied.stdout and "hunter2" not in copied.stdout
+    again = reqcron_cmd("state", "copy", str(root), pg_url)
+    assert again.returncode == 2 and "nothing was copied" in again.stderr
+    (root / "reqcron.toml").write_text(f'[reqcron]\nsite = "shop"\nstate = "{pg_url}"\n')
+    doc = Docroot(root)
+    assert [r.task for r in doc.history()] == ["Tick"] and doc.is_enabled("Slow") is False
+    assert doc.due() == []  # nothing re-read or re-run: the schedule came along
+    doc.close()

@@ -81,6 +81,19 @@ class Pulse(Record):
         return min(times, default=None)
 
 
+class Dump(Record):
+    """A whole state, for copying it to another store (``reqcron state copy``)."""
+
+    __slots__ = ("meta", "catalog", "tasks", "runs")
+
+    def __init__(self, meta: dict[str, str], catalog: CatalogRow, tasks: list[TaskState],
+                 runs: list[Run]):
+        self.meta = meta
+        self.catalog = catalog
+        self.tasks = tasks
+        self.runs = runs  # oldest first
+
+
 class Store:
     """What the engine needs from a state store; every method is atomic."""
 
@@ -205,6 +218,14 @@ class Store:
 
     def problems(self) -> list[str]:
         """Check that the state can be read and written; one sentence per problem."""
+        raise NotImplementedError
+
+    def dump(self) -> Dump:
+        """Everything this state holds."""
+        raise NotImplementedError
+
+    def restore(self, dump: Dump) -> None:
+        """Fill this empty state with ``dump`` (runs get new ids); StateError if not empty."""
         raise NotImplementedError
 
     def set_aside(self) -> str | None:

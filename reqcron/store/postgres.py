@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ..errors import StateError
 from ..limits import ERROR_LIMIT, OUTPUT_LIMIT, RETURN_VALUE_LIMIT, TRACEBACK_LIMIT, cap
 from ..records import RUN_COLUMNS, Run, TaskState
-from .base import CLOCK_KEY, REMOVED, CatalogRow, Lock, Pulse, Store, TaskSync
+from .base import CLOCK_KEY, REMOVED, CatalogRow, Dump, Lock, Pulse, Store, TaskSync
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -493,6 +493,37 @@ class PostgresStore(Store):
                 cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
                 return False
         return True
+
+    def dump(self) -> Dump:
+        with self._cursor() as cur:
+            cur.execute("SELECT key, value FROM reqcron_meta WHERE site = %s", (self.site,))
+            meta = dict(cur.fetchall())
+            cur.execute(_RUN_SELECT + " WHERE site = %s ORDER BY id", (self.site,))
+            rows = cur.fetchall()
+        return Dump(meta, self.catalog(), list(self.states().values()), [_run(r) for r in rows])
+
+    def restore(self, dump: Dump) -> None:
+        with self._cursor(write=True) as cur:
+            cur.execute("SELECT EXISTS (SELECT 1 FROM reqcron_tasks WHERE site = %(s)s UNION ALL"
+                        " SELECT 1 FROM reqcron_runs WHERE site = %(s)s)", {"s": self.site})
+            if cur.fetchone()[0]:  # type: ignore[index]
+                raise StateError(self.location, "this site already has a state there; "
+                                 "nothing was copied")
+            for key, value in dump.meta.items():
+                cur.execute("INSERT INTO reqcron_meta VALUES (%s, %s, %s) ON CONFLICT (site, key)"
+                            " DO UPDATE SET value = excluded.value", (self.site, key, value))
+            c = dump.catalog
+            data = None if c.data is None else _text(c.data)
+            cur.execute("UPDATE reqcron_catalog SET version = %s, key = %s, data = %s"
+                        " WHERE site = %s", (c.version, c.key, data, self.site))
+            for t in dump.tasks:
+                cur.execute(
+                    "INSERT INTO reqcron_tasks (site, name, next_due, anchor, enabled,"
+                    " run_requested, signature, first_seen) VALUES (%s, %s, %s, %s, %s, %s, %s,"
+                    " %s)", (self.site, t.name, t.next_due, t.anchor, t.enabled,
+                             t.run_requested, t.signature, t.first_seen))
+            for run in dump.runs:
+                self._record(cur, run)
 
     def set_aside(self) -> str | None:
         raise StateError(self.location, "a shared PostgreSQL state is not reset by reqcron; "

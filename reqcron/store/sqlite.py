@@ -24,7 +24,7 @@ from .. import locks
 from ..errors import StateError
 from ..limits import ERROR_LIMIT, OUTPUT_LIMIT, RETURN_VALUE_LIMIT, TRACEBACK_LIMIT, cap
 from ..records import RUN_COLUMNS, Run, Status, TaskState
-from .base import CLOCK_KEY, REMOVED, CatalogRow, Lock, Pulse, Store, TaskSync
+from .base import CLOCK_KEY, REMOVED, CatalogRow, Dump, Lock, Pulse, Store, TaskSync
 from .sqlite_file import busy, open_file, reason, set_aside
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
@@ -342,6 +342,29 @@ class SQLiteStore(Store):
                 " AND status NOT IN (?, ?) ORDER BY id DESC LIMIT 1 OFFSET ?)",
                 (name, Status.PENDING, Status.RUNNING, name, Status.PENDING, Status.RUNNING, keep),
             )
+
+    def dump(self) -> Dump:
+        with self._cursor() as db:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            rows = db.execute(_SELECT_RUNS + " ORDER BY id").fetchall()
+        return Dump(meta, self.catalog(), list(self.states().values()), [_run(r) for r in rows])
+
+    def restore(self, dump: Dump) -> None:
+        with self._cursor(write=True) as db:
+            if db.execute("SELECT EXISTS (SELECT 1 FROM tasks UNION ALL SELECT 1 FROM runs)"
+                          ).fetchone()[0]:
+                raise StateError(str(self.path), "it is not empty; nothing was copied")
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", dump.meta.items())
+            c = dump.catalog
+            db.execute("UPDATE catalog SET version = ?, key = ?, data = ? WHERE id = 1",
+                       (c.version, c.key, c.data))
+            db.executemany(
+                "INSERT INTO tasks (name, next_due, anchor, enabled, run_requested, signature,"
+                " first_seen) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(t.name, t.next_due, t.anchor, int(t.enabled), t.run_requested, t.signature,
+                  t.first_seen) for t in dump.tasks])
+            for run in dump.runs:
+                self._record(db, run)
 
     def set_aside(self) -> str | None:
         with self._lock:
