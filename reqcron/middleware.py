@@ -40,6 +40,9 @@ _REQUEST_BUSY_TIMEOUT = 0.1  # on a locked database, skip: the next check retrie
 _MIN_GAP = 0.05  # seconds between two wakes, even while a claim keeps failing
 
 
+_REAP_EVERY = 30.0  # seconds between looks for runs whose process died (on any host)
+
+
 class _Site:
     """One DOCROOT served by this middleware, and this process's engine for it."""
 
@@ -47,6 +50,7 @@ class _Site:
         self.path = path
         self.docroot: Docroot | None = None
         self.watched = False
+        self.reaped = 0.0  # when this process last looked for dead runs
 
 
 def _reset_if_alive(ref: weakref.ref[ReqCron]) -> None:
@@ -193,6 +197,9 @@ class ReqCron:
                     self._spawner.start(doc, claim)
             else:
                 doc.pulse()
+            if time.monotonic() - site.reaped > _REAP_EVERY:
+                site.reaped = time.monotonic()
+                doc.reap()
             upcoming = doc.next_check()
             return upcoming if upcoming is not None else float("inf")
         except Exception as exc:
