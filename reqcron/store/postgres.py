@@ -129,6 +129,7 @@ class PostgresStore(Store):
         self._locker: psycopg.Connection | None = None
         self._held: set[int] = set()
         self._pid = 0
+        self._schema_ok = False
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _renew(ref))
 
@@ -150,7 +151,9 @@ class PostgresStore(Store):
             problem = f"the database cannot be reached: {_first(exc)}"
             raise StateError(self.location, problem) from None
         try:
-            self._ensure_schema(conn)
+            if not self._schema_ok:  # once per process: a second connection needs no check
+                self._ensure_schema(conn)
+                self._schema_ok = True
         except pg.Error as exc:
             conn.close()
             raise StateError(self.location, _first(exc)) from None
