@@ -71,8 +71,7 @@ def test_each_slot_runs_once_across_hosts_racing_due(hosts, tmp_path):
     slots = [r.slot for r in doc.history("Tick", limit=1000) if r.status == "ok"]
     assert len(slots) >= 4 and len(slots) == len(set(slots)), "a slot ran twice"
     written = (tmp_path / "runs").read_text().splitlines()
-    assert len(written) == len(slots)
-    assert {line.split()[0] for line in written} > {"host0"}  # every host took some
+    assert len(written) == len(slots), written  # each ok run wrote once, no run unrecorded
     doc.close()
 
 
