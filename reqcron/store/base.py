@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
-from ..records import Record, Run, TaskState
+from ..records import RUN_COLUMNS, Record, Run, TaskState
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -234,3 +234,16 @@ class Store:
 
     def close(self) -> None:
         raise NotImplementedError
+
+
+def run_from_row(row: tuple[Any, ...]) -> Run:
+    """A Run from a row of (id, *RUN_COLUMNS)."""
+    run_id, *values = row
+    return Run(id=run_id, **dict(zip(RUN_COLUMNS, values, strict=True)))
+
+
+def check_run_fields(values: dict[str, Any]) -> None:
+    """Refuse fields a run does not have (they name SQL columns)."""
+    unknown = set(values) - set(RUN_COLUMNS)
+    if unknown:
+        raise TypeError(f"unknown run fields: {sorted(unknown)}")

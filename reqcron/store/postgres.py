@@ -24,9 +24,20 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import StateError
-from ..limits import ERROR_LIMIT, OUTPUT_LIMIT, RETURN_VALUE_LIMIT, TRACEBACK_LIMIT, cap
+from ..limits import capped_field
 from ..records import RUN_COLUMNS, Run, TaskState
-from .base import CLOCK_KEY, REMOVED, CatalogRow, Dump, Lock, Pulse, Store, TaskSync
+from .base import (
+    CLOCK_KEY,
+    REMOVED,
+    CatalogRow,
+    Dump,
+    Lock,
+    Pulse,
+    Store,
+    TaskSync,
+    check_run_fields,
+    run_from_row,
+)
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -69,12 +80,6 @@ CREATE TABLE IF NOT EXISTS reqcron_catalog (
 """
 _TASK_COLUMNS = "name, next_due, anchor, enabled, run_requested, signature, first_seen"
 _RUN_SELECT = "SELECT id, " + ", ".join(f'"{c}"' for c in RUN_COLUMNS) + " FROM reqcron_runs"
-_CAPS = {
-    "output": (OUTPUT_LIMIT, True),
-    "error": (ERROR_LIMIT, False),
-    "traceback": (TRACEBACK_LIMIT, True),
-    "return_value": (RETURN_VALUE_LIMIT, False),
-}
 
 
 def redact(url: str) -> str:
@@ -398,9 +403,7 @@ class PostgresStore(Store):
         return self._update(run_id, expected, values)
 
     def _update(self, run_id: int, status: str | None, values: dict[str, Any]) -> bool:
-        unknown = set(values) - set(RUN_COLUMNS)
-        if unknown:
-            raise TypeError(f"unknown run fields: {sorted(unknown)}")
+        check_run_fields(values)
         sets = ", ".join(f'"{k}" = %s' for k in values)
         where = "id = %s AND site = %s" + (" AND status = %s" if status is not None else "")
         params = [_capped(k, v) for k, v in values.items()] + [run_id, self.site]
@@ -413,7 +416,7 @@ class PostgresStore(Store):
         with self._cursor() as cur:
             cur.execute(_RUN_SELECT + " WHERE id = %s AND site = %s", (run_id, self.site))
             row = cur.fetchone()
-        return _run(row) if row else None
+        return run_from_row(row) if row else None
 
     def runs(self, name: str | None = None, limit: int = 50,
              statuses: tuple[str, ...] = ()) -> list[Run]:
@@ -428,7 +431,7 @@ class PostgresStore(Store):
             cur.execute(_RUN_SELECT + f" WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s",
                         [*params, limit])
             rows = cur.fetchall()
-        return [_run(r) for r in rows]
+        return [run_from_row(r) for r in rows]
 
     def prune(self, name: str, keep: int) -> None:
         with self._cursor() as cur:
@@ -503,7 +506,8 @@ class PostgresStore(Store):
             meta = dict(cur.fetchall())
             cur.execute(_RUN_SELECT + " WHERE site = %s ORDER BY id", (self.site,))
             rows = cur.fetchall()
-        return Dump(meta, self.catalog(), list(self.states().values()), [_run(r) for r in rows])
+        runs = [run_from_row(r) for r in rows]
+        return Dump(meta, self.catalog(), list(self.states().values()), runs)
 
     def restore(self, dump: Dump) -> None:
         with self._cursor(write=True) as cur:
@@ -557,17 +561,7 @@ def _text(value: str) -> str:
 
 
 def _capped(column: str, value: Any) -> Any:
-    if isinstance(value, str):
-        value = _text(value)
-        if column in _CAPS:
-            limit, keep_end = _CAPS[column]
-            return cap(value, limit, keep_end=keep_end)
-    return value
-
-
-def _run(row: tuple[Any, ...]) -> Run:
-    run_id, *values = row
-    return Run(id=run_id, **dict(zip(RUN_COLUMNS, values, strict=True)))
+    return capped_field(column, _text(value) if isinstance(value, str) else value)
 
 
 def _first(exc: BaseException) -> str:

@@ -22,9 +22,20 @@ from pathlib import Path
 
 from .. import locks
 from ..errors import StateError
-from ..limits import ERROR_LIMIT, OUTPUT_LIMIT, RETURN_VALUE_LIMIT, TRACEBACK_LIMIT, cap
+from ..limits import capped_field
 from ..records import RUN_COLUMNS, Run, Status, TaskState
-from .base import CLOCK_KEY, REMOVED, CatalogRow, Dump, Lock, Pulse, Store, TaskSync
+from .base import (
+    CLOCK_KEY,
+    REMOVED,
+    CatalogRow,
+    Dump,
+    Lock,
+    Pulse,
+    Store,
+    TaskSync,
+    check_run_fields,
+    run_from_row,
+)
 from .sqlite_file import busy, open_file, reason, set_aside
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
@@ -42,12 +53,6 @@ _PULSE = (
     " (SELECT value FROM meta WHERE key = ?) FROM catalog WHERE id = 1"
 )
 #: Caps on the text a run keeps, and which end of it matters.
-_CAPS = {
-    "output": (OUTPUT_LIMIT, True),
-    "error": (ERROR_LIMIT, False),
-    "traceback": (TRACEBACK_LIMIT, True),
-    "return_value": (RETURN_VALUE_LIMIT, False),
-}
 
 
 def _renew_lock(ref: weakref.ref[SQLiteStore]) -> None:
@@ -283,7 +288,8 @@ class SQLiteStore(Store):
                 "SELECT id, status, error FROM runs WHERE task = ? ORDER BY id DESC LIMIT 1",
                 (run.task,),
             ).fetchone()
-            if last is not None and (last[1], last[2]) == (run.status, _capped("error", run.error)):
+            error = capped_field("error", run.error)
+            if last is not None and (last[1], last[2]) == (run.status, error):
                 db.execute(
                     'UPDATE runs SET slots = slots + ?, slot = ?, "end" = ? WHERE id = ?',
                     (run.slots, run.slot, run.end, last[0]),
@@ -293,7 +299,7 @@ class SQLiteStore(Store):
         marks = ", ".join("?" for _ in RUN_COLUMNS)
         cur = db.execute(
             f"INSERT INTO runs ({names}) VALUES ({marks})",
-            [_capped(c, getattr(run, c)) for c in RUN_COLUMNS],
+            [capped_field(c, getattr(run, c)) for c in RUN_COLUMNS],
         )
         assert cur.lastrowid is not None
         return cur.lastrowid
@@ -305,12 +311,10 @@ class SQLiteStore(Store):
         return self._update(run_id, expected, values)
 
     def _update(self, run_id: int, status: str | None, values: dict[str, Any]) -> bool:
-        unknown = set(values) - set(RUN_COLUMNS)
-        if unknown:
-            raise TypeError(f"unknown run fields: {sorted(unknown)}")
+        check_run_fields(values)
         sets = ", ".join(f'"{k}" = ?' for k in values)
         where = "id = ?" + (" AND status = ?" if status is not None else "")
-        params = [_capped(k, v) for k, v in values.items()] + [run_id]
+        params = [capped_field(k, v) for k, v in values.items()] + [run_id]
         params += [status] if status is not None else []
         with self._cursor() as db:
             return db.execute(f"UPDATE runs SET {sets} WHERE {where}", params).rowcount == 1
@@ -318,7 +322,7 @@ class SQLiteStore(Store):
     def get_run(self, run_id: int) -> Run | None:
         with self._cursor() as db:
             row = db.execute(_SELECT_RUNS + " WHERE id = ?", (run_id,)).fetchone()
-        return _run(row) if row else None
+        return run_from_row(row) if row else None
 
     def runs(self, name: str | None = None, limit: int = 50,
              statuses: tuple[str, ...] = ()) -> list[Run]:
@@ -332,7 +336,7 @@ class SQLiteStore(Store):
         sql = _SELECT_RUNS + (f" WHERE {' AND '.join(where)}" if where else "")
         with self._cursor() as db:
             rows = db.execute(sql + " ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall()
-        return [_run(r) for r in rows]
+        return [run_from_row(r) for r in rows]
 
     def prune(self, name: str, keep: int) -> None:
         with self._cursor() as db:
@@ -347,7 +351,8 @@ class SQLiteStore(Store):
         with self._cursor() as db:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             rows = db.execute(_SELECT_RUNS + " ORDER BY id").fetchall()
-        return Dump(meta, self.catalog(), list(self.states().values()), [_run(r) for r in rows])
+        runs = [run_from_row(r) for r in rows]
+        return Dump(meta, self.catalog(), list(self.states().values()), runs)
 
     def restore(self, dump: Dump) -> None:
         with self._cursor(write=True) as db:
@@ -388,20 +393,8 @@ class SQLiteStore(Store):
             self._drop()
 
 
-def _capped(column: str, value: Any) -> Any:
-    if column in _CAPS and isinstance(value, str):
-        limit, keep_end = _CAPS[column]
-        return cap(value, limit, keep_end=keep_end)
-    return value
-
-
 def _state(row: tuple[Any, ...]) -> TaskState:
     name, next_due, anchor, enabled, requested, signature, first_seen = row
     return TaskState(name, next_due, anchor, bool(enabled), requested, signature, first_seen)
-
-
-def _run(row: tuple[Any, ...]) -> Run:
-    run_id, *values = row
-    return Run(id=run_id, **dict(zip(RUN_COLUMNS, values, strict=True)))
 
 
