@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "hosts; then set `state` in reqcron.toml")
     copy.add_argument("docroot", metavar="DOCROOT")
     copy.add_argument("url", metavar="URL", help="postgresql://...")
+    copy.add_argument("--site", metavar="NAME",
+                      help="the site's name there (default: `site` in reqcron.toml)")
     copy.set_defaults(handler=cmd_state_copy)
     return parser
 
@@ -283,10 +285,13 @@ def cmd_state_copy(args: argparse.Namespace) -> int:
     from .store.postgres import redact
 
     if not args.url.startswith(("postgresql://", "postgres://")):
-        raise _Usage(f"URL must be a PostgreSQL URL (postgresql://...), not {args.url!r}")
-    tasks, runs = _open(args).copy_state_to(args.url)
+        raise _Usage(f"URL must be a PostgreSQL URL (postgresql://...), not "
+                     f"{redact(args.url)!r}")
+    doc = _open(args)
+    tasks, runs = doc.copy_state_to(args.url, args.site)
+    site = args.site or doc.settings.site
     sys.stdout.write(f"copied {tasks} tasks and {runs} runs into {redact(args.url)}; now set "
-                     f'state = "{redact(args.url)}" in reqcron.toml\n')
+                     f'state = "{redact(args.url)}" and site = "{site}" in reqcron.toml\n')
     return EXIT_OK
 
 

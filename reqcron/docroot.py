@@ -101,18 +101,21 @@ class Docroot:
         """Set the state aside (kept, renamed) so a fresh one starts; return where it went."""
         return self.store.set_aside()
 
-    def copy_state_to(self, url: str) -> tuple[int, int]:
-        """Copy this DOCROOT's SQLite state into the PostgreSQL ``url`` as its ``site``.
+    def copy_state_to(self, url: str, site: str | None = None) -> tuple[int, int]:
+        """Copy this DOCROOT's SQLite state into the PostgreSQL ``url`` as ``site``.
 
-        Returns how many tasks and runs were copied.  The target site must be empty.
+        The source is the SQLite state the DOCROOT uses now, so copy before
+        setting ``site`` and ``state`` in reqcron.toml (``site`` there moves a
+        SQLite state).  Returns how many tasks and runs were copied; the
+        target site must be empty.
         """
-        from .store.postgres import PostgresStore
+        from .store.postgres import PostgresStore, redact
 
-        if not self.settings.site:
-            raise StateError(url, "set `site` in reqcron.toml first: it names this site "
-                             "in the shared state")
+        site = site or self.settings.site
+        if not site:
+            raise StateError(redact(url), "name the site it becomes there: --site NAME")
         source = SQLiteStore(self.settings.state_dir / "state.db", self._busy_timeout)
-        target = PostgresStore(url, self.settings.site)
+        target = PostgresStore(url, site)
         try:
             dump = source.dump()
             target.restore(dump)
@@ -166,17 +169,25 @@ class Docroot:
             # Modes count too: a tasks file others can write is refused, and
             # fixing its mode must be read again.
             refusal = check_tasks_safety(self.path) or ""
-            self._stamps = stamps
-            self._key = sync.files_key(paths, f"{self.zone_name()}\0{refusal}")
+            key = sync.files_key(paths, f"{self.zone_name()}\0{refusal}")
+            self._stamps, self._key = stamps, key  # only once the state answered
         return self._key
 
     def _reload_settings(self) -> None:
         try:
-            self.settings = load_settings(self.path)
+            settings = load_settings(self.path)
             self._settings_error = None
         except ConfigError as exc:  # keep the last good settings
             self._settings_error = LoadError(exc.path, exc.line, exc.problem)
             self._log_once(str(self._settings_error), logging.ERROR)
+            return
+        where = (settings.state, settings.site, settings.state_dir)
+        if where != (self.settings.state, self.settings.site, self.settings.state_dir):
+            # Another state: open it afresh, with its own zone and catalog.
+            if self._store is not None:
+                self._store.close()
+            self._store, self._zone_name, self._version = None, None, -1
+        self.settings = settings
 
     def _load_catalog(self) -> None:
         row = self.store.catalog()

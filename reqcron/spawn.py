@@ -85,8 +85,10 @@ class Spawner:
         for child, docroot, run_id in ended:
             if child.returncode != 0:
                 try:
+                    log_file = docroot.settings.state_dir / SPAWN_LOG
                     docroot.not_started(run_id, f"its process exited with code "
-                                                f"{child.returncode} before starting the run",
+                                                f"{child.returncode} before starting the run "
+                                                f"(its message is in {log_file})",
                                         exit_code=child.returncode)
                 except Exception as exc:  # the state may be what failed
                     self._log_once(f"reqcron: {docroot.path}: {exc}")

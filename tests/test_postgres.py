@@ -266,3 +266,29 @@ def test_a_sqlite_state_is_copied_into_postgresql_with_one_command(
     assert [r.task for r in doc.history()] == ["Tick"] and doc.is_enabled("Slow") is False
     assert doc.due() == []  # nothing re-read or re-run: the schedule came along
     doc.close()
+
+
+def test_a_server_follows_a_changed_state_url_without_a_restart(hosts, pg_url, middleware,
+                                                                 tmp_path):
+    (root,) = hosts(1, url="postgresql://root@127.0.0.1:9/nowhere")
+    app = middleware(hello, root, poll=0.2)
+    for _ in range(5):
+        assert request(app) == ("200 OK", b"hello")
+    toml = (root / "reqcron.toml").read_text().replace("postgresql://root@127.0.0.1:9/nowhere",
+                                                        pg_url)
+    (root / "reqcron.toml").write_text(toml)
+    runs = tmp_path / "runs"
+    drive(app, lambda: runs.exists(), timeout=20, message="a run once the URL is right")
+    # And away again: nothing is claimed against a state that cannot be reached.
+    from reqcron.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_url, "shop")
+    (root / "reqcron.toml").write_text(toml.replace(pg_url, "postgresql://root@127.0.0.1:9/x"))
+    wait_for(lambda: request(app)[0] == "200 OK" and app.docroot is not None
+             and "127.0.0.1:9" in app.docroot.state_location, message="the new URL in use")
+    before = {r.id for r in store.runs("Tick", 1000)}
+    for _ in range(20):
+        app._wake_at = 0  # a check on every request
+        assert request(app)[0] == "200 OK"
+    assert {r.id for r in store.runs("Tick", 1000)} == before
+    store.close()
