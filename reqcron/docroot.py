@@ -60,6 +60,9 @@ class Docroot:
         if not (root / TASKS_FILE).is_file():
             raise DocrootError(str(path), f"has no {TASKS_FILE}")
         self.path = root.resolve()
+        # The file's identity before its contents: a change made while it is
+        # read is then seen as a change on the next look.
+        config_identity = _identity(self.path / CONFIG_FILE)
         self.settings: Settings = load_settings(self.path)
         self._settings_error: LoadError | None = None
         self._busy_timeout = busy_timeout
@@ -67,7 +70,7 @@ class Docroot:
         self._store = store
         self._catalog: Catalog = catalogs.Catalog("UTC")
         self._version = -1
-        self._stamps: tuple[object, ...] = (None, _identity(self.path / CONFIG_FILE), None)
+        self._stamps: tuple[object, ...] = (None, config_identity, None)
         self._key = ""
         self._zone_name: str | None = None
         self.zone_warning: str | None = None
