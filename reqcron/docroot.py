@@ -163,16 +163,22 @@ class Docroot:
         return self._catalog
 
     def _files_key(self) -> str:
-        """Identify the DOCROOT's two files (re-hashed only when their stat changes)."""
-        paths = (self.path / TASKS_FILE, self.path / CONFIG_FILE)
-        stamps = (_identity(paths[0]), _identity(paths[1]), _identity(self.path))
+        """Identify what the catalog is read from (re-hashed only when a stat changes).
+
+        That is the tasks file, the zone and whether the files are refused,
+        not reqcron.toml as a whole: its host-local settings (state_dir,
+        python) differ between the hosts of one site, which must agree on
+        one catalog.  reqcron.toml is re-read here when it changes.
+        """
+        tasks, config = self.path / TASKS_FILE, self.path / CONFIG_FILE
+        stamps = (_identity(tasks), _identity(config), _identity(self.path))
         if stamps != self._stamps:
             if stamps[1] != self._stamps[1]:
                 self._reload_settings()
             # Modes count too: a tasks file others can write is refused, and
             # fixing its mode must be read again.
             refusal = check_tasks_safety(self.path) or ""
-            key = sync.files_key(paths, f"{self.zone_name()}\0{refusal}")
+            key = sync.files_key((tasks,), f"{self.zone_name()}\0{refusal}")
             self._stamps, self._key = stamps, key  # only once the state answered
         return self._key
 

@@ -56,7 +56,10 @@ def read_once(store: Store, docroot: Path, python: str, zone: str, key: str, cur
     lease = catalogs.READ_TIMEOUT + 5
     deadline = time.monotonic() + lease
     while not store.begin_read(key, now(), now() + lease):  # real time, not a caller's `at`
-        if store.catalog().key == key or time.monotonic() > deadline:
+        # Another process reads the same files: wait until it is done (its lease
+        # gone), not for our key to be stored, which another host may overwrite.
+        row = store.catalog()
+        if row.key == key or row.reading_key != key or time.monotonic() > deadline:
             return
         time.sleep(0.02)
     stored = store.catalog()
