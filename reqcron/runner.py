@@ -141,7 +141,8 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
             database=docroot.settings.database,
             is_disabled=lambda: not docroot.is_enabled(name),
             echo=echo,
-            close_in_child=(*run_lock.fds, *(task_lock.fds if task_lock else ())),
+            close_in_child=(*run_lock.fds, *(task_lock.fds if task_lock else ()),
+                            *store.connection_fds()),
         )
         exit_code = _EXIT_CODES.get(outcome.status, EXIT_FAILED)
         if outcome.status == Status.TIMEOUT:

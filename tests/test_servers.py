@@ -227,3 +227,12 @@ def test_uwsgi_runs_each_slot_once(site, serve):
     seconds = 4
     server.load(seconds, clients=4)
     assert_each_slot_ran_once(site, seconds)
+
+
+def test_gunicorn_preload_with_a_postgresql_state_runs_each_slot_once(site, serve, pg_url):
+    (site / "reqcron.toml").write_text(f'[reqcron]\nstate = "{pg_url}"\nsite = "preload"\n')
+    server = serve(str(BIN / "gunicorn"), "--workers", "4", "--bind", "127.0.0.1:{port}",
+                   "--graceful-timeout", "5", "--preload", "app:application")
+    seconds = 6
+    assert len(server.load(seconds)) >= 2, "the load did not reach several workers"
+    assert_each_slot_ran_once(site, seconds)

@@ -211,6 +211,10 @@ class Store:
     def forget_lock(self, token: str) -> None:
         """Tidy what a dead run's lock left behind."""
 
+    def connection_fds(self) -> tuple[int, ...]:
+        """Sockets a forked task process must close, so nothing it starts keeps them open."""
+        return ()
+
     # -- health ---------------------------------------------------------------
 
     def verify(self) -> None:

@@ -532,6 +532,10 @@ class PostgresStore(Store):
             for run in dump.runs:
                 self._record(cur, run)
 
+    def connection_fds(self) -> tuple[int, ...]:
+        return tuple(c.fileno() for c in (self._conn, self._locker)
+                     if c is not None and not c.closed and self._pid == os.getpid())
+
     def set_aside(self) -> str | None:
         raise StateError(self.location, "a shared PostgreSQL state is not reset by reqcron; "
                          "every host uses it")
