@@ -39,9 +39,10 @@ import sys
 import tempfile
 import threading
 import time
-import timeit
 from pathlib import Path
 from typing import NamedTuple
+
+from wsgi_floor import Cheapest, app, ns_per_call
 
 COUNTS = (1, 100, 1_000, 10_001)
 FAST = "10,001 + every=1"  # the variant where claims happen
@@ -76,32 +77,6 @@ def tasks_file(n: int, fast: bool) -> str:
     return "\n".join(lines)
 
 
-def app(environ, start_response):
-    return None
-
-
-class Cheapest:
-    """One extra call and one clock compare: the floor any per-request check pays."""
-
-    def __init__(self, app):
-        self.app = app
-        self._next = time.time() + 3600
-
-    def __call__(self, environ, start_response):
-        if time.time() >= self._next:
-            raise AssertionError("never due here")
-        return self.app(environ, start_response)
-
-
-def ns_per_call(*funcs, number: int = 200_000, repeat: int = 7) -> list[float]:
-    """Best of ``repeat`` for each of ``funcs``, interleaved so that a busy moment hits all."""
-    environ: dict[str, str] = {}
-    timers = [timeit.Timer(lambda f=f: f(environ, None)) for f in funcs]
-    best = [float("inf")] * len(funcs)
-    for _ in range(repeat):
-        for i, timer in enumerate(timers):
-            best[i] = min(best[i], timer.timeit(number))
-    return [b / number * 1e9 for b in best]
 
 
 def median_us(func, number: int) -> float:

@@ -37,10 +37,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import timeit
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+
+from wsgi_floor import Cheapest, app, ns_per_call
 
 SERVER = os.environ.get("REQCRON_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/postgres")
 RACERS = 8
@@ -96,32 +97,6 @@ print(json.dumps({"claimed": claimed, "began": began, "ended": ended}))
 """
 
 
-def app(environ, start_response):
-    return None
-
-
-class Cheapest:
-    """One extra call and one clock compare: the floor any per-request check pays."""
-
-    def __init__(self, app):
-        self.app = app
-        self._next = time.time() + 3600
-
-    def __call__(self, environ, start_response):
-        if time.time() >= self._next:
-            raise AssertionError("never due here")
-        return self.app(environ, start_response)
-
-
-def ns_per_call(*funcs, number: int = 200_000, repeat: int = 7) -> list[float]:
-    """Best of ``repeat`` for each of ``funcs``, interleaved so that a busy moment hits all."""
-    environ: dict[str, str] = {}
-    timers = [timeit.Timer(lambda f=f: f(environ, None)) for f in funcs]
-    best = [float("inf")] * len(funcs)
-    for _ in range(repeat):
-        for i, timer in enumerate(timers):
-            best[i] = min(best[i], timer.timeit(number))
-    return [b / number * 1e9 for b in best]
 
 
 def wall(cmd: list[str]) -> float:
