@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from wsgi_floor import Cheapest, app, ns_per_call
+from common import Cheapest, app, leftovers, ns_per_call
 
 COUNTS = (1, 100, 1_000, 10_001)
 FAST = "10,001 + every=1"  # the variant where claims happen
@@ -262,20 +262,6 @@ def drive(port: int, seconds: float, rate: float = RATE, threads: int = 10) -> l
     if failures:
         print(f"    ({len(failures)} of {total} requests failed: {failures[0]!r})")
     return latencies
-
-
-def leftovers(tmp: Path) -> list[int]:
-    """Processes of this run still alive: anything whose command line names the temp dir."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                    if str(tmp).encode() in fh.read():
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
 
 
 class Served(NamedTuple):

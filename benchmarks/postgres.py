@@ -41,7 +41,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from wsgi_floor import Cheapest, app, ns_per_call
+from common import Cheapest, app, leftovers, ns_per_call
 
 SERVER = os.environ.get("REQCRON_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/postgres")
 RACERS = 8
@@ -143,20 +143,6 @@ def make_root(where: Path, tasks: str, url: str | None, site: str) -> Path:
 def roots(tmp: Path, url: str, name: str, tasks: str) -> dict[str, Path]:
     return {"SQLite": make_root(tmp / f"{name}-sqlite", tasks, None, name),
             "PostgreSQL": make_root(tmp / f"{name}-pg", tasks, url, name)}
-
-
-def leftovers(tmp: Path) -> list[int]:
-    """Processes of this run still alive: anything whose command line names the temp dir."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                    if str(tmp).encode() in fh.read():
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
 
 
 # -- 1. the request path ------------------------------------------------------------------

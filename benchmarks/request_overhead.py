@@ -19,6 +19,8 @@ import time
 import timeit
 from pathlib import Path
 
+from common import Cheapest, app
+
 TASKS = """
 from reqcron import Task
 for i in range({n}):
@@ -34,23 +36,6 @@ class Enter(Task):
         with open(os.environ["ENTERED"], "w") as fh:
             fh.write(repr(time.time()))
 """
-
-
-def app(environ, start_response):
-    return None
-
-
-class Cheapest:
-    """One extra call and one clock compare: the floor any per-request check pays."""
-
-    def __init__(self, app):
-        self.app = app
-        self._next = time.time() + 3600
-
-    def __call__(self, environ, start_response):
-        if time.time() >= self._next:
-            raise AssertionError("never due here")
-        return self.app(environ, start_response)
 
 
 def ns_per_call(func, number: int = 200_000) -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import drive, hello, reqcron_cmd, request, wait_for
+from conftest import drive, hello, processes, reqcron_cmd, request, wait_for
 from test_servers import BIN, Server, free_port
 
 from reqcron import Docroot, ReqCron
@@ -107,22 +107,6 @@ def get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as resp:
         assert resp.status == 200
         return bytes(resp.read())
-
-
-def processes(*words: str) -> list[int]:
-    """Pids of the live (not zombie) processes whose command line contains every word."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if all(w in cmdline for w in words):
-            found.append(int(entry))
-    return found
 
 
 def workers(server: Server) -> set[int]:

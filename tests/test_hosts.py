@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import reqcron_cmd, wait_for
+from conftest import processes, reqcron_cmd, wait_for
 from test_servers import BIN, Server, free_port
 
 from reqcron import Docroot
@@ -61,22 +61,6 @@ WORKERS = 3
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-def cmdline_pids(word: str) -> list[int]:
-    """Pids of the live processes whose command line contains ``word`` (zombies have none)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if word in cmdline:
-            found.append(int(entry))
-    return found
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -197,7 +181,7 @@ class Host:
 
     def task_pids(self) -> list[int]:
         """runtask supervisors, their task children and catalog readers of this DOCROOT."""
-        return cmdline_pids(f" {self.root} ")
+        return processes(f" {self.root} ")
 
     def kill(self) -> list[int]:
         """SIGKILL the whole host at once: gunicorn master, workers and task processes."""

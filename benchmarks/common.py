@@ -1,10 +1,13 @@
-"""The per-request floor the benchmarks compare reqcron against: a bare app, the cheapest
-wrapper, and an interleaved timer.  Imported by the scripts beside it."""
+"""What the benchmarks share: the per-request floor they compare reqcron against (a bare
+app, the cheapest wrapper, an interleaved timer) and their clean-up check.  Imported by
+the scripts beside it."""
 
 from __future__ import annotations
 
+import os
 import time
 import timeit
+from pathlib import Path
 
 
 def app(environ, start_response):
@@ -33,3 +36,17 @@ def ns_per_call(*funcs, number: int = 200_000, repeat: int = 7) -> list[float]:
         for i, timer in enumerate(timers):
             best[i] = min(best[i], timer.timeit(number))
     return [b / number * 1e9 for b in best]
+
+
+def leftovers(tmp: Path) -> list[int]:
+    """Processes of this run still alive: anything whose command line names the temp dir."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    if str(tmp).encode() in fh.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
