@@ -245,7 +245,15 @@ class Docroot:
 
     def info(self, name: str) -> TaskInfo:
         """Return task ``name`` as data; raises TaskLookupError listing the known ones."""
-        tasks = self.catalog().tasks
+        self.pulse()
+        return self._known(name)
+
+    def _known(self, name: str) -> TaskInfo:
+        """``name`` in this process's catalog, without a new look at the state (loops call
+        this once per task after one pulse)."""
+        if self._version < 0:
+            self.pulse()
+        tasks = self._catalog.tasks
         if name not in tasks:
             raise TaskLookupError(name, sorted(tasks))
         return tasks[name]
@@ -272,7 +280,7 @@ class Docroot:
 
     def schedule_of(self, name: str, state: TaskState | None = None) -> Schedule:
         """Return task ``name``'s schedule, with an ``every`` anchored as the state says."""
-        info = self.info(name)
+        info = self._known(name)
         if state is None:
             state = self.store.state(name)
         anchor = (state.anchor or state.first_seen) if state is not None else now()
