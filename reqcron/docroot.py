@@ -19,6 +19,7 @@ from . import sync
 from .config import CONFIG_FILE, TASKS_FILE, Settings, load_settings
 from .errors import ConfigError, DocrootError, ScheduleError, StateError, TaskLookupError
 from .loader import LoadError, load_tasks
+from .logonce import LogOnce
 from .paths import check_tasks_safety
 from .records import Claim, Run, Status, TaskState, Trigger, now
 from .store import CLOCK_KEY, SQLiteStore, Store
@@ -75,7 +76,7 @@ class Docroot:
         self._zone_name: str | None = None
         self.zone_warning: str | None = None
         self._schedules: dict[tuple[str, float | None], Schedule] = {}
-        self._logged: set[str] = set()
+        self._log_once = LogOnce()
 
     @property
     def store(self) -> Store:
@@ -188,7 +189,7 @@ class Docroot:
             self._settings_error = None
         except ConfigError as exc:  # keep the last good settings
             self._settings_error = LoadError(exc.path, exc.line, exc.problem)
-            self._log_once(str(self._settings_error), logging.ERROR)
+            self._log_once(logging.ERROR, "%s", self._settings_error)
             return
         where = (settings.state, settings.site, settings.state_dir)
         if where != (self.settings.state, self.settings.site, self.settings.state_dir):
@@ -222,7 +223,7 @@ class Docroot:
                     f"are read in {self._zone_name}, kept in the state since it was created; "
                     "set `timezone` in reqcron.toml to make it explicit"
                 )
-                self._log_once(self.zone_warning, logging.WARNING)
+                self._log_once(logging.WARNING, "%s", self.zone_warning)
         return self._zone_name
 
     @property
@@ -345,8 +346,8 @@ class Docroot:
                 raise
             except Exception as exc:  # a bad value of one task
                 problem = park(self.store, info, state, current, exc)
-                self._log_once(f"reqcron: task {info.name} of {self.path}: {problem}",
-                               logging.ERROR)
+                self._log_once(logging.ERROR, "reqcron: task %s of %s: %s", info.name,
+                               self.path, problem)
         return [c for c in claims if c is not None]
 
     def claim_due(self, name: str, trigger: Trigger = Trigger.CRON) -> Claim | None:
@@ -425,11 +426,6 @@ class Docroot:
                                             f"{PENDING_TIMEOUT:.0f} s"):
                     count += 1
         return count
-
-    def _log_once(self, message: str, level: int) -> None:
-        if message not in self._logged:
-            self._logged.add(message)
-            log.log(level, "%s", message)
 
     def close(self) -> None:
         if self._store is not None:

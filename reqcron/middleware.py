@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .docroot import Docroot
+from .logonce import LogOnce
 from .records import Trigger
 from .spawn import Spawner
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from .status import StatusPage
     from .watch import Watcher
 
-log = logging.getLogger("reqcron")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -85,7 +85,7 @@ class ReqCron:
         self._poll = poll
         self._watch = watch
         self._sites: dict[str, _Site] = {}
-        self._logged: dict[str, float] = {}
+        self._log_once = LogOnce(again_after=_RELOG)
         self._wake_at = 0.0
         self._status: StatusPage | None = None
         self._status_path = ""
@@ -143,7 +143,7 @@ class ReqCron:
             root = self._fixed or environ.get("DOCUMENT_ROOT")
             if not root:
                 self._log_once(
-                    "no-docroot",
+                    logging.ERROR,
                     "reqcron: no DOCROOT given and no DOCUMENT_ROOT "
                     "in the request's environ; no tasks will run",
                 )
@@ -156,7 +156,7 @@ class ReqCron:
             self._requested = True
             self._event.set()
         except Exception as exc:
-            self._log_once(f"wake:{exc}", "reqcron: cannot check the schedule: %s", exc)
+            self._log_once(logging.ERROR, "reqcron: cannot check the schedule: %s", exc)
 
     def _file_changed(self, _path: str) -> None:
         self._changed = time.monotonic()
@@ -203,15 +203,9 @@ class ReqCron:
             upcoming = doc.next_check()
             return upcoming if upcoming is not None else float("inf")
         except Exception as exc:
-            self._log_once(f"tend:{site.path}:{type(exc).__name__}:{exc}", "reqcron: %s: %s",
-                           site.path, exc)
+            self._log_once(logging.ERROR, "reqcron: %s: %s", site.path, exc,
+                           key=f"{site.path}:{type(exc).__name__}:{exc}")
             return _time() + self._poll
-
-    def _log_once(self, key: str, message: str, *args: object) -> None:
-        last = self._logged.get(key)
-        if last is None or _time() - last > _RELOG:
-            self._logged[key] = _time()
-            log.error(message, *args)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop this process's worker and watcher; wait for the task processes it started."""

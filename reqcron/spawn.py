@@ -18,10 +18,9 @@ import subprocess
 import threading
 
 from .docroot import Docroot
+from .logonce import LogOnce
 from .paths import ensure_private_dir
 from .records import Claim
-
-log = logging.getLogger("reqcron")
 
 SPAWN_LOG = "runtask.log"  # what task processes print outside any run, in the state dir
 
@@ -32,7 +31,7 @@ class Spawner:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._children: list[tuple[subprocess.Popen[bytes], Docroot, int]] = []
-        self._logged: set[str] = set()
+        self._log_once = LogOnce()
 
     def start(self, docroot: Docroot, claim: Claim) -> bool:
         """Start the process of ``claim``; on failure record it in the history."""
@@ -62,8 +61,8 @@ class Spawner:
         except OSError as exc:
             message = f"its process could not be started: {exc.strerror or exc}"
             docroot.not_started(claim.run_id, message)
-            self._log_once(f"reqcron: {docroot.path}: task processes cannot be started: "
-                           f"{exc} (runs are recorded as lost)")
+            self._log_once(logging.ERROR, "reqcron: %s: task processes cannot be started: %s "
+                           "(runs are recorded as lost)", docroot.path, exc)
             return False
         with self._lock:
             self._children.append((child, docroot, claim.run_id))
@@ -91,10 +90,5 @@ class Spawner:
                                                 f"(its message is in {log_file})",
                                         exit_code=child.returncode)
                 except Exception as exc:  # the state may be what failed
-                    self._log_once(f"reqcron: {docroot.path}: {exc}")
+                    self._log_once(logging.ERROR, "reqcron: %s: %s", docroot.path, exc)
         return len(running)
-
-    def _log_once(self, message: str) -> None:
-        if message not in self._logged:
-            self._logged.add(message)
-            log.error("%s", message)
