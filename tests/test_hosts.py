@@ -280,8 +280,9 @@ def test_two_hosts_under_load_run_each_slot_once(site, tmp_path):
     written = lines(runs_file)
     assert len(written) == len(done), (
         f"{len(written)} lines written by {len(done)} ok runs: a run ran twice or went unrecorded")
-    by_host = Counter(h for h, _ in written)
-    assert set(by_host) == {"host0", "host1"}, f"runs by host: {dict(by_host)}"
+    # Which host wins a slot is a race, so no share is asserted: CI once saw 8 of 8 on one
+    # host. That the other host takes over is shown by the test of a host killed whole.
+    assert {h for h, _ in written} <= {"host0", "host1"}
 
     # A run about every second while requests came: no gap of more than a few seconds.
     times = sorted(epoch(s) for s in slots)
