@@ -20,6 +20,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from typing import Any
 
+    from .deferred import Result, delay, set_eager
     from .docroot import Docroot
     from .middleware import ReqCron
     from .records import Status, Trigger
@@ -30,18 +31,24 @@ __all__ = [
     "DocrootError",
     "ReqCron",
     "ReqCronError",
+    "Result",
     "ScheduleError",
     "StateError",
     "Status",
     "Task",
     "TaskLookupError",
     "Trigger",
+    "delay",
+    "set_eager",
 ]
 __version__ = "0.1.0"
 
 _LAZY = {
     "Docroot": "docroot",
     "ReqCron": "middleware",
+    "Result": "deferred",
+    "delay": "deferred",
+    "set_eager": "deferred",
     "Status": "records",
     "Trigger": "records",
 }

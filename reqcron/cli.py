@@ -56,6 +56,9 @@ def runtask_main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] in ("-h", "--help"):
         sys.stdout.write(RUNTASK_USAGE + "\n" + RUNTASK_HELP)
         return EXIT_OK
+    if len(args) == 2 and args[0] == "--calls":
+        # Run the DOCROOT's queued deferred calls; internal, used by spawned processes.
+        return _guarded("runtask", lambda: _drain(args[1]))
     run_id = None
     if len(args) == 4 and args[0] == "--run-id" and args[1].isdigit():
         # A run that Docroot.due() claimed; internal, used by spawned processes.
@@ -74,6 +77,20 @@ def runtask_main(argv: Sequence[str] | None = None) -> int:
         return run_command(docroot, name, run_id=run_id, if_due=if_due)
 
     return _guarded("runtask", body)
+
+
+def _drain(docroot_path: str) -> int:
+    import logging
+
+    from .docroot import Docroot
+    from .drain import drain
+
+    logging.basicConfig(level=logging.WARNING, format="runtask: %(message)s")
+    docroot = Docroot(docroot_path, log_load_errors=False)
+    try:
+        return drain(docroot)
+    finally:
+        docroot.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

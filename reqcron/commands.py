@@ -170,6 +170,9 @@ def cmd_due(args: argparse.Namespace) -> int:
     for claim, ok in started:
         sys.stdout.write(f"started {claim.task} (run {claim.run_id})\n" if ok else
                          f"could not start {claim.task} (run {claim.run_id})\n")
+    drainers = [spawner.start_drainer(doc) for _ in range(doc.drainers_wanted())]
+    if drainers:
+        sys.stdout.write(f"started {sum(drainers)} process(es) for the queued deferred calls\n")
     # What loads is started; the slots of what does not are recorded as failed.
     codes = [EXIT_USAGE] if load_errors else []
     codes += [EXIT_OK if ok else EXIT_FAILED for _, ok in started]

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 CONFIG_FILE = "reqcron.toml"
 HISTORY_MAX = 1_000_000  # runs kept per task; more would only make the state slow
 
-_KEYS = {"timezone", "state_dir", "database", "python", "history", "site", "state"}
+_KEYS = {"timezone", "state_dir", "database", "python", "history", "site", "state",
+         "max_processes", "result_days"}
+MAX_PROCESSES_MAX = 64
 _SERVER_STATE = ("postgresql://", "postgres://")
 _SITE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _COMMAND = re.compile(r"[A-Za-z0-9._+-]+")
@@ -42,6 +44,8 @@ class Settings(Record):
         "config",
         "site",
         "state",
+        "max_processes",
+        "result_days",
     )
 
     def __init__(
@@ -55,6 +59,8 @@ class Settings(Record):
         config: Mapping[str, Any] | None = None,
         site: str | None = None,
         state: str | None = None,
+        max_processes: int = 4,
+        result_days: float = 7.0,
     ):
         self.docroot = docroot
         self.timezone = timezone  # None: the zone kept in the state (see Docroot.zone_name)
@@ -65,6 +71,8 @@ class Settings(Record):
         self.config: Mapping[str, Any] = MappingProxyType(dict(config or {}))
         self.site = site  # None: the state is keyed by the DOCROOT's real path
         self.state = state  # a PostgreSQL URL shared by several hosts; None: SQLite
+        self.max_processes = max_processes  # processes running deferred calls at once
+        self.result_days = result_days  # days a finished deferred call is kept
 
 
 def load_settings(docroot: Path) -> Settings:
@@ -139,6 +147,16 @@ def load_settings(docroot: Path) -> Settings:
     if isinstance(history, bool) or not isinstance(history, int) or not 1 <= history <= HISTORY_MAX:
         problem = f"history must be a whole number from 1 to {HISTORY_MAX}, not {_shown(history)}"
         raise ConfigError(str(path), problem)
+    max_processes = section.get("max_processes", 4)
+    if (isinstance(max_processes, bool) or not isinstance(max_processes, int)
+            or not 1 <= max_processes <= MAX_PROCESSES_MAX):
+        raise ConfigError(str(path), f"max_processes must be a whole number from 1 to "
+                          f"{MAX_PROCESSES_MAX}, not {_shown(max_processes)}")
+    result_days = section.get("result_days", 7)
+    if (isinstance(result_days, bool) or not isinstance(result_days, int | float)
+            or not 0 < result_days <= 36500):
+        raise ConfigError(str(path), f"result_days must be a number of days above 0, "
+                          f"not {_shown(result_days)}")
     state = text("state_dir")
     if state:
         # Against the DOCROOT's real path, so every trigger finds the same state
@@ -165,6 +183,8 @@ def load_settings(docroot: Path) -> Settings:
         config=config,
         site=site,
         state=server,
+        max_processes=max_processes,
+        result_days=float(result_days),
     )
 
 

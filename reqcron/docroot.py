@@ -155,8 +155,30 @@ class Docroot:
         return pulse
 
     def next_check(self) -> float | None:
-        """Return the earliest time at which due() could find work, from the state."""
-        return self.store.pulse().earliest
+        """Return the earliest time at which due() could find work, from the state.
+
+        Deferred calls count only while they wait for their time: calls due
+        now are being run by task processes, or are started at the next look.
+        """
+        pulse = self.store.pulse()
+        current = now()
+        calls = pulse.call_due if pulse.call_due is not None and pulse.call_due > current else None
+        return min((t for t in (pulse.earliest, calls) if t is not None), default=None)
+
+    def drainers_wanted(self, at: float | None = None) -> int:
+        """How many task processes to start for the deferred calls due now (max_processes)."""
+        from .calls import SLOT_LOCK
+
+        current = now() if at is None else at
+        pulse = self.store.pulse()
+        if pulse.call_due is None or pulse.call_due > current:
+            return 0
+        most = self.settings.max_processes
+        waiting = self.store.due_calls(current, most)
+        if not waiting:
+            return 0
+        busy = self.store.held_task_locks([SLOT_LOCK.format(i) for i in range(most)])
+        return max(0, min(waiting, most - busy))
 
     def catalog(self) -> Catalog:
         """The tasks as data (the last good definitions while the file is broken)."""
@@ -409,15 +431,27 @@ class Docroot:
                                         error=error, exit_code=exit_code)
 
     def reap(self, name: str | None = None) -> int:
-        """Record as failed the runs whose process died; return how many."""
+        """Record as failed the runs whose process died; return how many.
+
+        A deferred call whose process died is queued again while it has
+        retries left, else recorded as lost.
+        """
+        from .calls import end_attempt
+
         count = 0
         current = now()
         for run in self.store.runs(name, 1000, (Status.PENDING, Status.RUNNING)):
             assert run.id is not None
             if run.status == Status.RUNNING and not (run.lock and self.store.lock_alive(run.lock)):
                 error = "its process died without recording an end (killed?)"
-                if self.store.update_run_if(run.id, Status.RUNNING, status=Status.FAILED,
-                                            end=current, error=error, exit_code=1):
+                if run.call is not None:
+                    ended = end_attempt(self.store, run, current, Status.LOST, error=error,
+                                        exit_code=1)
+                else:
+                    ended = self.store.update_run_if(run.id, Status.RUNNING,
+                                                     status=Status.FAILED, end=current,
+                                                     error=error, exit_code=1)
+                if ended:
                     count += 1
                     if run.lock:
                         self.store.forget_lock(run.lock)

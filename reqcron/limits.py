@@ -10,7 +10,9 @@ from __future__ import annotations
 OUTPUT_LIMIT = 64 * 1024  # characters of a run's output kept (its end)
 ERROR_LIMIT = 4 * 1024  # characters of a run's error message
 TRACEBACK_LIMIT = 64 * 1024  # characters of a run's traceback kept (its end)
-RETURN_VALUE_LIMIT = 4 * 1024  # characters of a run's return value, as JSON or repr
+RETURN_VALUE_LIMIT = 64 * 1024  # characters of a run's return value, as JSON or repr
+# Characters of a deferred call's arguments, as JSON: more is refused at the call.
+CALL_LIMIT = 256 * 1024
 # Bytes the supervisor reads from the child's result pipe: the capped
 # fields above, JSON-escaped (up to 6 bytes a character), and room to spare.
 RESULT_READ_LIMIT = 6 * (ERROR_LIMIT + TRACEBACK_LIMIT + RETURN_VALUE_LIMIT) + 4096

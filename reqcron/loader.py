@@ -47,9 +47,12 @@ class Loaded(Record):
         self.file_ok = True
 
 
+TASKS_MODULE_PREFIX = "_reqcron_tasks_"
+
+
 def module_name(docroot: Path) -> str:
     """Return the module name __tasks__.py is imported under, unique per DOCROOT."""
-    return f"_reqcron_tasks_{path_key(docroot)}"
+    return f"{TASKS_MODULE_PREFIX}{path_key(docroot)}"
 
 
 def load_tasks(

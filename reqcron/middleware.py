@@ -17,9 +17,11 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import deferred
 from .docroot import Docroot
 from .logonce import LogOnce
 from .records import Trigger
@@ -51,6 +53,25 @@ class _Site:
         self.docroot: Docroot | None = None
         self.watched = False
         self.reaped = 0.0  # when this process last looked for dead runs
+
+
+class _ThenRelease:
+    """The app's response, unchanged, with a last step once the server has sent it."""
+
+    def __init__(self, result: Iterable[bytes], then: Callable[[], None]):
+        self._result = result
+        self._then = then
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._result)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._then()
 
 
 def _reset_if_alive(ref: weakref.ref[ReqCron]) -> None:
@@ -97,9 +118,13 @@ class ReqCron:
 
             self._status = StatusPage(os.fspath(docroot), status_path, status_token)
             self._status_path = self._status.path
+        # Deferred calls made during a request, per thread, until its response is sent.
+        self._held: dict[int, list[tuple[Docroot, int]]] = {}
+        self._held_lock = threading.Lock()
         self._reset()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _reset_if_alive(ref))
+        deferred.register(self)
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -108,7 +133,60 @@ class ReqCron:
             self._wake(environ)
         if self._status is not None and self._is_status(environ.get("PATH_INFO", "")):
             return self._status(environ, start_response)
-        return self.app(environ, start_response)
+        try:
+            result = self.app(environ, start_response)
+        except BaseException:
+            if self._held:
+                self._release(threading.get_ident())
+            raise
+        if self._held:  # a call was deferred, in this request or another thread's
+            return self._after_response(result)
+        return result
+
+    # -- deferred calls ----------------------------------------------------------
+
+    @property
+    def fixed_docroot(self) -> str | None:
+        """The DOCROOT given at creation, if any."""
+        return self._fixed
+
+    def docroot_for(self, environ: dict[str, Any]) -> str | None:
+        """The DOCROOT this middleware serves ``environ``'s request for."""
+        return self._fixed or environ.get("DOCUMENT_ROOT") or None
+
+    def hold(self, run_id: int, engine: Docroot) -> None:
+        """Keep call ``run_id`` back until this thread's response has been sent."""
+        with self._held_lock:
+            self._held.setdefault(threading.get_ident(), []).append((engine, run_id))
+
+    def _after_response(self, result: Iterable[bytes]) -> Iterable[bytes]:
+        thread = threading.get_ident()
+        if thread not in self._held:
+            return result
+        return _ThenRelease(result, lambda: self._release(thread))
+
+    def _release(self, thread: int) -> None:
+        """Let the calls deferred on ``thread`` run, and start a task process for them now."""
+        with self._held_lock:
+            held = self._held.pop(thread, [])
+        by_engine: dict[int, tuple[Docroot, list[int]]] = {}
+        for engine, run_id in held:
+            by_engine.setdefault(id(engine), (engine, []))[1].append(run_id)
+        for engine, ids in by_engine.values():
+            try:
+                deferred.release(engine, ids)
+            except Exception as exc:  # they run once the hold ends instead
+                self._log_once(logging.ERROR, "reqcron: %s: cannot release deferred calls: %s",
+                               engine.path, exc)
+            try:
+                # A call may name another DOCROOT (@delay(docroot=...)): tend it too.
+                if not any(Path(p).resolve() == engine.path for p in self._sites):
+                    self._sites[str(engine.path)] = _Site(str(engine.path))
+                self._ensure_thread()
+            except Exception as exc:
+                self._log_once(logging.ERROR, "reqcron: cannot start deferred calls: %s", exc)
+        self._requested = True
+        self._event.set()
 
     def _is_status(self, path: str) -> bool:
         return path == self._status_path or path.startswith(self._status_path + "/")
@@ -150,13 +228,16 @@ class ReqCron:
                 return
             if root not in self._sites:
                 self._sites[root] = _Site(root)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._work, name="reqcron", daemon=True)
-                self._thread.start()
+            self._ensure_thread()
             self._requested = True
             self._event.set()
         except Exception as exc:
             self._log_once(logging.ERROR, "reqcron: cannot check the schedule: %s", exc)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._work, name="reqcron", daemon=True)
+            self._thread.start()
 
     def _file_changed(self, _path: str) -> None:
         self._changed = time.monotonic()
@@ -195,6 +276,8 @@ class ReqCron:
             if requested:
                 for claim in doc.due(Trigger.REQUEST):
                     self._spawner.start(doc, claim)
+                for _ in range(doc.drainers_wanted()):
+                    self._spawner.start_drainer(doc)
             else:
                 doc.pulse()
             if time.monotonic() - site.reaped > _REAP_EVERY:

@@ -37,6 +37,7 @@ def now() -> float:
 class Status(StrEnum):
     """What became of a run, or of a slot that did not run."""
 
+    QUEUED = "queued"  # a deferred call waiting for its time or for a task process
     PENDING = "pending"  # claimed, its process not started yet
     RUNNING = "running"
     OK = "ok"
@@ -55,6 +56,11 @@ class Trigger(StrEnum):
     CRON = "cron"  # `runtask` that found its slot due
     MANUAL = "manual"  # `runtask` / `reqcron run` outside any slot
     RUN_NOW = "run_now"  # Docroot.run_now / the status page
+    CALL = "call"  # a deferred call (@delay, Task.delay)
+
+
+#: How a run ends; a deferred call in any of these is ready.
+FINAL = frozenset({"ok", "failed", "timeout", "skipped", "missed", "lost"})
 
 
 class TaskState(Record):
@@ -99,6 +105,9 @@ RUN_COLUMNS = (
     "traceback",
     "lock",
     "slots",
+    "call",
+    "attempts",
+    "due",
 )
 
 
@@ -127,6 +136,9 @@ class Run(Record):
         traceback: str | None = None,
         lock: str | None = None,
         slots: int = 1,
+        call: str | None = None,
+        attempts: int = 0,
+        due: float | None = None,
     ):
         self.id = id
         self.task = task
@@ -145,6 +157,9 @@ class Run(Record):
         self.traceback = traceback
         self.lock = lock  # path of the lock file its process holds while alive
         self.slots = slots  # how many slots this row stands for (catch-up, coalesced skips)
+        self.call = call  # a deferred call's JSON (calls.Call); None for a task's run
+        self.attempts = attempts  # a deferred call's attempts so far
+        self.due = due  # when a queued call may run
 
     @property
     def duration(self) -> float | None:

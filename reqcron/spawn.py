@@ -30,15 +30,21 @@ class Spawner:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._children: list[tuple[subprocess.Popen[bytes], Docroot, int]] = []
+        # A drainer has no run of its own (None): the calls it takes record themselves.
+        self._children: list[tuple[subprocess.Popen[bytes], Docroot, int | None]] = []
         self._log_once = LogOnce()
 
     def start(self, docroot: Docroot, claim: Claim) -> bool:
         """Start the process of ``claim``; on failure record it in the history."""
-        command = [
-            docroot.settings.python, "-P", "-m", "reqcron.runtask",
-            "--run-id", str(claim.run_id), str(docroot.path), claim.task,
-        ]
+        return self._start(docroot, ["--run-id", str(claim.run_id), str(docroot.path),
+                                     claim.task], claim.run_id)
+
+    def start_drainer(self, docroot: Docroot) -> bool:
+        """Start a process that runs the DOCROOT's queued deferred calls (drain.py)."""
+        return self._start(docroot, ["--calls", str(docroot.path)], None)
+
+    def _start(self, docroot: Docroot, args: list[str], run_id: int | None) -> bool:
+        command = [docroot.settings.python, "-P", "-m", "reqcron.runtask", *args]
         try:
             ensure_private_dir(docroot.settings.state_dir)  # a shared state makes none here
             errors = os.open(
@@ -59,13 +65,14 @@ class Spawner:
             finally:
                 os.close(errors)
         except OSError as exc:
-            message = f"its process could not be started: {exc.strerror or exc}"
-            docroot.not_started(claim.run_id, message)
+            if run_id is not None:
+                docroot.not_started(run_id, f"its process could not be started: "
+                                            f"{exc.strerror or exc}")
             self._log_once(logging.ERROR, "reqcron: %s: task processes cannot be started: %s "
                            "(runs are recorded as lost)", docroot.path, exc)
             return False
         with self._lock:
-            self._children.append((child, docroot, claim.run_id))
+            self._children.append((child, docroot, run_id))
         return True
 
     def reap(self) -> int:
@@ -76,13 +83,13 @@ class Spawner:
         not after the pending timeout.
         """
         with self._lock:
-            running: list[tuple[subprocess.Popen[bytes], Docroot, int]] = []
-            ended: list[tuple[subprocess.Popen[bytes], Docroot, int]] = []
+            running: list[tuple[subprocess.Popen[bytes], Docroot, int | None]] = []
+            ended: list[tuple[subprocess.Popen[bytes], Docroot, int | None]] = []
             for entry in self._children:
                 (running if entry[0].poll() is None else ended).append(entry)
             self._children = running
         for child, docroot, run_id in ended:
-            if child.returncode != 0:
+            if child.returncode != 0 and run_id is not None:
                 try:
                     log_file = docroot.settings.state_dir / SPAWN_LOG
                     docroot.not_started(run_id, f"its process exited with code "

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import logging
     from typing import Any, ClassVar
 
+    from .deferred import Result
     from .schedule import Schedule
 
 _FORMS = ("cron", "every", "at")
@@ -120,6 +121,16 @@ class Task:
     def run(self) -> Any:
         """Do the work; override this.  The return value is kept in the history."""
         return None
+
+    @classmethod
+    def delay(cls, *args: Any, **kwargs: Any) -> Result:
+        """Run this task with these arguments (JSON) in a task process, soon; see ``@delay``.
+
+        For a task whose ``run()`` takes arguments; returns a Result at once.
+        """
+        from .deferred import defer_task
+
+        return defer_task(cls, args, kwargs)
 
     def proceed(self) -> bool:
         """Return False once the run has been asked to stop (timeout, SIGTERM, disabled)."""

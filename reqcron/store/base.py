@@ -64,15 +64,18 @@ class CatalogRow(Record):
 class Pulse(Record):
     """What a poll reads, in one cheap statement whatever the number of tasks."""
 
-    __slots__ = ("catalog_version", "catalog_key", "next_due", "run_requested", "clock")
+    __slots__ = ("catalog_version", "catalog_key", "next_due", "run_requested", "clock",
+                 "call_due")
 
     def __init__(self, catalog_version: int, catalog_key: str | None, next_due: float | None,
-                 run_requested: float | None, clock: float | None):
+                 run_requested: float | None, clock: float | None,
+                 call_due: float | None = None):
         self.catalog_version = catalog_version
         self.catalog_key = catalog_key
         self.next_due = next_due  # the earliest unclaimed slot of any task
         self.run_requested = run_requested  # the oldest open run-now request
         self.clock = clock  # the wall-minus-monotonic clock offset at the latest claim
+        self.call_due = call_due  # the earliest time a queued deferred call may run
 
     @property
     def earliest(self) -> float | None:
@@ -192,12 +195,38 @@ class Store:
         raise NotImplementedError
 
     def prune(self, name: str, keep: int) -> None:
+        """Keep the latest ``keep`` finished runs of ``name`` (queued and open ones stay)."""
+        raise NotImplementedError
+
+    # -- deferred calls ---------------------------------------------------------
+
+    def take_call(self, now: float, pid: int, lock: str) -> Run | None:
+        """Claim the queued call due first (status running, one more attempt), or None.
+
+        Of all processes taking at once, on any host, exactly one gets each call.
+        """
+        raise NotImplementedError
+
+    def release_calls(self, ids: list[int], hold: float) -> None:
+        """Bring held calls (deferred during a request, due ``hold`` seconds late) forward."""
+        raise NotImplementedError
+
+    def due_calls(self, now: float, limit: int) -> int:
+        """How many queued calls may run at ``now``, counting up to ``limit``."""
+        raise NotImplementedError
+
+    def prune_calls(self, before: float) -> int:
+        """Delete the finished calls that ended before ``before``; return how many."""
         raise NotImplementedError
 
     # -- locks that die with their holder ---------------------------------------
 
     def take_task_lock(self, name: str) -> Lock | None:
         """Take ``name``'s overlap lock for this process's life; None while another run has it."""
+        raise NotImplementedError
+
+    def held_task_locks(self, names: list[str]) -> int:
+        """How many of these task locks some process holds now (a look, not a claim)."""
         raise NotImplementedError
 
     def take_run_lock(self) -> Lock:

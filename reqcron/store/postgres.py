@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = 3  # seconds: an unreachable database costs a check this long, never a request
 KEEPALIVE = (10, 5, 3)  # idle, interval, count: a dead peer's session ends within ~25 s
 KEEPALIVE_BOUND = KEEPALIVE[0] + KEEPALIVE[1] * KEEPALIVE[2]
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA_LOCK = 0x7265716372_6F6E  # pg_advisory_xact_lock key while the schema is made
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reqcron_schema (version integer NOT NULL);
@@ -70,6 +70,13 @@ CREATE TABLE IF NOT EXISTS reqcron_runs (
 CREATE INDEX IF NOT EXISTS reqcron_runs_by_task ON reqcron_runs (site, task, id);
 CREATE INDEX IF NOT EXISTS reqcron_runs_open ON reqcron_runs (site, status)
     WHERE status IN ('pending', 'running');
+ALTER TABLE reqcron_runs ADD COLUMN IF NOT EXISTS call text;
+ALTER TABLE reqcron_runs ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0;
+ALTER TABLE reqcron_runs ADD COLUMN IF NOT EXISTS due double precision;
+CREATE INDEX IF NOT EXISTS reqcron_runs_queued ON reqcron_runs (site, due, id)
+    WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS reqcron_calls_by_end ON reqcron_runs (site, "end")
+    WHERE call IS NOT NULL;
 CREATE TABLE IF NOT EXISTS reqcron_meta (
     site text NOT NULL, key text NOT NULL, value text NOT NULL, PRIMARY KEY (site, key)
 );
@@ -78,6 +85,7 @@ CREATE TABLE IF NOT EXISTS reqcron_catalog (
     reading_key text, reading_until double precision
 )
 """
+_OPEN = "('pending', 'running', 'queued')"  # runs that prune() keeps whatever their age
 _TASK_COLUMNS = "name, next_due, anchor, enabled, run_requested, signature, first_seen"
 _RUN_SELECT = "SELECT id, " + ", ".join(f'"{c}"' for c in RUN_COLUMNS) + " FROM reqcron_runs"
 
@@ -243,12 +251,14 @@ class PostgresStore(Store):
                 "SELECT c.version, c.key,"
                 " (SELECT min(next_due) FROM reqcron_tasks WHERE site = %(s)s),"
                 " (SELECT min(run_requested) FROM reqcron_tasks WHERE site = %(s)s),"
-                " (SELECT value FROM reqcron_meta WHERE site = %(s)s AND key = %(k)s)"
+                " (SELECT value FROM reqcron_meta WHERE site = %(s)s AND key = %(k)s),"
+                " (SELECT min(due) FROM reqcron_runs WHERE site = %(s)s AND status = 'queued')"
                 " FROM reqcron_catalog c WHERE c.site = %(s)s",
                 {"s": self.site, "k": CLOCK_KEY},
             )
-            version, key, next_due, requested, clock = cur.fetchone()  # type: ignore[misc]
-        return Pulse(version, key, next_due, requested, float(clock) if clock else None)
+            version, key, next_due, requested, clock, call_due = cur.fetchone()  # type: ignore[misc]
+        return Pulse(version, key, next_due, requested, float(clock) if clock else None,
+                     call_due)
 
     def meta(self, key: str) -> str | None:
         with self._cursor() as cur:
@@ -437,11 +447,47 @@ class PostgresStore(Store):
         with self._cursor() as cur:
             cur.execute(
                 "DELETE FROM reqcron_runs WHERE site = %(s)s AND task = %(t)s"
-                " AND status NOT IN ('pending', 'running') AND id <= (SELECT id FROM reqcron_runs"
-                " WHERE site = %(s)s AND task = %(t)s AND status NOT IN ('pending', 'running')"
+                f" AND status NOT IN {_OPEN} AND id <= (SELECT id FROM reqcron_runs"
+                f" WHERE site = %(s)s AND task = %(t)s AND status NOT IN {_OPEN}"
                 " ORDER BY id DESC LIMIT 1 OFFSET %(k)s)",
                 {"s": self.site, "t": name, "k": keep},
             )
+
+    # -- deferred calls ------------------------------------------------------------
+
+    def take_call(self, now: float, pid: int, lock: str) -> Run | None:
+        with self._cursor() as cur:
+            # SKIP LOCKED: processes taking at once each get another call, none waits.
+            cur.execute(
+                "UPDATE reqcron_runs SET status = 'running', start = %(n)s, pid = %(p)s,"
+                ' lock = %(l)s, attempts = attempts + 1, "end" = NULL WHERE id = ('
+                "SELECT id FROM reqcron_runs WHERE site = %(s)s AND status = 'queued'"
+                " AND due <= %(n)s ORDER BY due, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                " AND status = 'queued' RETURNING id, "
+                + ", ".join(f'"{c}"' for c in RUN_COLUMNS),
+                {"n": now, "p": pid, "l": lock, "s": self.site},
+            )
+            row = cur.fetchone()
+        return run_from_row(row) if row else None
+
+    def release_calls(self, ids: list[int], hold: float) -> None:
+        with self._cursor() as cur:
+            cur.execute("UPDATE reqcron_runs SET due = due - %s WHERE site = %s"
+                        " AND status = 'queued' AND attempts = 0 AND id = ANY(%s)",
+                        (hold, self.site, ids))
+
+    def due_calls(self, now: float, limit: int) -> int:
+        with self._cursor() as cur:
+            cur.execute("SELECT count(*) FROM (SELECT 1 FROM reqcron_runs WHERE site = %s"
+                        " AND status = 'queued' AND due <= %s LIMIT %s) q",
+                        (self.site, now, limit))
+            return int(cur.fetchone()[0])  # type: ignore[index]
+
+    def prune_calls(self, before: float) -> int:
+        with self._cursor() as cur:
+            cur.execute('DELETE FROM reqcron_runs WHERE site = %s AND call IS NOT NULL'
+                        f' AND "end" < %s AND status NOT IN {_OPEN}', (self.site, before))
+            return cur.rowcount
 
     # -- locks that die with their holder -------------------------------------------
 
@@ -481,6 +527,18 @@ class PostgresStore(Store):
 
     def take_task_lock(self, name: str) -> Lock | None:
         return self._try_lock(_key(f"{self.site}\0task\0{name}"))
+
+    def held_task_locks(self, names: list[str]) -> int:
+        keys = [_key(f"{self.site}\0task\0{name}") & 0xFFFF_FFFF_FFFF_FFFF for name in names]
+        with self._cursor() as cur:
+            # A bigint advisory key shows in pg_locks as classid (high half), objid (low half).
+            cur.execute("SELECT count(*) FROM pg_locks l JOIN unnest(%s::bigint[], %s::bigint[])"
+                        " AS k(hi, lo) ON l.classid::bigint = k.hi AND l.objid::bigint = k.lo"
+                        " WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted"
+                        " AND l.database = (SELECT oid FROM pg_database"
+                        " WHERE datname = current_database())",
+                        ([k >> 32 for k in keys], [k & 0xFFFF_FFFF for k in keys]))
+            return int(cur.fetchone()[0])  # type: ignore[index]
 
     def take_run_lock(self) -> Lock:
         while True:

@@ -23,7 +23,7 @@ from pathlib import Path
 from .. import locks
 from ..errors import StateError
 from ..limits import capped_field
-from ..records import RUN_COLUMNS, Run, Status, TaskState
+from ..records import RUN_COLUMNS, Run, TaskState
 from .base import (
     CLOCK_KEY,
     REMOVED,
@@ -50,8 +50,10 @@ _SELECT_TASKS = (
 _PULSE = (
     "SELECT version, key, (SELECT min(next_due) FROM tasks),"
     " (SELECT min(run_requested) FROM tasks WHERE run_requested IS NOT NULL),"
-    " (SELECT value FROM meta WHERE key = ?) FROM catalog WHERE id = 1"
+    " (SELECT value FROM meta WHERE key = ?),"
+    " (SELECT min(due) FROM runs WHERE status = 'queued') FROM catalog WHERE id = 1"
 )
+_OPEN = ("pending", "running", "queued")  # runs that prune() keeps whatever their age
 #: Caps on the text a run keeps, and which end of it matters.
 
 
@@ -152,8 +154,10 @@ class SQLiteStore(Store):
 
     def pulse(self) -> Pulse:
         with self._cursor() as db:
-            version, key, next_due, requested, clock = db.execute(_PULSE, (CLOCK_KEY,)).fetchone()
-        return Pulse(version, key, next_due, requested, float(clock) if clock else None)
+            version, key, next_due, requested, clock, call_due = db.execute(
+                _PULSE, (CLOCK_KEY,)).fetchone()
+        return Pulse(version, key, next_due, requested, float(clock) if clock else None,
+                     call_due)
 
     def meta(self, key: str) -> str | None:
         with self._cursor() as db:
@@ -341,11 +345,53 @@ class SQLiteStore(Store):
     def prune(self, name: str, keep: int) -> None:
         with self._cursor() as db:
             db.execute(
-                "DELETE FROM runs WHERE task = ? AND status NOT IN (?, ?)"
+                "DELETE FROM runs WHERE task = ? AND status NOT IN (?, ?, ?)"
                 " AND id <= (SELECT id FROM runs WHERE task = ?"
-                " AND status NOT IN (?, ?) ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (name, Status.PENDING, Status.RUNNING, name, Status.PENDING, Status.RUNNING, keep),
+                " AND status NOT IN (?, ?, ?) ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (name, *_OPEN, name, *_OPEN, keep),
             )
+
+    # -- deferred calls -------------------------------------------------------------
+
+    def take_call(self, now: float, pid: int, lock: str) -> Run | None:
+        with self._cursor() as db:
+            # A read first: a drainer waiting for work must not take the write lock.
+            if not db.execute("SELECT 1 FROM runs WHERE status = 'queued' AND due <= ? LIMIT 1",
+                              (now,)).fetchone():
+                return None
+            # One statement, so atomic: of two processes, one updates the row.
+            row = db.execute(
+                "UPDATE runs SET status = 'running', start = ?, pid = ?, lock = ?,"
+                " attempts = attempts + 1, \"end\" = NULL WHERE id = (SELECT id FROM runs"
+                " WHERE status = 'queued' AND due <= ? ORDER BY due, id LIMIT 1)"
+                " AND status = 'queued' RETURNING id",
+                (now, pid, lock, now),
+            ).fetchone()
+            if row is None:
+                return None
+            found = db.execute(_SELECT_RUNS + " WHERE id = ?", (row[0],)).fetchone()
+        return run_from_row(found)
+
+    def release_calls(self, ids: list[int], hold: float) -> None:
+        with self._cursor() as db:
+            db.execute(
+                f"UPDATE runs SET due = due - ? WHERE status = 'queued' AND attempts = 0"
+                f" AND id IN ({', '.join('?' for _ in ids)})",
+                [hold, *ids],
+            )
+
+    def due_calls(self, now: float, limit: int) -> int:
+        with self._cursor() as db:
+            return int(db.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM runs WHERE status = 'queued' AND due <= ?"
+                " LIMIT ?)", (now, limit)).fetchone()[0])
+
+    def prune_calls(self, before: float) -> int:
+        with self._cursor() as db:
+            return db.execute(
+                f"DELETE FROM runs WHERE call IS NOT NULL AND \"end\" < ?"
+                f" AND status NOT IN ({', '.join('?' for _ in _OPEN)})", (before, *_OPEN),
+            ).rowcount
 
     def dump(self) -> Dump:
         with self._cursor() as db:
@@ -378,6 +424,10 @@ class SQLiteStore(Store):
 
     def take_task_lock(self, name: str) -> Lock | None:
         return locks.take_task_lock(self.path.parent, name)
+
+    def held_task_locks(self, names: list[str]) -> int:
+        folder = locks.lock_dir(self.path.parent)
+        return sum(locks.holder_alive(str(folder / f"{name}.lock")) for name in names)
 
     def take_run_lock(self) -> Lock:
         return locks.take_run_lock(self.path.parent)

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import StateError
 from ..paths import ensure_private_dir
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     name TEXT PRIMARY KEY,
@@ -39,10 +39,13 @@ CREATE TABLE IF NOT EXISTS runs (
     exit_code INTEGER, pid INTEGER,
     output TEXT, return_value TEXT, error TEXT, traceback TEXT,
     lock TEXT,
-    slots INTEGER NOT NULL DEFAULT 1
+    slots INTEGER NOT NULL DEFAULT 1,
+    call TEXT, attempts INTEGER NOT NULL DEFAULT 0, due REAL
 );
 CREATE INDEX IF NOT EXISTS runs_by_task ON runs (task, id);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status) WHERE status IN ('pending', 'running');
+CREATE INDEX IF NOT EXISTS runs_queued ON runs (due, id) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS calls_by_end ON runs ("end") WHERE call IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS catalog (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -52,7 +55,13 @@ CREATE TABLE IF NOT EXISTS catalog (
 );
 INSERT OR IGNORE INTO catalog (id, version) VALUES (1, 0)
 """
-_MIGRATIONS = {1: "ALTER TABLE tasks DROP COLUMN last_slot"}
+#: What brings a state of each older version to the next one.
+_MIGRATIONS = {
+    1: ["ALTER TABLE tasks DROP COLUMN last_slot"],
+    2: ["ALTER TABLE runs ADD COLUMN call TEXT",
+        "ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE runs ADD COLUMN due REAL"],
+}
 
 
 
@@ -151,8 +160,9 @@ def create_schema(conn: sqlite3.Connection) -> None:
             raise sqlite3.DatabaseError(
                 f"its schema is version {version}, newer than this reqcron knows"
             )
-        if version in _MIGRATIONS:
-            conn.execute(_MIGRATIONS[version])
+        for step in range(version, SCHEMA_VERSION) if version else ():
+            for statement in _MIGRATIONS.get(step, ()):
+                conn.execute(statement)
         for statement in _SCHEMA.split(";"):
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

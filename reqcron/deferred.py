@@ -1,0 +1,306 @@
+"""``@delay``, ``Task.delay`` and ``Result``: hand work to a task process, see how it went.
+
+A deferred call is stored in the state of a DOCROOT, found in this order:
+``@delay(docroot=…)``; the middleware serving the request this call is made
+in; the one middleware of this process; ``REQCRON_DOCROOT``.  With none,
+the call runs inline and returns a ready Result (said once in the log).
+
+A call made during a request is held until that request's response has
+been sent (the middleware releases it then, and starts a task process at
+once), so the work never races the response, nor a transaction the view
+commits after deferring.  Finding the request costs a walk up the stack at
+the call, not a thing per request: the hot path stays as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from .calls import HOLD, TASKS_MODULE, Call, new_run
+from .logonce import LogOnce
+from .records import FINAL, Status, now
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from .docroot import Docroot
+    from .middleware import ReqCron
+    from .records import Run
+
+log = logging.getLogger("reqcron")
+
+_lock = threading.Lock()
+_engines: dict[str, Docroot] = {}  # this process's engine per DOCROOT, for calls and results
+_middlewares: weakref.WeakSet[ReqCron] = weakref.WeakSet()
+_log_once = LogOnce()
+_eager = os.environ.get("REQCRON_EAGER", "") not in ("", "0")
+
+
+def set_eager(enabled: bool = True) -> bool:
+    """Run every deferred call inline from now on (tests of an app); return the old value."""
+    global _eager
+    previous, _eager = _eager, enabled
+    return previous
+
+
+class Deferred:
+    """A function marked with ``@delay``: calling it queues the call and returns a Result."""
+
+    def __init__(self, function: Callable[..., Any], *, delay: float = 0.0,
+                 at: datetime | None = None, retries: int = 0, timeout: float | None = None,
+                 docroot: str | os.PathLike[str] | None = None):
+        self.function = function
+        self.target = import_name(function)
+        self.delay, self.at, self.retries, self.timeout = delay, at, retries, timeout
+        self.docroot = os.fspath(docroot) if docroot is not None else None
+        self.__name__ = getattr(function, "__name__", "call")
+        self.__qualname__ = getattr(function, "__qualname__", self.__name__)
+        self.__doc__ = function.__doc__
+        self.__wrapped__ = function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Result:
+        call = Call(self.target, list(args), kwargs, retries=self.retries,
+                    timeout=self.timeout, path=_import_path())
+        return defer(call, lambda: self.function(*args, **kwargs), _when(self.delay, self.at),
+                     self.docroot)
+
+    def __repr__(self) -> str:
+        return f"<deferred function {self.target}>"
+
+
+def delay(function: Callable[..., Any] | None = None, *, minutes: float = 0, hours: float = 0,
+          days: float = 0, weeks: float = 0, at: datetime | None = None, retries: int = 0,
+          timeout: float | timedelta | None = None,
+          docroot: str | os.PathLike[str] | None = None) -> Any:
+    """Mark a module-level function so that calling it runs it later, in a task process.
+
+    ``@delay`` or ``@delay(minutes=5, retries=3, timeout=60)``; the call
+    returns a Result at once.  Arguments must be JSON.
+    """
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be a whole number of 0 or more, not {retries!r}")
+    if at is not None and (not isinstance(at, datetime) or at.tzinfo is None):
+        raise ValueError("at must be an aware datetime (with a tzinfo)")
+    seconds = timedelta(minutes=minutes, hours=hours, days=days, weeks=weeks).total_seconds()
+    if seconds < 0:
+        raise ValueError("a delay cannot be negative")
+    limit = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+    if limit is not None and limit <= 0:
+        raise ValueError(f"timeout must be positive, not {timeout!r}")
+
+    def mark(fn: Callable[..., Any]) -> Deferred:
+        return Deferred(fn, delay=seconds, at=at, retries=retries, timeout=limit, docroot=docroot)
+
+    return mark(function) if function is not None else mark
+
+
+def import_name(function: Callable[..., Any]) -> str:
+    """``module:qualname`` by which a task process finds ``function``; TypeError if none."""
+    module = getattr(function, "__module__", None)
+    qualname = getattr(function, "__qualname__", "")
+    if not callable(function) or not module or not qualname:
+        raise TypeError(f"@delay needs a function, not {function!r}")
+    if "<locals>" in qualname or "<lambda>" in qualname:
+        raise TypeError(f"@delay needs a module-level function: {qualname} is defined inside "
+                        "another function, where a task process cannot find it")
+    if module == "__main__":
+        raise TypeError(f"@delay cannot mark {qualname} in __main__ (a script run directly): "
+                        "a task process cannot import it; move it into a module")
+    from .loader import TASKS_MODULE_PREFIX
+
+    if module.startswith(TASKS_MODULE_PREFIX):
+        module = TASKS_MODULE  # the DOCROOT's own file, under one name on every host
+    return f"{module}:{qualname}"
+
+
+def defer_task(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Result:
+    """``SomeTask.delay(...)``: queue a run of the task with these arguments."""
+    name = str(getattr(cls, "name", cls.__name__))
+    call = Call(name, list(args), kwargs, task=True)
+    return defer(call, lambda: cls().run(*args, **kwargs), None, None)
+
+
+def defer(call: Call, inline: Callable[[], Any], at: float | None,
+          docroot: str | None) -> Result:
+    """Queue ``call`` in its DOCROOT's state, or run it inline where there is none."""
+    middleware, root = _where(docroot)
+    if root is None or _eager:
+        call.encode()  # the same TypeError as a queued call would give
+        if not _eager:
+            _log_once(logging.INFO, "reqcron: no DOCROOT in this process (no ReqCron "
+                      "middleware, no REQCRON_DOCROOT): deferred calls run inline")
+        return Result.inline(inline)
+    engine = _engine(root)
+    created = now()
+    due = created if at is None else max(at, created)
+    held = middleware is not None and due < created + HOLD
+    run = new_run(call, created, due + HOLD if held else due)
+    run_id = engine.store.add_run(run)
+    if held:
+        assert middleware is not None
+        middleware.hold(run_id, engine)
+    return Result(root, run_id)
+
+
+def release(engine: Docroot, ids: list[int]) -> None:
+    """Let the calls held during a request run (its response has been sent)."""
+    engine.store.release_calls(ids, HOLD)
+
+
+def register(middleware: ReqCron) -> None:
+    _middlewares.add(middleware)
+
+
+def _where(docroot: str | None) -> tuple[ReqCron | None, str | None]:
+    """The middleware serving this call's request (if any) and the DOCROOT to use."""
+    serving = _serving()
+    if docroot is not None:
+        return (serving[0] if serving else None), docroot
+    if serving is not None:
+        middleware, environ = serving
+        root = middleware.docroot_for(environ)
+        if root:
+            return middleware, root
+    fixed = {m.fixed_docroot for m in list(_middlewares) if m.fixed_docroot}
+    if len(fixed) == 1:
+        return None, fixed.pop()
+    return None, os.environ.get("REQCRON_DOCROOT") or None
+
+
+def _serving() -> Any:
+    """(middleware, environ) of the ReqCron.__call__ on this thread's stack, or None."""
+    if not _middlewares:
+        return None
+    from .middleware import ReqCron
+
+    code = ReqCron.__call__.__code__
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is code:
+            local = frame.f_locals
+            return local["self"], local["environ"]
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def _engine(root: str) -> Docroot:
+    from .docroot import Docroot
+
+    key = os.fspath(root)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = Docroot(key, log_load_errors=False)
+        return engine
+
+
+def _when(delay: float, at: datetime | None) -> float | None:
+    if at is not None:
+        return at.timestamp()
+    return now() + delay if delay else None
+
+
+def _import_path() -> list[str]:
+    return [p for p in sys.path if p]
+
+
+class Result:
+    """What became of a deferred call: read from the state, from any process."""
+
+    def __init__(self, docroot: str | os.PathLike[str] | None, id: int | None):
+        self.docroot = Path(docroot) if docroot is not None else None
+        self.id = id
+        self._run: Run | None = None
+        self._inline: tuple[bool, Any, str | None] | None = None
+
+    @classmethod
+    def get(cls, docroot: str | os.PathLike[str], id: int) -> Result:
+        """The Result of call ``id`` of ``docroot``; LookupError if there is no such call."""
+        result = cls(docroot, id)
+        run = result._read()
+        if run is None or run.call is None:
+            raise LookupError(f"no deferred call with id {id} in {docroot}")
+        return result
+
+    @classmethod
+    def inline(cls, function: Callable[[], Any]) -> Result:
+        """Run ``function`` now, here, and keep what came of it."""
+        result = cls(None, None)
+        try:
+            result._inline = (True, function(), None)
+        except Exception as exc:
+            result._inline = (False, None, f"{type(exc).__name__}: {exc}")
+        return result
+
+    def _read(self) -> Run | None:
+        if self._inline is None and self.id is not None and self.docroot is not None:
+            if self._run is None or self._run.status not in FINAL:
+                self._run = _engine(os.fspath(self.docroot)).store.get_run(self.id)
+        return self._run
+
+    @property
+    def status(self) -> str:
+        """queued, running, ok, failed, timeout or lost (``ok``/``failed`` inline)."""
+        if self._inline is not None:
+            return Status.OK if self._inline[0] else Status.FAILED
+        run = self._read()
+        return run.status if run is not None else Status.LOST
+
+    def is_ready(self) -> bool:
+        """True once the call has run, well or not (never blocks)."""
+        return self.status in FINAL
+
+    def wait(self, timeout: float | None = None) -> Result:
+        """Block until the call is ready; TimeoutError after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.002
+        while not self.is_ready():
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"deferred call {self.id} is still {self.status} after "
+                                   f"{timeout:g} s")
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.1)
+        return self
+
+    @property
+    def has_error(self) -> bool:
+        return self.is_ready() and self.status != Status.OK
+
+    @property
+    def error_message(self) -> str | None:
+        """The error's first line (``Type: message``), once ready; None if it went well."""
+        if self._inline is not None:
+            return self._inline[2]
+        if not self.has_error:
+            return None
+        run = self._read()
+        return (run.error if run is not None else None) or f"the call ended {self.status}"
+
+    @property
+    def traceback(self) -> str | None:
+        run = self._read()
+        return run.traceback if run is not None and self.has_error else None
+
+    @property
+    def result(self) -> Any:
+        """What the function returned (JSON), once it ran well; else None."""
+        if self._inline is not None:
+            return self._inline[1]
+        run = self._read()
+        if run is None or run.status != Status.OK or run.return_value is None:
+            return None
+        import json
+
+        return json.loads(run.return_value)
+
+    def __repr__(self) -> str:
+        return f"<Result {self.id} {self.status}>"

@@ -1,0 +1,196 @@
+"""A task process that runs queued deferred calls, one after another, until none is left.
+
+``python -m reqcron.runtask --calls DOCROOT`` (started by the middleware and
+``reqcron due``).  It first takes one of the DOCROOT's ``max_processes``
+drain slots (a task lock, so it dies with the process and counts across
+hosts on a shared state) or exits at once: however many calls come, no
+more task processes than that run them.  Each call still gets a run's
+isolation: a forked child with its own timeout, output capture and record
+(supervise.py).  After its last call it stays a moment, so a burst spread
+over several requests is served by the processes already started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+from .calls import SLOT_LOCK, TASKS_MODULE, Call, end_attempt
+from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from .records import Status, now
+from .supervise import supervise
+from .task import Task
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from .docroot import Docroot
+    from .records import Run
+    from .store import Lock
+
+log = logging.getLogger("reqcron")
+
+LINGER = 1.0  # seconds a process waits for more calls after its last one
+_POLL = 0.005  # seconds between looks at the queue while it lingers
+
+
+class Refused(Exception):
+    """The queue names something that is not a deferred function or task: run nothing."""
+
+
+def drain(docroot: Docroot) -> int:
+    """Run the DOCROOT's queued calls while there are some; return the exit code."""
+    store = docroot.store
+    names = [SLOT_LOCK.format(i) for i in range(docroot.settings.max_processes)]
+    # Calls deferred inside a call go to the same DOCROOT.
+    os.environ["REQCRON_DOCROOT"] = str(docroot.path)
+    while True:
+        slot = next((lock for name in names if (lock := store.take_task_lock(name))), None)
+        if slot is None:
+            return EXIT_OK  # enough processes drain already; they take these calls too
+        run_lock = store.take_run_lock()
+        try:
+            docroot.reap()
+            _drain_while_queued(docroot, slot, run_lock)
+        finally:
+            run_lock.release()
+            slot.release()
+        # A call queued between the last look and the release found every slot
+        # taken and started no process: look once more now that one is free.
+        if not store.due_calls(now(), 1):
+            break
+    store.prune_calls(now() - docroot.settings.result_days * 86400)
+    return EXIT_OK
+
+
+def _drain_while_queued(docroot: Docroot, slot: Lock, run_lock: Lock) -> None:
+    store = docroot.store
+    idle_until = time.monotonic() + LINGER
+    while True:
+        run = store.take_call(now(), os.getpid(), run_lock.token)
+        if run is None:
+            if time.monotonic() >= idle_until:
+                return
+            time.sleep(_POLL)
+            continue
+        run_call(docroot, run, (*slot.fds, *run_lock.fds, *store.connection_fds()))
+        idle_until = time.monotonic() + LINGER
+
+
+def run_call(docroot: Docroot, run: Run, close_in_child: tuple[int, ...]) -> str:
+    """Run one taken call in a supervised child and record it; return its status."""
+    store = docroot.store
+    assert run.id is not None and run.call is not None
+    try:
+        call = Call.decode(run.call)
+        task = _task_for(docroot, call)
+    except Refused as exc:
+        store.update_run_if(run.id, Status.RUNNING, status=Status.FAILED, end=now(),
+                            error=f"refused: {exc}", exit_code=EXIT_USAGE)
+        log.error("deferred call %s refused: %s", run.id, exc)
+        return Status.FAILED
+    except Exception as exc:  # an import that fails: the call fails, retries may follow
+        end_attempt(store, run, now(), Status.FAILED, exit_code=EXIT_FAILED,
+                    error=f"{type(exc).__name__}: {exc}", traceback=_trace(exc))
+        return Status.FAILED
+    outcome = supervise(
+        task,
+        docroot=docroot.path,
+        config=docroot.settings.config,
+        database=docroot.settings.database,
+        is_disabled=lambda: False,
+        echo=False,
+        close_in_child=close_in_child,
+    )
+    end_attempt(store, run, now(), outcome.status,
+                exit_code=EXIT_OK if outcome.status == Status.OK else EXIT_FAILED,
+                output=outcome.output, return_value=outcome.return_value,
+                error=outcome.error, traceback=outcome.traceback)
+    return outcome.status
+
+
+def _task_for(docroot: Docroot, call: Call) -> Task:
+    """The task whose run() makes ``call``; Refused for anything not marked deferrable."""
+    from .deferred import Deferred
+
+    attributes: dict[str, Any] = {}
+    if call.task:
+        base = type(_load_task(docroot, call.target))
+        method = base.run
+    else:
+        target = _resolve(docroot, call)
+        if not isinstance(target, Deferred):
+            raise Refused(f"{call.target} is not a function marked with @delay")
+        base, method = _CallTask, target.function
+        attributes = {"name": call.target, "timeout": target.timeout}
+    if call.timeout is not None:
+        attributes["timeout"] = call.timeout
+    task: Task = type(base.__name__, (base,), attributes)()  # this call's timeout, not the class's
+    args, kwargs = call.args, call.kwargs
+    bound: Callable[[], Any] = (lambda: method(task, *args, **kwargs)) if call.task else (
+        lambda: method(*args, **kwargs))
+    task.run = lambda: _as_json(bound())  # type: ignore[method-assign]
+    return task
+
+
+class _CallTask(Task):
+    """What runs a deferred function: a task with no schedule, created per call."""
+
+    abstract = True
+
+
+def _as_json(value: Any) -> Any:
+    """Let only JSON out of a call: its caller reads ``Result.result`` back."""
+    from .calls import check_json
+
+    check_json(value, "the return value")
+    return value
+
+
+def _load_task(docroot: Docroot, name: str) -> Task:
+    from .loader import load_tasks
+
+    loaded = load_tasks(docroot.path, None, only=name, compile_schedules=False)
+    if name not in loaded.tasks:
+        problems = [str(e) for e in loaded.errors if e.task in (None, name)]
+        if problems:
+            raise RuntimeError("; ".join(problems))
+        raise Refused(f"{name} is not a task of {docroot.path}")
+    return loaded.tasks[name]
+
+
+def _resolve(docroot: Docroot, call: Call) -> object:
+    module_name, _, qualname = call.target.partition(":")
+    if not qualname:
+        raise Refused(f"{call.target!r} is not a function's import name")
+    if module_name == TASKS_MODULE:
+        from .loader import load_tasks
+        from .loader import module_name as tasks_module
+
+        loaded = load_tasks(docroot.path, None, only="", compile_schedules=False)
+        if not loaded.file_ok:
+            raise RuntimeError("; ".join(str(e) for e in loaded.errors))
+        module = sys.modules[tasks_module(docroot.path)]
+    else:
+        import importlib
+
+        for entry in call.path:
+            if entry not in sys.path:
+                sys.path.append(entry)  # after ours: never shadow the standard library
+        module = importlib.import_module(module_name)
+    target: object = module
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise Refused(f"{call.target} does not exist")
+    return target
+
+
+def _trace(exc: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(exc))
