@@ -114,6 +114,18 @@ def label(run: Run, width: int = 60) -> str:
     return text if len(text) <= width else text[:width - 2] + "…)"
 
 
+def call_dict(run: Run) -> dict[str, Any]:
+    """A call as the JSON of ``reqcron history --json`` shows it."""
+    data: dict[str, Any] = {"label": label(run), "attempts": run.attempts}
+    try:
+        call = Call.decode(run.call or "")
+    except (ValueError, KeyError, TypeError):
+        return data
+    data.update(target=call.target, task=call.task, args=call.args, kwargs=call.kwargs,
+                retries=call.retries, timeout=call.timeout)
+    return data
+
+
 def new_run(call: Call, created: float, due: float) -> Run:
     """The queued row of ``call``; raises TypeError/ValueError for what cannot be stored."""
     name = call.target

@@ -211,7 +211,9 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         _emit([report.run_dict(r, zone) for r in runs])
         return EXIT_OK
-    rows = [[str(r.id), r.task, r.trigger, report.local(r.start or r.created, zone),
+    from .calls import label
+
+    rows = [[str(r.id), label(r), r.trigger, report.local(r.start or r.created, zone),
              report.duration(r.duration), r.status + (f" x{r.slots}" if r.slots > 1 else ""),
              (report.first_error_line(r) or "")[:70]] for r in runs]
     sys.stdout.write(_table(rows, ["RUN", "TASK", "TRIGGER", "START", "DURATION", "STATUS",

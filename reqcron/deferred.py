@@ -160,6 +160,10 @@ def register(middleware: ReqCron) -> None:
     _middlewares.add(middleware)
 
 
+def unregister(middleware: ReqCron) -> None:
+    _middlewares.discard(middleware)
+
+
 def _where(docroot: str | None) -> tuple[ReqCron | None, str | None]:
     """The middleware serving this call's request (if any) and the DOCROOT to use."""
     serving = _serving()
@@ -253,7 +257,10 @@ class Result:
         if self._inline is not None:
             return Status.OK if self._inline[0] else Status.FAILED
         run = self._read()
-        return run.status if run is not None else Status.LOST
+        if run is None:
+            raise LookupError(f"deferred call {self.id} is no longer in the state of "
+                              f"{self.docroot} (finished calls are kept result_days days)")
+        return run.status
 
     def is_ready(self) -> bool:
         """True once the call has run, well or not (never blocks)."""

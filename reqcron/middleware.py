@@ -293,6 +293,7 @@ class ReqCron:
     def close(self, timeout: float = 10.0) -> None:
         """Stop this process's worker and watcher; wait for the task processes it started."""
         self._stopping = True
+        deferred.unregister(self)
         self._event.set()
         if self._thread is not None:
             self._thread.join(timeout)

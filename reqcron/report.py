@@ -91,6 +91,11 @@ def run_dict(run: Run, zone: tzinfo, full: bool = False) -> dict[str, Any]:
         "exit_code": run.exit_code, "error": first_error_line(run),
         "return_value": run.return_value,
     }
+    if run.call is not None:
+        from .calls import call_dict
+
+        data["call"] = call_dict(run)
+        data["due"] = iso(run.due, zone)
     if full:
         data.update(output=run.output, traceback=run.traceback, full_error=run.error,
                     pid=run.pid)

@@ -45,6 +45,7 @@ def run_command(docroot_path: str, name: str, *, run_id: int | None = None,
 
     logging.basicConfig(level=logging.WARNING, format="runtask: %(message)s")
     docroot = Docroot(docroot_path, log_load_errors=False)  # a refusal names them
+    os.environ["REQCRON_DOCROOT"] = str(docroot.path)  # where calls the task defers go
     try:
         if run_id is None:  # a person or a crontab, not the server
             from .paths import owner_warning

@@ -1,0 +1,418 @@
+"""Deferred calls: @delay, Task.delay and Result, run by real task processes on both stores."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import hello, processes, reqcron_cmd, request, wait_for
+
+import reqcron
+from reqcron import Docroot, Result, StateError
+from reqcron.calls import Call, new_run
+from reqcron.records import now
+
+TASKS = """\
+from reqcron import Task, delay
+
+class Mail(Task):
+    def run(self, to, copies=1):
+        print("mail to", to)
+        return {"to": to, "copies": copies}
+
+@delay
+def double(x):
+    return 2 * x
+"""
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def site(request, make_docroot, monkeypatch):
+    """A DOCROOT on each store, made the process's DOCROOT for deferred calls."""
+    def make(tasks: str = TASKS, settings: str = "") -> Path:
+        toml = "[reqcron]\n" + settings
+        if request.param == "postgres":
+            url = request.getfixturevalue("pg_url")
+            toml += f'state = "{url}"\nsite = "calls"\n'
+        root = make_docroot(tasks, toml)
+        monkeypatch.setenv("REQCRON_DOCROOT", str(root))
+        return root
+
+    return make
+
+
+@pytest.fixture
+def jobs(tmp_path, monkeypatch):
+    """Import a module of the app's own (a fresh name each time) from ``source``."""
+    folder = tmp_path / "app"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+
+    def make(source: str):
+        name = f"jobs_{uuid.uuid4().hex[:8]}"
+        (folder / f"{name}.py").write_text(textwrap.dedent(source))
+        importlib.invalidate_caches()
+        return importlib.import_module(name)
+
+    return make
+
+
+JOBS = """\
+import os, time
+from reqcron import delay
+
+@delay
+def add(a, b):
+    return a + b
+
+@delay
+def fail():
+    raise ValueError("the mail server said no")
+
+@delay(timeout=1)
+def hang():
+    time.sleep(60)
+
+@delay
+def slow(path, seconds):
+    with open(path, "a") as fh:
+        fh.write(f"start {os.getpid()} {time.time()}\\n")
+    time.sleep(seconds)
+    with open(path, "a") as fh:
+        fh.write(f"end {os.getpid()} {time.time()}\\n")
+
+@delay(retries=2)
+def flaky(path):
+    with open(path, "a") as fh:
+        fh.write("try\\n")
+    if open(path).read().count("try") < 2:
+        raise RuntimeError("first try fails")
+    return "done"
+
+@delay(retries=1)
+def slow_retried(path, seconds):
+    slow.function(path, seconds)
+
+@delay(minutes=1 / 30)  # two seconds
+def add_later(a, b):
+    return a + b
+
+def plain():
+    pass
+"""
+
+
+def drain(root: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the DOCROOT's queued calls in a real task process, as the middleware starts one."""
+    return subprocess.run([sys.executable, "-P", "-m", "reqcron.runtask", "--calls", str(root)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# -- the call, the queue and the Result -------------------------------------------------
+
+
+def test_a_call_runs_in_a_task_process_and_its_result_is_read_back(site, jobs):
+    root = site()
+    mod = jobs(JOBS)
+    result = mod.add(2, 3)
+    assert isinstance(result, Result) and isinstance(result.id, int)
+    assert not result.is_ready() and result.status == "queued" and result.result is None
+    assert drain(root).returncode == 0
+    assert result.wait(5).is_ready()
+    assert (result.status, result.result, result.has_error, result.error_message) == (
+        "ok", 5, False, None)
+    # Any process reads the same Result by id.
+    other = subprocess.run(
+        [sys.executable, "-c", "import sys, reqcron; r = reqcron.Result.get(sys.argv[1], "
+         f"{result.id}); print(r.status, r.result)", str(root)],
+        capture_output=True, text=True, timeout=30)
+    assert other.stdout.split() == ["ok", "5"], other.stderr
+
+
+def test_arguments_that_are_not_json_are_a_type_error_in_the_caller(site, jobs):
+    root = site()
+    mod = jobs(JOBS)
+    for bad in (object(), {1: "int key"}, float("nan"), b"bytes"):
+        with pytest.raises(TypeError, match="JSON"):
+            mod.add(bad, 1)
+    assert Docroot(root).history() == []  # nothing was queued
+
+
+def test_a_function_that_raises_has_its_traceback_in_the_result_and_the_history(site, jobs):
+    root = site()
+    result = jobs(JOBS).fail()
+    drain(root)
+    assert result.wait(5).has_error and result.status == "failed"
+    assert result.error_message == "ValueError: the mail server said no"
+    assert "raise ValueError" in result.traceback
+    shown = reqcron_cmd("history", str(root))
+    assert "fail()" in shown.stdout and "ValueError: the mail server said no" in shown.stdout
+
+
+def test_a_call_past_its_timeout_is_stopped_and_recorded(site, jobs):
+    root = site()
+    result = jobs(JOBS).hang()
+    begun = time.monotonic()
+    drain(root)
+    assert result.wait(5).status == "timeout"
+    assert "timeout of 1 s" in result.error_message
+    assert time.monotonic() - begun < 20
+
+
+def test_a_failed_call_is_tried_again_after_a_back_off(site, jobs, tmp_path):
+    root = site()
+    tries = tmp_path / "tries"
+    result = jobs(JOBS).flaky(str(tries))
+    drain(root)
+    run = Docroot(root).get_run(result.id)
+    assert (run.status, run.attempts) == ("queued", 1)  # back in the queue, with its error
+    assert "first try fails" in run.error and run.due > now()
+    wait_for(lambda: drain(root) and result.is_ready(), timeout=20,
+             message="the second attempt")
+    assert (result.status, result.result) == ("ok", "done")
+    assert tries.read_text().count("try") == 2
+    assert Docroot(root).get_run(result.id).attempts == 2
+
+
+def test_only_functions_marked_with_delay_run_from_the_queue(site, jobs, tmp_path):
+    root = site()
+    jobs(JOBS)
+    witness = tmp_path / "pwned"
+    store = Docroot(root).store
+    ids = [store.add_run(new_run(Call(target, [f"touch {witness}"], {}, path=sys.path),
+                                 now(), now()))
+           for target in ("os:system", f"{jobs(JOBS).__name__}:plain", "json:nothing")]
+    drain(root)
+    for run_id in ids:
+        run = Docroot(root).get_run(run_id)
+        assert run.status == "failed" and run.error.startswith("refused: "), run.error
+    assert not witness.exists()
+
+
+def test_a_function_a_task_process_cannot_import_is_refused_at_decoration():
+    def outer():
+        @reqcron.delay
+        def inner():
+            pass
+
+    with pytest.raises(TypeError, match="module-level"):
+        outer()
+    main = type(sys)("__main__")
+    exec("def job(): pass", main.__dict__)
+    main.job.__module__ = "__main__"
+    with pytest.raises(TypeError, match="__main__"):
+        reqcron.delay(main.job)
+
+
+def test_without_a_docroot_a_call_runs_inline_and_says_so_once(jobs, monkeypatch, caplog):
+    monkeypatch.delenv("REQCRON_DOCROOT", raising=False)
+    mod = jobs(JOBS)
+    with caplog.at_level(logging.INFO, logger="reqcron"):
+        result = mod.add(1, 2)
+        failed = mod.fail()
+    assert result.id is None and result.is_ready() and result.result == 3
+    assert failed.has_error and failed.error_message == "ValueError: the mail server said no"
+    assert sum("run inline" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(TypeError):
+        mod.add(object(), 1)  # the same contract as a queued call
+
+
+def test_the_eager_switch_runs_calls_inline_even_with_a_docroot(site, jobs):
+    root = site()
+    mod = jobs(JOBS)
+    previous = reqcron.set_eager(True)
+    try:
+        assert mod.add(20, 22).result == 42
+    finally:
+        reqcron.set_eager(previous)
+    assert Docroot(root).history() == []
+
+
+def test_a_state_that_cannot_be_written_fails_the_call_in_the_caller(make_docroot, jobs,
+                                                                      monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    root = make_docroot(TASKS, f'[reqcron]\nstate_dir = "{blocker}/state"\n')
+    monkeypatch.setenv("REQCRON_DOCROOT", str(root))
+    with pytest.raises(StateError):
+        jobs(JOBS).add(1, 2)
+
+
+def test_task_delay_runs_the_task_with_arguments(site):
+    root = site()
+    sys.path.insert(0, str(root))
+    try:
+        from reqcron.loader import load_tasks
+
+        mail = type(load_tasks(root, None).tasks["Mail"])
+        result = mail.delay("a@example.org", copies=2)
+    finally:
+        sys.path.remove(str(root))
+    drain(root)
+    assert result.wait(5).result == {"to": "a@example.org", "copies": 2}
+    (run,) = Docroot(root).history("Mail")
+    assert run.trigger == "call" and "mail to a@example.org" in run.output
+
+
+def test_a_call_deferred_by_a_task_goes_to_its_docroot(site):
+    root = site(TASKS + textwrap.dedent("""
+        class Kick(Task):
+            def run(self):
+                return double(21).id
+    """))
+    from conftest import runtask
+
+    assert runtask(root, "Kick").returncode == 0
+    (kick,) = Docroot(root).history("Kick")
+    call_id = json.loads(kick.return_value)
+    drain(root)
+    assert Result.get(root, call_id).wait(5).result == 42
+    assert Docroot(root).get_run(call_id).task == "__tasks__:double"
+
+
+def test_finished_calls_are_pruned_after_result_days(site, jobs):
+    root = site(settings="result_days = 0.00004\n")  # 3.5 s
+    mod = jobs(JOBS)
+    first = mod.add(1, 1)
+    drain(root)
+    assert first.wait(5).result == 2
+    time.sleep(3.6)  # older than result_days: that is what is tested
+    second = mod.add(2, 2)
+    drain(root)
+    assert second.wait(5).result == 4
+    with pytest.raises(LookupError):
+        Result.get(root, first.id)
+    with pytest.raises(LookupError, match="result_days"):
+        Result(root, first.id).is_ready()
+
+
+# -- a process that dies ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_sigkill_of_the_process_running_a_call_retries_or_loses_it(site, jobs, tmp_path,
+                                                                   retries):
+    root = site()
+    mod = jobs(JOBS)
+    log = tmp_path / "log"
+    result = (mod.slow_retried if retries else mod.slow)(str(log), 3)
+    drainer = subprocess.Popen([sys.executable, "-P", "-m", "reqcron.runtask", "--calls",
+                                str(root)])
+    wait_for(lambda: log.exists() and "start" in log.read_text(), timeout=15,
+             message="the call to start")
+    drainer.kill()
+    drainer.wait(10)
+    wait_for(lambda: not processes("reqcron.runtask", "--calls", str(root)), timeout=10,
+             message="the call's process to die with its supervisor")
+    Docroot(root).reap()
+    if not retries:
+        assert result.is_ready() and result.status == "lost"
+        assert "died" in result.error_message
+        return
+    run = Docroot(root).get_run(result.id)
+    assert run.status == "queued" and run.attempts == 1
+    wait_for(lambda: drain(root) and result.is_ready(), timeout=30, message="the retry")
+    assert result.status == "ok"
+    starts = [line for line in log.read_text().splitlines() if line.startswith("start")]
+    ends = [line for line in log.read_text().splitlines() if line.startswith("end")]
+    assert len(starts) == 2 and len(ends) == 1  # the killed try never ended; no overlap
+    assert float(starts[1].split()[2]) > float(starts[0].split()[2]) + 0.5
+
+
+# -- through the middleware -------------------------------------------------------------
+
+
+def test_a_call_deferred_in_a_request_runs_after_its_response_without_another_request(
+        site, jobs, middleware, tmp_path):
+    root = site()
+    mod = jobs(JOBS)
+    log = tmp_path / "log"
+    closed: list[float] = []
+    results: list[Result] = []
+
+    def app(environ, start_response):
+        results.append(mod.slow(str(log), 0))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def body():
+            yield b"a"
+            time.sleep(0.5)  # a drainer already running must not take the call meanwhile
+            yield b"b"
+
+        class Body:
+            def __iter__(self):
+                return body()
+
+            def close(self):
+                closed.append(time.time())
+
+        return Body()
+
+    mw = middleware(app, root)
+    # A first call leaves a task process lingering for more.
+    assert request(mw)[0] == "200 OK"
+    results[0].wait(20)
+    assert request(mw)[0] == "200 OK"
+    results[1].wait(20)  # no further request needed
+    starts = [float(line.split()[2]) for line in log.read_text().splitlines()
+              if line.startswith("start")]
+    assert len(starts) == 2 and starts[1] >= closed[1]
+
+
+def test_a_call_with_a_delay_waits_for_its_time(site, jobs, middleware):
+    root = site()
+    mod = jobs(JOBS)
+    mw = middleware(hello, root)
+    results = []
+
+    def app(environ, start_response):
+        results.append(mod.add_later(1, 2))
+        return hello(environ, start_response)
+
+    mw.app = app
+    begun = time.time()
+    request(mw)
+    mw.app = hello
+    run = Docroot(root).get_run(results[0].id)
+    assert run.due >= begun + 2 - 0.01
+    wait_for(lambda: request(mw) and results[0].is_ready(), timeout=20,
+             message="the delayed call")
+    assert Docroot(root).get_run(results[0].id).start >= begun + 2 - 0.01
+    assert results[0].result == 3
+
+
+def test_reqcron_due_runs_pending_calls(site, jobs):
+    root = site()
+    result = jobs(JOBS).add(4, 5)
+    out = reqcron_cmd("due", str(root), "--wait")
+    assert "deferred calls" in out.stdout, out.stdout + out.stderr
+    assert result.wait(5).result == 9
+
+
+def test_max_processes_caps_the_processes_running_calls(site, jobs, tmp_path):
+    root = site(settings="max_processes = 2\n")
+    mod = jobs(JOBS)
+    log = tmp_path / "log"
+    results = [mod.slow(str(log), 0.3) for _ in range(6)]
+    drainers = [subprocess.Popen([sys.executable, "-P", "-m", "reqcron.runtask", "--calls",
+                                  str(root)]) for _ in range(4)]
+    for d in drainers:
+        d.wait(60)
+    assert all(r.is_ready() and r.status == "ok" for r in results)
+    events = []
+    for line in log.read_text().splitlines():
+        kind, pid, at = line.split()
+        events.append((float(at), kind == "start"))
+    running = peak = 0
+    for _, start in sorted(events):
+        running += 1 if start else -1
+        peak = max(peak, running)
+    assert peak == 2
