@@ -36,6 +36,8 @@ __all__ = [
     "Task",
     "TaskLookupError",
     "Trigger",
+    "cron",
+    "every",
 ]
 __version__ = "0.1.0"
 
@@ -44,6 +46,8 @@ _LAZY = {
     "ReqCron": "middleware",
     "Status": "records",
     "Trigger": "records",
+    "cron": "functions",
+    "every": "functions",
 }
 
 
