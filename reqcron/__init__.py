@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from .deferred import Result, delay, set_eager
     from .docroot import Docroot
+    from .functions import cron, every
     from .middleware import ReqCron
     from .records import Status, Trigger
 
@@ -38,7 +39,9 @@ __all__ = [
     "Task",
     "TaskLookupError",
     "Trigger",
+    "cron",
     "delay",
+    "every",
     "set_eager",
 ]
 __version__ = "0.1.0"
@@ -51,6 +54,8 @@ _LAZY = {
     "set_eager": "deferred",
     "Status": "records",
     "Trigger": "records",
+    "cron": "functions",
+    "every": "functions",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import types
+from collections.abc import Callable, Iterator
 from datetime import tzinfo
 from pathlib import Path
 
@@ -114,12 +115,12 @@ def load_tasks(
             sys.path.remove(str(docroot))
 
     classes = dict.fromkeys(  # a class bound to two names is one task
-        value
-        for value in list(module.__dict__.values())
-        if isinstance(value, type)
-        and issubclass(value, Task)
-        and value is not Task
-        and not value.__dict__.get("abstract", False)
+        cls
+        for cls in _candidates(list(module.__dict__.values()))
+        if isinstance(cls, type)
+        and issubclass(cls, Task)
+        and cls is not Task
+        and not cls.__dict__.get("abstract", False)
     )
     by_name: dict[str, list[type[Task]]] = {}
     for cls in classes:
@@ -175,9 +176,24 @@ def load_tasks(
     return loaded
 
 
+def _candidates(values: list[object]) -> Iterator[object]:
+    """The module's values, and the Task class each @cron/@every function carries."""
+    for value in values:
+        yield value
+        # Functions only: getattr() on any other value could run a proxy's code.
+        if isinstance(value, types.FunctionType):
+            yield value.__dict__.get("__reqcron_task__")
+
+
+def _function_of(cls: type) -> Callable[..., object] | None:
+    """The function a @cron/@every class runs, or None for a class statement."""
+    fn = getattr(cls.__dict__.get("run"), "__wrapped__", None)
+    return fn if getattr(fn, "__reqcron_task__", None) is cls else None
+
+
 def _class_line(cls: type) -> int | None:
-    for attr in ("__init__", "run"):
-        func = cls.__dict__.get(attr)
+    # A function task's line is its decorator's, not that of reqcron's wrapper.
+    for func in (_function_of(cls), cls.__dict__.get("__init__"), cls.__dict__.get("run")):
         code = getattr(func, "__code__", None)
         if code is not None:
             return int(code.co_firstlineno)
@@ -191,8 +207,8 @@ def _attribute_line(source: bytes, cls: type, problem: str) -> int | None:
     """The line where ``cls`` sets the attribute a schedule problem is about, if it does."""
     first = problem.split(" ", 1)[0]
     attr = "timezone" if problem.startswith("unknown time zone") else first
-    if attr not in _ATTRIBUTES:
-        return None
+    if attr not in _ATTRIBUTES or _function_of(cls) is not None:
+        return None  # a function task's attributes are its decorator's keywords
     import ast  # only on errors
 
     for node in ast.walk(ast.parse(source)):

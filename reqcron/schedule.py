@@ -295,16 +295,49 @@ def fields_to_cron(
             fill = fill or (name == "day" and finest == 3)
             parts[name] = str(low) if fill else "*"
             continue
-        values = [value] if isinstance(value, int) else list(value)
-        if not values:
-            raise ValueError(f"{name} is empty")
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-                raise ValueError(f"{name}={v!r} is out of range {low}..{high}")
-        if name == "dow":
-            values = [(v + 1) % 7 for v in values]  # cron counts 0 = Sunday
-        parts[name] = ",".join(str(v) for v in sorted(set(values)))
+        parts[name] = _cron_field(name, value, low, high, name == "dow")
     return " ".join(parts[k] for k in ("minute", "hour", "day", "month", "dow"))
+
+
+def lists_to_cron(
+    minutes: int | Iterable[int] | None = None,
+    hours: int | Iterable[int] | None = None,
+    days: int | Iterable[int] | None = None,
+    months: int | Iterable[int] | None = None,
+    days_of_week: int | Iterable[int] | None = None,
+) -> str:
+    """Turn autocron-style fields into a cron expression; a field left out means every value.
+
+    ``days_of_week`` counts 0 = Monday, as Python and autocron do.
+    """
+    given = (  # in cron's order
+        ("minutes", "minute", minutes),
+        ("hours", "hour", hours),
+        ("days", "day", days),
+        ("months", "month", months),
+        ("days_of_week", "dow", days_of_week),
+    )
+    ranges = {field: (low, high) for field, low, high in _FIELDS}
+    return " ".join(
+        "*" if value is None else _cron_field(keyword, value, *ranges[field], field == "dow")
+        for keyword, field, value in given
+    )
+
+
+def _cron_field(name: str, value: int | Iterable[int], low: int, high: int, dow: bool) -> str:
+    """Check one field's values against its range and write them the cron way."""
+    # Anything but a list of ints is out of range: "4" is one wrong value, not two.
+    values: list[Any] = [value]
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        values = list(value)
+    if not values:
+        raise ValueError(f"{name} is empty")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            raise ValueError(f"{name}={v!r} is out of range {low}..{high}")
+    if dow:
+        values = [(v + 1) % 7 for v in values]  # cron counts 0 = Sunday
+    return ",".join(str(v) for v in sorted(set(values)))
 
 
 def describe_cron(expr: str) -> str:
