@@ -258,7 +258,8 @@ def _render(data: dict[str, Any], runs: dict[Any, Any], csrf: str, path: str) ->
             detail = ("<details><summary>output</summary><pre>"
                       + "\n".join(p for p in parts if p) + "</pre></details>")
         history.append(
-            f'<tr><td>{h["id"]}</td><td>{escape(h["task"])}</td><td>{escape(h["trigger"])}</td>'
+            f'<tr><td>{h["id"]}</td><td>{escape(h.get("call", {}).get("label") or h["task"])}'
+            f'</td><td>{escape(h["trigger"])}</td>'
             f'<td>{_when(h["start"] or h["end"])}</td>'
             f'<td>{escape(report.duration(h["duration"]))}</td>'
             f'<td class="s-{escape(h["status"])}">{escape(h["status"])}</td>'

@@ -416,3 +416,101 @@ def test_max_processes_caps_the_processes_running_calls(site, jobs, tmp_path):
         running += 1 if start else -1
         peak = max(peak, running)
     assert peak == 2
+
+
+# -- a real server ------------------------------------------------------------------------
+
+BURST_APP = """
+import json
+import sys
+sys.path.insert(0, {here!r})
+import burstjobs
+from reqcron import ReqCron
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/json")])
+    if environ["PATH_INFO"] == "/burst":
+        return [json.dumps([burstjobs.note(i).id for i in range(1000)]).encode()]
+    return [b"ok"]
+
+application = ReqCron(app, {docroot!r})
+"""
+
+BURST_JOBS = """
+import os
+from reqcron import delay
+
+@delay
+def note(i):
+    with open({log!r}, "a") as fh:
+        fh.write(f"{{i}}\\n")
+"""
+
+
+def test_a_burst_of_1000_calls_under_gunicorn_runs_each_once_in_few_processes(
+        make_docroot, tmp_path):
+    from test_servers import BIN, Server, free_port
+
+    root = make_docroot(TASKS, "[reqcron]\nmax_processes = 2\n")
+    log = tmp_path / "notes"
+    (tmp_path / "burstjobs.py").write_text(BURST_JOBS.format(log=str(log)))
+    (tmp_path / "app.py").write_text(BURST_APP.format(here=str(tmp_path), docroot=str(root)))
+    port = free_port()
+    server = Server([str(BIN / "gunicorn"), "--workers", "3", "--bind", f"127.0.0.1:{port}",
+                     "app:application"], tmp_path, port)
+    try:
+        import urllib.request
+
+        with urllib.request.urlopen(server.url + "burst", timeout=30) as resp:
+            ids = json.loads(resp.read())
+        assert len(set(ids)) == 1000
+        slowest = 0.0
+
+        def served_and_done() -> bool:
+            nonlocal slowest
+            begun = time.monotonic()
+            with urllib.request.urlopen(server.url, timeout=10) as resp:
+                assert resp.read() == b"ok"
+            slowest = max(slowest, time.monotonic() - begun)
+            return log.exists() and len(log.read_text().splitlines()) >= 1000
+
+        wait_for(served_and_done, timeout=90, interval=0.1, message="1,000 calls to run")
+        assert slowest < 1.0, f"a request took {slowest:.2f} s while the calls ran"
+        written = sorted(int(n) for n in log.read_text().split())
+        assert written == list(range(1000)), "a call ran twice or not at all"
+        doc = Docroot(root)
+        wait_for(lambda: all(r.status == "ok" for r in doc.store.runs(None, 2000)),
+                 timeout=20, message="every call to be recorded ok")
+        runs = doc.store.runs(None, 2000)
+        assert len(runs) == 1000 and all(r.attempts == 1 for r in runs)
+        spans: dict[int, list[float]] = {}
+        for r in runs:
+            span = spans.setdefault(r.pid, [r.start, r.end])
+            span[0], span[1] = min(span[0], r.start), max(span[1], r.end)
+        edges = sorted([(a, 1) for a, _ in spans.values()] + [(b, -1) for _, b in spans.values()])
+        running = peak = 0
+        for _, step in edges:
+            running += step
+            peak = max(peak, running)
+        assert peak <= 2, f"{peak} task processes ran calls at once (max_processes = 2)"
+        doc.close()
+    finally:
+        server.stop()
+        wait_for(lambda: not processes("reqcron.runtask", "--calls", str(root)), timeout=15,
+                 message="the task processes to end")
+
+
+def test_calls_show_on_the_status_page_with_their_function_and_arguments(site, jobs, middleware):
+    root = site()
+    result = jobs(JOBS).add(40, 2)
+    drain(root)
+    result.wait(5)
+    mw = middleware(hello, root, status_path="/_reqcron", status_token="s3cret")
+    auth = {"HTTP_AUTHORIZATION": "Bearer s3cret"}
+    status, body = request(mw, "/_reqcron", QUERY_STRING="format=json", **auth)
+    assert status.startswith("200")
+    (shown,) = [h for h in json.loads(body)["history"] if h["id"] == result.id]
+    assert shown["call"]["label"] == "add(40, 2)" and shown["call"]["args"] == [40, 2]
+    assert shown["status"] == "ok" and shown["return_value"] == "42"
+    status, page = request(mw, "/_reqcron", **auth)
+    assert b"add(40, 2)" in page
