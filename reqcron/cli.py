@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def _guarded(prog: str, body: Callable[[], int]) -> int:
     """Run ``body``; turn reqcron's errors into one sentence on stderr and exit 2."""
-    from .runner import NotRun
+    from .errors import NotRun
 
     try:
         return body()
@@ -79,18 +79,10 @@ def runtask_main(argv: Sequence[str] | None = None) -> int:
     return _guarded("runtask", body)
 
 
-def _drain(docroot_path: str) -> int:
-    import logging
+def _drain(docroot: str) -> int:
+    from .drain import drain_command
 
-    from .docroot import Docroot
-    from .drain import drain
-
-    logging.basicConfig(level=logging.WARNING, format="runtask: %(message)s")
-    docroot = Docroot(docroot_path, log_load_errors=False)
-    try:
-        return drain(docroot)
-    finally:
-        docroot.close()
+    return drain_command(docroot)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,12 +17,12 @@ from pathlib import Path
 from . import catalog as catalogs
 from . import sync
 from .config import CONFIG_FILE, TASKS_FILE, Settings, load_settings
-from .errors import ConfigError, DocrootError, ScheduleError, StateError, TaskLookupError
+from .errors import ConfigError, ScheduleError, StateError, TaskLookupError
 from .loader import LoadError, load_tasks
 from .logonce import LogOnce
-from .paths import check_tasks_safety
-from .records import Claim, Run, Status, TaskState, Trigger, now
-from .store import CLOCK_KEY, SQLiteStore, Store
+from .paths import check_tasks_safety, docroot_path
+from .records import Claim, Run, TaskState, Trigger, now
+from .store import CLOCK_KEY, SQLiteStore, Store, open_store
 from .zones import local_zone, zone_name, zone_named
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("reqcron")
 
-#: A pending run whose process has not started after this long is lost.
-PENDING_TIMEOUT = 30.0
 
 
 class Docroot:
@@ -55,12 +53,7 @@ class Docroot:
         # server's log); commands print them themselves.
         log_load_errors: bool = True,
     ):
-        root = Path(path).expanduser()
-        if not root.is_dir():
-            raise DocrootError(str(path))
-        if not (root / TASKS_FILE).is_file():
-            raise DocrootError(str(path), f"has no {TASKS_FILE}")
-        self.path = root.resolve()
+        self.path = docroot_path(path)
         # The file's identity before its contents: a change made while it is
         # read is then seen as a change on the next look.
         config_identity = _identity(self.path / CONFIG_FILE)
@@ -82,14 +75,7 @@ class Docroot:
     def store(self) -> Store:
         """The state store (opened on first use)."""
         if self._store is None:
-            if self.settings.state:
-                from .store.postgres import PostgresStore  # psycopg only where it is used
-
-                assert self.settings.site is not None  # config requires it with a URL
-                self._store = PostgresStore(self.settings.state, self.settings.site)
-            else:
-                self._store = SQLiteStore(self.settings.state_dir / "state.db",
-                                          self._busy_timeout)
+            self._store = open_store(self.settings, self._busy_timeout)
         return self._store
 
     @property
@@ -427,39 +413,15 @@ class Docroot:
 
     def not_started(self, run_id: int, error: str, exit_code: int | None = None) -> bool:
         """Record that a claimed run's process never started it: lost, with why."""
-        return self.store.update_run_if(run_id, Status.PENDING, status=Status.LOST, end=now(),
-                                        error=error, exit_code=exit_code)
+        from .reaper import not_started
+
+        return not_started(self.store, run_id, error, exit_code)
 
     def reap(self, name: str | None = None) -> int:
-        """Record as failed the runs whose process died; return how many.
+        """Record the runs whose process died (see reaper.py); return how many."""
+        from .reaper import reap
 
-        A deferred call whose process died is queued again while it has
-        retries left, else recorded as lost.
-        """
-        from .calls import end_attempt
-
-        count = 0
-        current = now()
-        for run in self.store.runs(name, 1000, (Status.PENDING, Status.RUNNING)):
-            assert run.id is not None
-            if run.status == Status.RUNNING and not (run.lock and self.store.lock_alive(run.lock)):
-                error = "its process died without recording an end (killed?)"
-                if run.call is not None:
-                    ended = end_attempt(self.store, run, current, Status.LOST, error=error,
-                                        exit_code=1)
-                else:
-                    ended = self.store.update_run_if(run.id, Status.RUNNING,
-                                                     status=Status.FAILED, end=current,
-                                                     error=error, exit_code=1)
-                if ended:
-                    count += 1
-                    if run.lock:
-                        self.store.forget_lock(run.lock)
-            elif run.status == Status.PENDING and current - run.created > PENDING_TIMEOUT:
-                if self.not_started(run.id, f"its process did not start within "
-                                            f"{PENDING_TIMEOUT:.0f} s"):
-                    count += 1
-        return count
+        return reap(self.store, name)
 
     def close(self) -> None:
         if self._store is not None:

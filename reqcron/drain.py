@@ -26,11 +26,12 @@ from .task import Task
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
     from typing import Any
 
-    from .docroot import Docroot
+    from .config import Settings
     from .records import Run
-    from .store import Lock
+    from .store import Lock, Store
 
 log = logging.getLogger("reqcron")
 
@@ -42,20 +43,36 @@ class Refused(Exception):
     """The queue names something that is not a deferred function or task: run nothing."""
 
 
-def drain(docroot: Docroot) -> int:
+def drain_command(docroot: str) -> int:
+    """``runtask --calls DOCROOT``: open the DOCROOT's state (not the whole engine), drain."""
+    from .config import load_settings
+    from .paths import docroot_path
+    from .store import open_store
+
+    logging.basicConfig(level=logging.WARNING, format="runtask: %(message)s")
+    settings = load_settings(docroot_path(docroot))
+    store = open_store(settings)
+    try:
+        return drain(settings, store)
+    finally:
+        store.close()
+
+
+def drain(settings: Settings, store: Store) -> int:
     """Run the DOCROOT's queued calls while there are some; return the exit code."""
-    store = docroot.store
-    names = [SLOT_LOCK.format(i) for i in range(docroot.settings.max_processes)]
+    from .reaper import reap
+
+    names = [SLOT_LOCK.format(i) for i in range(settings.max_processes)]
     # Calls deferred inside a call go to the same DOCROOT.
-    os.environ["REQCRON_DOCROOT"] = str(docroot.path)
+    os.environ["REQCRON_DOCROOT"] = str(settings.docroot)
     while True:
         slot = next((lock for name in names if (lock := store.take_task_lock(name))), None)
         if slot is None:
             return EXIT_OK  # enough processes drain already; they take these calls too
         run_lock = store.take_run_lock()
         try:
-            docroot.reap()
-            _drain_while_queued(docroot, slot, run_lock)
+            reap(store)
+            _drain_while_queued(settings, store, slot, run_lock)
         finally:
             run_lock.release()
             slot.release()
@@ -63,12 +80,11 @@ def drain(docroot: Docroot) -> int:
         # taken and started no process: look once more now that one is free.
         if not store.due_calls(now(), 1):
             break
-    store.prune_calls(now() - docroot.settings.result_days * 86400)
+    store.prune_calls(now() - settings.result_days * 86400)
     return EXIT_OK
 
 
-def _drain_while_queued(docroot: Docroot, slot: Lock, run_lock: Lock) -> None:
-    store = docroot.store
+def _drain_while_queued(settings: Settings, store: Store, slot: Lock, run_lock: Lock) -> None:
     idle_until = time.monotonic() + LINGER
     while True:
         run = store.take_call(now(), os.getpid(), run_lock.token)
@@ -77,17 +93,17 @@ def _drain_while_queued(docroot: Docroot, slot: Lock, run_lock: Lock) -> None:
                 return
             time.sleep(_POLL)
             continue
-        run_call(docroot, run, (*slot.fds, *run_lock.fds, *store.connection_fds()))
+        run_call(settings, store, run, (*slot.fds, *run_lock.fds, *store.connection_fds()))
         idle_until = time.monotonic() + LINGER
 
 
-def run_call(docroot: Docroot, run: Run, close_in_child: tuple[int, ...]) -> str:
+def run_call(settings: Settings, store: Store, run: Run, close_in_child: tuple[int, ...]
+             ) -> str:
     """Run one taken call in a supervised child and record it; return its status."""
-    store = docroot.store
     assert run.id is not None and run.call is not None
     try:
         call = Call.decode(run.call)
-        task = _task_for(docroot, call)
+        task = _task_for(settings.docroot, call)
     except Refused as exc:
         store.update_run_if(run.id, Status.RUNNING, status=Status.FAILED, end=now(),
                             error=f"refused: {exc}", exit_code=EXIT_USAGE)
@@ -99,9 +115,9 @@ def run_call(docroot: Docroot, run: Run, close_in_child: tuple[int, ...]) -> str
         return Status.FAILED
     outcome = supervise(
         task,
-        docroot=docroot.path,
-        config=docroot.settings.config,
-        database=docroot.settings.database,
+        docroot=settings.docroot,
+        config=settings.config,
+        database=settings.database,
         is_disabled=lambda: False,
         echo=False,
         close_in_child=close_in_child,
@@ -113,7 +129,7 @@ def run_call(docroot: Docroot, run: Run, close_in_child: tuple[int, ...]) -> str
     return outcome.status
 
 
-def _task_for(docroot: Docroot, call: Call) -> Task:
+def _task_for(docroot: Path, call: Call) -> Task:
     """The task whose run() makes ``call``; Refused for anything not marked deferrable."""
     from .deferred import Deferred
 
@@ -151,19 +167,19 @@ def _as_json(value: Any) -> Any:
     return value
 
 
-def _load_task(docroot: Docroot, name: str) -> Task:
+def _load_task(docroot: Path, name: str) -> Task:
     from .loader import load_tasks
 
-    loaded = load_tasks(docroot.path, None, only=name, compile_schedules=False)
+    loaded = load_tasks(docroot, None, only=name, compile_schedules=False)
     if name not in loaded.tasks:
         problems = [str(e) for e in loaded.errors if e.task in (None, name)]
         if problems:
             raise RuntimeError("; ".join(problems))
-        raise Refused(f"{name} is not a task of {docroot.path}")
+        raise Refused(f"{name} is not a task of {docroot}")
     return loaded.tasks[name]
 
 
-def _resolve(docroot: Docroot, call: Call) -> object:
+def _resolve(docroot: Path, call: Call) -> object:
     module_name, _, qualname = call.target.partition(":")
     if not qualname:
         raise Refused(f"{call.target!r} is not a function's import name")
@@ -171,10 +187,10 @@ def _resolve(docroot: Docroot, call: Call) -> object:
         from .loader import load_tasks
         from .loader import module_name as tasks_module
 
-        loaded = load_tasks(docroot.path, None, only="", compile_schedules=False)
+        loaded = load_tasks(docroot, None, only="", compile_schedules=False)
         if not loaded.file_ok:
             raise RuntimeError("; ".join(str(e) for e in loaded.errors))
-        module = sys.modules[tasks_module(docroot.path)]
+        module = sys.modules[tasks_module(docroot)]
     else:
         import importlib
 

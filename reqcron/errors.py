@@ -51,3 +51,11 @@ class StateError(ReqCronError, OSError):
     def __init__(self, path: str, problem: str):
         self.path = path
         super().__init__(f"state at {path} cannot be used: {problem}")
+
+
+class NotRun(ReqCronError):
+    """The task was not run; ``exit_code`` says why (2: usage or load error, 75: busy)."""
+
+    def __init__(self, exit_code: int, message: str):
+        self.exit_code = exit_code
+        super().__init__(message)

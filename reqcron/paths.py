@@ -124,3 +124,15 @@ def user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"uid {uid}"
+
+
+def docroot_path(path: str | os.PathLike[str]) -> Path:
+    """The real path of the DOCROOT ``path``; DocrootError if it is not one."""
+    from .errors import DocrootError
+
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DocrootError(str(path))
+    if not (root / TASKS_FILE).is_file():
+        raise DocrootError(str(path), f"has no {TASKS_FILE}")
+    return root.resolve()

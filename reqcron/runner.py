@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from .errors import ReqCronError, TaskLookupError
+from .errors import NotRun, TaskLookupError
 from .exits import EXIT_FAILED, EXIT_NOT_RUN, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE
 from .loader import load_tasks
 from .records import Run, Status, Trigger, now
@@ -28,14 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("reqcron")
 
 _EXIT_CODES = {Status.OK: EXIT_OK, Status.TIMEOUT: EXIT_TIMEOUT}  # else EXIT_FAILED
-
-
-class NotRun(ReqCronError):
-    """The task was not run; ``exit_code`` says why (2: usage or load error, 75: busy)."""
-
-    def __init__(self, exit_code: int, message: str):
-        self.exit_code = exit_code
-        super().__init__(message)
 
 
 def run_command(docroot_path: str, name: str, *, run_id: int | None = None,

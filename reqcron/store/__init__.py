@@ -9,6 +9,21 @@ from __future__ import annotations
 from .base import CLOCK_KEY, REMOVED, CatalogRow, Lock, Pulse, Store, TaskSync
 from .sqlite import SQLiteStore
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
+if TYPE_CHECKING:
+    from ..config import Settings
+
 __all__ = [
     "CLOCK_KEY", "REMOVED", "CatalogRow", "Lock", "Pulse", "SQLiteStore", "Store", "TaskSync",
+    "open_store",
 ]
+
+
+def open_store(settings: Settings, busy_timeout: float = 5.0) -> Store:
+    """The store ``settings`` name: PostgreSQL for a ``state`` URL, else SQLite in state_dir."""
+    if settings.state:
+        from .postgres import PostgresStore  # psycopg only where it is used
+
+        assert settings.site is not None  # config requires it with a URL
+        return PostgresStore(settings.state, settings.site)
+    return SQLiteStore(settings.state_dir / "state.db", busy_timeout)
