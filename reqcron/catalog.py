@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import alerts
 from .config import TASKS_FILE
 from .limits import ERROR_LIMIT, cap
 from .loader import LoadError, load_tasks
@@ -40,19 +41,20 @@ READ_TIMEOUT = _read_timeout()
 #: Bytes of catalog a read may answer with (10,000 tasks take ~3 MB).
 READ_LIMIT = 64 * 1024 * 1024
 #: Changes whenever the catalog's shape does, so old stored catalogs are re-read.
-FORMAT = "1"
+FORMAT = "2"
 
 
 class TaskInfo(Record):
     """One task as the engine and the surfaces see it, without its code."""
 
     __slots__ = ("name", "signature", "describe", "kind", "zone", "grace", "timeout",
-                 "overlap", "enabled", "error")
+                 "overlap", "enabled", "error", "notify", "ping")
 
     def __init__(self, name: str, signature: str, describe: str, kind: str,
                  zone: str | None = None, grace: float | None = None,
                  timeout: float | None = None, overlap: bool = False, enabled: bool = True,
-                 error: str | None = None):
+                 error: str | None = None, notify: list[str] | None = None,
+                 ping: str | None = None):
         self.name = name
         self.signature = signature  # the schedule, rebuilt by schedule.from_signature
         self.describe = describe
@@ -65,6 +67,8 @@ class TaskInfo(Record):
         #: Set when the task no longer loads: it keeps this, its last good
         #: definition, and its slots are recorded as failed with the error.
         self.error = error
+        self.notify = notify or []  # the task's own notify targets (settings add more)
+        self.ping = ping
 
 
 class Catalog(Record):
@@ -159,6 +163,8 @@ def info_of(task: Task, zone_name: str) -> TaskInfo:
         timeout=task.seconds("timeout"),
         overlap=bool(task.overlap),
         enabled=bool(type(task).enabled),
+        notify=alerts.targets(task.notify),
+        ping=task.ping,
     )
 
 

@@ -24,7 +24,8 @@ CONFIG_FILE = "reqcron.toml"
 HISTORY_MAX = 1_000_000  # runs kept per task; more would only make the state slow
 
 _KEYS = {"timezone", "state_dir", "database", "python", "history", "site", "state",
-         "max_processes", "result_days"}
+         "max_processes", "result_days", "notify", "smtp", "smtp_user", "smtp_password",
+         "smtp_starttls", "smtp_from"}
 MAX_PROCESSES_MAX = 64
 _SERVER_STATE = ("postgresql://", "postgres://")
 _SITE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -46,6 +47,12 @@ class Settings(Record):
         "state",
         "max_processes",
         "result_days",
+        "notify",
+        "smtp",
+        "smtp_user",
+        "smtp_password",
+        "smtp_starttls",
+        "smtp_from",
     )
 
     def __init__(
@@ -61,6 +68,12 @@ class Settings(Record):
         state: str | None = None,
         max_processes: int = 4,
         result_days: float = 7.0,
+        notify: list[str] | None = None,
+        smtp: str | None = None,
+        smtp_user: str | None = None,
+        smtp_password: str | None = None,
+        smtp_starttls: bool = False,
+        smtp_from: str | None = None,
     ):
         self.docroot = docroot
         self.timezone = timezone  # None: the zone kept in the state (see Docroot.zone_name)
@@ -73,6 +86,12 @@ class Settings(Record):
         self.state = state  # a PostgreSQL URL shared by several hosts; None: SQLite
         self.max_processes = max_processes  # processes running deferred calls at once
         self.result_days = result_days  # days a finished deferred call is kept
+        self.notify = notify or []  # notify targets of every task (alerts.py)
+        self.smtp = smtp  # "host:port" that mailto: targets are sent through
+        self.smtp_user = smtp_user
+        self.smtp_password = smtp_password
+        self.smtp_starttls = smtp_starttls
+        self.smtp_from = smtp_from
 
 
 def load_settings(docroot: Path) -> Settings:
@@ -157,6 +176,19 @@ def load_settings(docroot: Path) -> Settings:
             or not 0 < result_days <= 36500):
         raise ConfigError(str(path), f"result_days must be a number of days above 0, "
                           f"not {_shown(result_days)}")
+    from .alerts import targets
+
+    try:
+        notify = targets(section.get("notify"), "notify")
+    except ValueError as exc:
+        raise ConfigError(str(path), str(exc)) from None
+    smtp = text("smtp")
+    if smtp is not None and not re.fullmatch(r"[^\s:]+:\d{1,5}", smtp):
+        raise ConfigError(str(path), f"smtp must be \"host:port\", not {smtp!r}")
+    starttls = section.get("smtp_starttls", False)
+    if not isinstance(starttls, bool):
+        raise ConfigError(str(path), f"smtp_starttls must be true or false, not "
+                          f"{_shown(starttls)}")
     state = text("state_dir")
     if state:
         # Against the DOCROOT's real path, so every trigger finds the same state
@@ -185,6 +217,12 @@ def load_settings(docroot: Path) -> Settings:
         state=server,
         max_processes=max_processes,
         result_days=float(result_days),
+        notify=notify,
+        smtp=smtp,
+        smtp_user=text("smtp_user"),
+        smtp_password=text("smtp_password"),
+        smtp_starttls=starttls,
+        smtp_from=text("smtp_from"),
     )
 
 

@@ -418,10 +418,32 @@ class Docroot:
         return not_started(self.store, run_id, error, exit_code)
 
     def reap(self, name: str | None = None) -> int:
-        """Record the runs whose process died (see reaper.py); return how many."""
+        """Record the runs whose process died (see reaper.py); return how many.
+
+        Their notifications go out from a thread of their own: this may run in
+        the middleware's worker, which must not wait on a mail server.  Not a
+        daemon: a command that found the dead run still sends before it exits.
+        """
         from .reaper import reap
 
-        return reap(self.store, name)
+        ended = reap(self.store, name)
+        tell = [(run, self._catalog.tasks[run.task]) for run in ended
+                if run.call is None and run.task in self._catalog.tasks
+                and (self._catalog.tasks[run.task].notify or self.settings.notify)]
+        if tell:
+            import threading
+
+            threading.Thread(target=self._notify, args=(tell,), name="reqcron-notify").start()
+        return len(ended)
+
+    def _notify(self, tell: list[tuple[Run, TaskInfo]]) -> None:
+        from .alerts import notify_run
+
+        for run, info in tell:
+            assert run.id is not None
+            recorded = self.store.get_run(run.id)
+            if recorded is not None:
+                notify_run(self.settings, self.store, recorded, info.notify)
 
     def close(self) -> None:
         if self._store is not None:

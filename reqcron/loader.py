@@ -156,6 +156,7 @@ def load_tasks(
             task = group[0]()
             if compile_schedules:
                 task.compiled_schedule(zone)
+                _check_alerts(task)
         except ScheduleError as exc:
             # The line of schedule() in __init__, else of the attribute at fault.
             at = _error_at(path, exc, _attribute_line(source, group[0], exc.problem) or line)
@@ -233,3 +234,14 @@ def _error_at(path: Path, exc: BaseException, default_line: int | None = None) -
         return LoadError(exc.filename, exc.lineno, f"SyntaxError: {exc.msg}")
     message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return LoadError(str(path), line, message)
+
+
+def _check_alerts(task: Task) -> None:
+    """A notify or ping that cannot be used is the task's load error, found now."""
+    from .alerts import check_url, targets
+
+    targets(task.notify, "notify")
+    if task.ping is not None:
+        if not isinstance(task.ping, str):
+            raise ValueError(f"ping must be an http(s):// URL, not {task.ping!r}")
+        check_url(task.ping, "ping")

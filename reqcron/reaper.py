@@ -12,19 +12,20 @@ from .records import Status, now
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
+    from .records import Run
     from .store import Store
 
 #: A pending run whose process has not started after this long is lost.
 PENDING_TIMEOUT = 30.0
 
 
-def reap(store: Store, name: str | None = None) -> int:
-    """Record the runs whose process died; return how many.
+def reap(store: Store, name: str | None = None) -> list[Run]:
+    """Record the runs whose process died; return them as recorded.
 
     A task's run is recorded as failed.  A deferred call is queued again
     while it has retries left, else recorded as lost.
     """
-    count = 0
+    ended_runs: list[Run] = []
     current = now()
     for run in store.runs(name, 1000, (Status.PENDING, Status.RUNNING)):
         assert run.id is not None
@@ -36,14 +37,14 @@ def reap(store: Store, name: str | None = None) -> int:
                 ended = store.update_run_if(run.id, Status.RUNNING, status=Status.FAILED,
                                             end=current, error=error, exit_code=1)
             if ended:
-                count += 1
+                ended_runs.append(run)
                 if run.lock:
                     store.forget_lock(run.lock)
         elif run.status == Status.PENDING and current - run.created > PENDING_TIMEOUT:
             if not_started(store, run.id, f"its process did not start within "
                                           f"{PENDING_TIMEOUT:.0f} s"):
-                count += 1
-    return count
+                ended_runs.append(run)
+    return ended_runs
 
 
 def not_started(store: Store, run_id: int, error: str, exit_code: int | None = None) -> bool:

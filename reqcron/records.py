@@ -108,6 +108,7 @@ RUN_COLUMNS = (
     "call",
     "attempts",
     "due",
+    "notified",
 )
 
 
@@ -139,6 +140,7 @@ class Run(Record):
         call: str | None = None,
         attempts: int = 0,
         due: float | None = None,
+        notified: str | None = None,
     ):
         self.id = id
         self.task = task
@@ -160,6 +162,7 @@ class Run(Record):
         self.call = call  # a deferred call's JSON (calls.Call); None for a task's run
         self.attempts = attempts  # a deferred call's attempts so far
         self.due = due  # when a queued call may run
+        self.notified = notified  # what notify sent (or failed to) about this run
 
     @property
     def duration(self) -> float | None:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .docroot import Docroot
+    from .task import Task
 
 log = logging.getLogger("reqcron")
 
@@ -127,6 +128,10 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
         }
         if run_id is None or not store.update_run_if(run_id, Status.PENDING, **running):
             run_id = store.add_run(Run(task=name, trigger=trigger, created=started, **running))
+        if task.ping:
+            from .alerts import ping_start
+
+            ping_start(task.ping)
         outcome = supervise(
             task,
             docroot=docroot.path,
@@ -152,11 +157,23 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
             traceback=outcome.traceback,
         )
         store.prune(name, docroot.settings.history)
+        if task.notify or docroot.settings.notify or task.ping:
+            _tell(docroot, task, run_id, outcome.status == Status.OK, outcome.output)
     finally:
         run_lock.release()
         if task_lock is not None:
             task_lock.release()
     return exit_code
+
+
+def _tell(docroot: Docroot, task: Task, run_id: int, ok: bool, output: str) -> None:
+    """Ping, and notify if this run starts or ends a run of failures (alerts.py)."""
+    from . import alerts
+
+    alerts.ping_end(task.ping, ok, output)
+    run = docroot.store.get_run(run_id)
+    if run is not None:
+        alerts.notify_run(docroot.settings, docroot.store, run, alerts.targets(task.notify))
 
 
 def _record_not_run(

@@ -50,6 +50,11 @@ class Task:
     timezone: ClassVar[str | None] = None
     #: Initial enabled state; the CLI and status page can change it.
     enabled: ClassVar[bool] = True
+    #: Who hears when a run fails and when it recovers: "mailto:…", an http(s) URL
+    #: (JSON POST) or "module:callable"; a string or a list (see alerts.py).
+    notify: ClassVar[str | list[str] | None] = None
+    #: A healthchecks.io-style URL pinged at start, on success and on failure.
+    ping: ClassVar[str | None] = None
     #: True in a base class's own body keeps it from being registered.
     abstract: ClassVar[bool] = False
 

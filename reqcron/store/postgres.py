@@ -73,6 +73,7 @@ CREATE INDEX IF NOT EXISTS reqcron_runs_open ON reqcron_runs (site, status)
 ALTER TABLE reqcron_runs ADD COLUMN IF NOT EXISTS call text;
 ALTER TABLE reqcron_runs ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0;
 ALTER TABLE reqcron_runs ADD COLUMN IF NOT EXISTS due double precision;
+ALTER TABLE reqcron_runs ADD COLUMN IF NOT EXISTS notified text;
 CREATE INDEX IF NOT EXISTS reqcron_runs_queued ON reqcron_runs (site, due, id)
     WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS reqcron_calls_by_end ON reqcron_runs (site, "end")

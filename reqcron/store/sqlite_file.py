@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS runs (
     output TEXT, return_value TEXT, error TEXT, traceback TEXT,
     lock TEXT,
     slots INTEGER NOT NULL DEFAULT 1,
-    call TEXT, attempts INTEGER NOT NULL DEFAULT 0, due REAL
+    call TEXT, attempts INTEGER NOT NULL DEFAULT 0, due REAL, notified TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_task ON runs (task, id);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status) WHERE status IN ('pending', 'running');
@@ -60,7 +60,8 @@ _MIGRATIONS = {
     1: ["ALTER TABLE tasks DROP COLUMN last_slot"],
     2: ["ALTER TABLE runs ADD COLUMN call TEXT",
         "ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE runs ADD COLUMN due REAL"],
+        "ALTER TABLE runs ADD COLUMN due REAL",
+        "ALTER TABLE runs ADD COLUMN notified TEXT"],
 }
 
 

@@ -1,0 +1,250 @@
+"""Telling people: ``notify`` when a task starts failing and when it recovers; ``ping``.
+
+- ``notify`` (a Task attribute, or ``notify`` in reqcron.toml for every
+  task) is a ``mailto:`` address (sent through ``smtp = "host:port"``), an
+  ``http(s)://`` URL that receives a JSON POST, or ``"module:callable"``
+  called with the same data.  One message when a run ends failed, timed
+  out or lost after a good run (or as the first run), and one when a run
+  ends ok after failures: a task that keeps failing sends nothing more,
+  so a broken every-minute job does not send 1,440 mails a day.
+- ``ping`` follows healthchecks.io: ``GET {ping}/start`` when a run starts,
+  ``POST {ping}`` with the output's end when it succeeds, ``POST
+  {ping}/fail`` when not.
+
+Everything here runs in the task's supervisor (runtask) or in a worker
+thread, never on a request's path; every network call has a timeout; a
+failure is logged and kept on the run (``notified``), never changing the
+run's own status.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from .records import Status
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from .config import Settings
+    from .records import Run
+    from .store import Store
+
+log = logging.getLogger("reqcron")
+
+
+
+def _timeout() -> float:
+    try:
+        value = float(os.environ.get("REQCRON_NOTIFY_TIMEOUT", "10"))
+    except ValueError:
+        return 10.0
+    return value if 0.1 <= value <= 300 else 10.0
+
+
+#: Seconds any one notification or ping may take (REQCRON_NOTIFY_TIMEOUT, default 10).
+TIMEOUT = _timeout()
+PING_BODY = 10_000  # characters of output sent with a ping (healthchecks keeps 100 kB)
+#: The statuses that count as failing, and those of runs that did not run at all.
+FAILING = frozenset({Status.FAILED, Status.TIMEOUT, Status.LOST})
+NOT_RUN = frozenset({Status.SKIPPED, Status.MISSED, Status.PENDING, Status.RUNNING,
+                     Status.QUEUED})
+
+
+def targets(value: object, what: str = "notify") -> list[str]:
+    """The notification targets ``value`` names; ValueError naming ``what`` if unusable."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"{what} must be a string or a list of strings, not {value!r}")
+    for item in items:
+        check_target(item, what)
+    return list(items)
+
+
+def check_target(target: str, what: str = "notify") -> None:
+    if target.startswith("mailto:"):
+        address = target[len("mailto:"):]
+        if "@" not in address or any(c in address for c in " ,;\r\n"):
+            raise ValueError(f"{what} {target!r} is not one mail address (mailto:name@host)")
+    elif target.startswith(("http://", "https://")):
+        check_url(target, what)
+    elif ":" in target and all(p.replace(".", "").replace("_", "").isalnum()
+                               for p in target.split(":", 1)):
+        pass  # module:callable, imported when a message is sent
+    else:
+        raise ValueError(f"{what} {target!r} must be mailto:ADDRESS, an http(s):// URL or "
+                         "module:callable")
+
+
+def check_url(url: str, what: str = "ping") -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(
+            c in url for c in " \r\n"):
+        raise ValueError(f"{what} {url!r} is not an http(s):// URL")
+    return url
+
+
+# -- when to notify -----------------------------------------------------------------
+
+
+def event_for(store: Store, run: Run) -> str | None:
+    """"failed", "recovered" or None (nothing to say) for a run that just ended.
+
+    The run before it that really ran decides: a failure after a failure is
+    damped, and only the first good run after failures is news.
+    """
+    if run.status in NOT_RUN:
+        return None
+    before = next((r for r in store.runs(run.task, 50) if r.id is not None and run.id is not None
+                   and r.id < run.id and r.status not in NOT_RUN), None)
+    was_failing = before is not None and before.status in FAILING
+    if run.status in FAILING:
+        return None if was_failing else "failed"
+    return "recovered" if was_failing else None
+
+
+def payload(event: str, run: Run, docroot: os.PathLike[str] | str) -> dict[str, Any]:
+    """What every kind of target receives (the JSON of a webhook)."""
+    from datetime import UTC, datetime
+
+    def iso(ts: float | None) -> str | None:
+        return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
+
+    error = (run.error or "").splitlines()[0] if run.error else None
+    return {
+        "event": event, "task": run.task, "status": run.status, "run": run.id,
+        "host": socket.gethostname(), "docroot": os.fspath(docroot),
+        "start": iso(run.start), "end": iso(run.end), "error": error,
+        "see": f"reqcron history {os.fspath(docroot)} {run.task} --run {run.id}",
+    }
+
+
+def notify_run(settings: Settings, store: Store, run: Run, task_targets: Sequence[str]) -> None:
+    """Send what the end of ``run`` calls for, and record how it went on the run."""
+    wanted = [*task_targets, *settings.notify]
+    if not wanted or run.id is None:
+        return
+    try:
+        event = event_for(store, run)
+    except Exception as exc:  # the state is what failed; the run is recorded already
+        log.error("reqcron: cannot tell whether to notify for run %s: %s", run.id, exc)
+        return
+    if event is None:
+        return
+    data = payload(event, run, settings.docroot)
+    outcomes = []
+    for target in dict.fromkeys(wanted):
+        try:
+            send(target, data, settings)
+            outcomes.append(f"{event}: sent to {target}")
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.error("reqcron: notifying %s about run %s failed: %s", target, run.id, reason)
+            outcomes.append(f"{event}: NOT sent to {target}: {reason}")
+    try:
+        store.update_run(run.id, notified="\n".join(outcomes))
+    except Exception as exc:
+        log.error("reqcron: cannot record the notification of run %s: %s", run.id, exc)
+
+
+# -- sending --------------------------------------------------------------------------
+
+
+def send(target: str, data: dict[str, Any], settings: Settings) -> None:
+    """Deliver ``data`` to one target; raise on failure (after at most TIMEOUT per call)."""
+    if target.startswith("mailto:"):
+        _mail(target[len("mailto:"):], data, settings)
+    elif target.startswith(("http://", "https://")):
+        import json
+
+        _http("POST", target, json.dumps(data).encode(), "application/json")
+    else:
+        import importlib
+
+        module, _, name = target.partition(":")
+        function = getattr(importlib.import_module(module), name)
+        function(data)
+
+
+def _mail(address: str, data: dict[str, Any], settings: Settings) -> None:
+    import smtplib
+    from email.message import EmailMessage
+
+    if not settings.smtp:
+        raise ValueError("no smtp = \"host:port\" in reqcron.toml to send mail through")
+    host, _, port = settings.smtp.rpartition(":")
+    message = EmailMessage()
+    what = "recovered" if data["event"] == "recovered" else data["status"]
+    message["Subject"] = f"reqcron: {data['task']} {what} on {data['host']}"
+    message["From"] = settings.smtp_from or f"reqcron@{data['host']}"
+    message["To"] = address
+    message.set_content(text(data))
+    with smtplib.SMTP(host, int(port), timeout=TIMEOUT) as smtp:
+        if settings.smtp_starttls:
+            smtp.starttls()
+        if settings.smtp_user:
+            smtp.login(settings.smtp_user, settings.smtp_password or "")
+        smtp.send_message(message)
+
+
+def text(data: dict[str, Any]) -> str:
+    """A message people read: what, where, when, the first error line, where the rest is."""
+    head = (f"Task {data['task']} recovered: its run {data['run']} ended ok."
+            if data["event"] == "recovered" else
+            f"Task {data['task']} {data['status']}: run {data['run']}.")
+    lines = [head, "", f"host:    {data['host']}", f"docroot: {data['docroot']}",
+             f"start:   {data['start']}", f"end:     {data['end']}"]
+    if data["error"]:
+        lines.append(f"error:   {data['error']}")
+    lines += ["", "The whole output and traceback:", f"    {data['see']}", ""]
+    if data["event"] != "recovered":
+        lines.append("No more messages are sent while it keeps failing; one comes when it "
+                     "recovers.")
+    return "\n".join(lines)
+
+
+def _http(method: str, url: str, body: bytes | None = None,
+          content_type: str = "text/plain; charset=utf-8") -> None:
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method=method,
+                                     headers={"Content-Type": content_type,
+                                              "User-Agent": "reqcron"})
+    with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+        response.read(1024)
+
+
+# -- pings ------------------------------------------------------------------------------
+
+
+def ping_start(url: str | None) -> None:
+    """``GET {ping}/start`` in a thread, so a slow endpoint never delays run()."""
+    if not url:
+        return
+    import threading
+
+    threading.Thread(target=_ping, args=("GET", f"{url.rstrip('/')}/start", None),
+                     name="reqcron-ping", daemon=True).start()
+
+
+def ping_end(url: str | None, ok: bool, output: str | None) -> None:
+    """``POST {ping}`` (or ``{ping}/fail``) with the end of the output; waits at most TIMEOUT."""
+    if not url:
+        return
+    body = (output or "")[-PING_BODY:].encode("utf-8", "replace")
+    _ping("POST", url.rstrip("/") + ("" if ok else "/fail"), body)
+
+
+def _ping(method: str, url: str, body: bytes | None) -> None:
+    try:
+        _http(method, url, body)
+    except Exception as exc:
+        log.warning("reqcron: ping %s failed: %s", url, exc)

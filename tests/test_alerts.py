@@ -1,0 +1,236 @@
+"""notify and ping: a real SMTP server and a real HTTP server on loopback receive them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from email import message_from_bytes
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import reqcron_cmd, runtask, start_runtask, wait_for, write
+
+from reqcron import Docroot
+
+
+class Mailbox:
+    """An aiosmtpd server on a loopback port that keeps what it receives."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.messages: list = []
+        mailbox = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):  # noqa: N802 - its API
+                mailbox.messages.append(message_from_bytes(envelope.content))
+                return "250 OK"
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+class Hooks:
+    """An HTTP server on a loopback port that records every request."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, bytes]] = []
+        hooks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _record(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                hooks.seen.append((self.command, self.path, self.rfile.read(length)))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"OK")
+
+            do_GET = do_POST = _record  # noqa: N815 - http.server's names
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def mailbox():
+    box = Mailbox()
+    yield box
+    box.stop()
+
+
+@pytest.fixture
+def hooks():
+    server = Hooks()
+    yield server
+    server.stop()
+
+
+FLAKY = """\
+import pathlib
+from reqcron import Task
+
+class Report(Task):
+    notify = {notify!r}
+    ping = {ping!r}
+
+    def run(self):
+        print("making the report")
+        if pathlib.Path({flag!r}).exists():
+            raise RuntimeError("the report database is gone")
+        return "ok"
+"""
+
+
+def test_a_failing_task_mails_once_then_once_when_it_recovers(make_docroot, mailbox, tmp_path):
+    flag = tmp_path / "broken"
+    flag.write_text("")
+    root = make_docroot(FLAKY.format(notify="mailto:ops@example.org", ping=None, flag=str(flag)),
+                        f'[reqcron]\nsmtp = "127.0.0.1:{mailbox.port}"\n')
+    for _ in range(3):
+        assert runtask(root, "Report").returncode == 1
+    assert len(mailbox.messages) == 1  # the next failures are damped
+    mail = mailbox.messages[0]
+    assert mail["To"] == "ops@example.org" and "Report failed" in mail["Subject"]
+    body = mail.get_payload(decode=True).decode()
+    first = Docroot(root).history("Report")[-1]
+    assert f"reqcron history {root} Report --run {first.id}" in body
+    assert "RuntimeError: the report database is gone" in body
+    assert socket.gethostname() in body and str(root) in body
+    assert first.notified == "failed: sent to mailto:ops@example.org"
+
+    flag.unlink()
+    assert runtask(root, "Report").returncode == 0
+    assert runtask(root, "Report").returncode == 0
+    assert len(mailbox.messages) == 2  # one for the recovery, none for the good run after
+    assert "Report recovered" in mailbox.messages[1]["Subject"]
+
+
+def test_webhooks_get_json_and_a_callable_gets_the_same(make_docroot, hooks, tmp_path):
+    flag = tmp_path / "broken"
+    flag.write_text("")
+    got = tmp_path / "got.json"
+    (tmp_path / "receiver.py").write_text(
+        "import json\n"
+        f"def receive(data):\n    open({str(got)!r}, 'w').write(json.dumps(data))\n")
+    root = make_docroot(
+        FLAKY.format(notify=[f"{hooks.url}/hook"], ping=None, flag=str(flag)),
+        '[reqcron]\nnotify = "receiver:receive"\n')
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    assert runtask(root, "Report", env=env).returncode == 1
+    ((method, path, body),) = hooks.seen
+    data = json.loads(body)
+    assert (method, path) == ("POST", "/hook")
+    assert data["event"] == "failed" and data["task"] == "Report" and data["status"] == "failed"
+    assert data["error"] == "RuntimeError: the report database is gone"
+    assert json.loads(got.read_text()) == data
+
+
+def test_ping_follows_the_healthchecks_convention(make_docroot, hooks, tmp_path):
+    flag = tmp_path / "broken"
+    root = make_docroot(FLAKY.format(notify=None, ping=f"{hooks.url}/ping/abc", flag=str(flag)))
+    assert runtask(root, "Report").returncode == 0
+    flag.write_text("")
+    assert runtask(root, "Report").returncode == 1
+    calls = [(m, p) for m, p, _ in hooks.seen]
+    assert sorted(calls[:2]) == [("GET", "/ping/abc/start"), ("POST", "/ping/abc")]
+    assert sorted(calls[2:]) == [("GET", "/ping/abc/start"), ("POST", "/ping/abc/fail")]
+    bodies = {p: b for m, p, b in hooks.seen if m == "POST"}
+    assert b"making the report" in bodies["/ping/abc"]
+    assert b"the report database is gone" in bodies["/ping/abc/fail"]
+
+
+def test_an_endpoint_that_hangs_or_refuses_costs_only_its_timeout(make_docroot, tmp_path,
+                                                                  monkeypatch):
+    flag = tmp_path / "broken"
+    flag.write_text("")
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(5)  # accepts connections and never answers
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    refused = closed.getsockname()[1]
+    closed.close()
+    try:
+        targets = [f"http://127.0.0.1:{hang.getsockname()[1]}/hook",
+                   f"http://127.0.0.1:{refused}/hook"]
+        root = make_docroot(FLAKY.format(notify=targets, ping=None, flag=str(flag)))
+        monkeypatch.setenv("REQCRON_NOTIFY_TIMEOUT", "1")
+        begun = time.monotonic()
+        assert runtask(root, "Report").returncode == 1
+        assert time.monotonic() - begun < 8
+    finally:
+        hang.close()
+    (run,) = Docroot(root).history("Report")
+    assert run.status == "failed"  # the run's own status is untouched
+    assert run.notified.count("NOT sent") == 2, run.notified
+    assert "timed out" in run.notified and "refused" in run.notified.lower()
+
+
+@pytest.mark.parametrize("attribute, value", [("notify", "bogus"), ("notify", 42),
+                                              ("ping", "ftp://example.org")])
+def test_a_bad_notify_or_ping_is_a_load_error_naming_the_task(make_docroot, attribute, value):
+    root = make_docroot(f"from reqcron import Task\nclass Report(Task):\n"
+                        f"    cron = '@daily'\n    {attribute} = {value!r}\n"
+                        "class Other(Task):\n    cron = '@daily'\n")
+    checked = reqcron_cmd("check", str(root))
+    assert checked.returncode == 2
+    assert "Report" in checked.stderr and attribute in checked.stderr, checked.stderr
+    assert "Other" in Docroot(root).catalog().tasks
+
+
+def test_a_bad_notify_setting_is_a_config_error(make_docroot):
+    root = make_docroot("from reqcron import Task\n", '[reqcron]\nnotify = "mailto:nobody"\n')
+    checked = reqcron_cmd("check", str(root))
+    assert checked.returncode == 2 and "notify" in checked.stderr
+
+
+def test_a_run_whose_process_was_killed_notifies_that_it_died(make_docroot, hooks):
+    root = make_docroot(f"""
+        import time
+        from reqcron import Task
+
+        class Stuck(Task):
+            notify = "{hooks.url}/hook"
+            def run(self):
+                time.sleep(60)
+    """)
+    proc = start_runtask(root, "Stuck")
+    wait_for(lambda: any(r.status == "running" for r in Docroot(root).history("Stuck")),
+             message="the run to start")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    reqcron_cmd("list", str(root))  # finds the dead run
+    wait_for(lambda: hooks.seen, timeout=15, message="the notification")
+    data = json.loads(hooks.seen[0][2])
+    assert data["status"] == "failed" and "died" in data["error"]
+
+
+def test_a_fixed_file_that_keeps_failing_sends_nothing_more(make_docroot, hooks, tmp_path):
+    flag = tmp_path / "broken"
+    flag.write_text("")
+    root = make_docroot(FLAKY.format(notify=f"{hooks.url}/hook", ping=None, flag=str(flag)))
+    runtask(root, "Report")
+    write(root / "__tasks__.py", FLAKY.format(notify=f"{hooks.url}/hook", ping=None,
+                                              flag=str(flag)) + "# touched\n")
+    runtask(root, "Report")
+    assert len(hooks.seen) == 1
