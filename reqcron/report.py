@@ -98,7 +98,7 @@ def run_dict(run: Run, zone: tzinfo, full: bool = False) -> dict[str, Any]:
         data["due"] = iso(run.due, zone)
     if full:
         data.update(output=run.output, traceback=run.traceback, full_error=run.error,
-                    pid=run.pid)
+                    notified=run.notified, pid=run.pid)
     return data
 
 
