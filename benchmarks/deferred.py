@@ -318,7 +318,6 @@ def main() -> None:
           f"(target <= 2.5x); max {max(cold) * 1000:.1f} ms")
     print(f"  (b) a drainer lingering             {ms(w)}   (target: a few ms); "
           f"max {max(warm) * 1000:.1f} ms")
-    print("      (with max_processes = 2 the middleware starts a second drainer for that call too)")
     print(f"processes left behind: {len(left)}" + (f" (killed: {left})" if left else ""))
 
 

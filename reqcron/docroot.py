@@ -163,8 +163,11 @@ class Docroot:
         waiting = self.store.due_calls(current, most)
         if not waiting:
             return 0
-        busy = self.store.held_task_locks([SLOT_LOCK.format(i) for i in range(most)])
-        return max(0, min(waiting, most - busy))
+        started = self.store.held_task_locks([SLOT_LOCK.format(i) for i in range(most)])
+        if started:
+            # A process between two calls (or lingering after its last) takes the next.
+            waiting -= max(0, started - self.store.calls_running())
+        return max(0, min(waiting, most - started))
 
     def catalog(self) -> Catalog:
         """The tasks as data (the last good definitions while the file is broken)."""

@@ -4,10 +4,11 @@
 ``reqcron due``).  It first takes one of the DOCROOT's ``max_processes``
 drain slots (a task lock, so it dies with the process and counts across
 hosts on a shared state) or exits at once: however many calls come, no
-more task processes than that run them.  Each call still gets a run's
-isolation: a forked child with its own timeout, output capture and record
-(supervise.py).  After its last call it stays a moment, so a burst spread
-over several requests is served by the processes already started.
+more task processes than that run them.  The calls run in a forked child
+kept from one call to the next (callworker.py), each with a run's own
+timeout, output capture and record.  After its last call the process stays
+a moment, so a burst spread over several requests is served by the
+processes already started.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import time
 from .calls import SLOT_LOCK, TASKS_MODULE, Call, end_attempt
 from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .records import Status, now
-from .supervise import supervise
 from .task import Task
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
+    from .callworker import CallWorker
     from .config import Settings
     from .records import Run
     from .store import Lock, Store
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("reqcron")
 
 LINGER = 1.0  # seconds a process waits for more calls after its last one
-_POLL = 0.005  # seconds between looks at the queue while it lingers
+_POLL = 0.002  # seconds between looks at the queue while it lingers
 
 
 class Refused(Exception):
@@ -61,7 +62,9 @@ def drain_command(docroot: str) -> int:
 def drain(settings: Settings, store: Store) -> int:
     """Run the DOCROOT's queued calls while there are some; return the exit code."""
     from .reaper import reap
+    from .taskchild import prepare_for_many_runs
 
+    prepare_for_many_runs()
     names = [SLOT_LOCK.format(i) for i in range(settings.max_processes)]
     # Calls deferred inside a call go to the same DOCROOT.
     os.environ["REQCRON_DOCROOT"] = str(settings.docroot)
@@ -85,47 +88,47 @@ def drain(settings: Settings, store: Store) -> int:
 
 
 def _drain_while_queued(settings: Settings, store: Store, slot: Lock, run_lock: Lock) -> None:
-    idle_until = time.monotonic() + LINGER
-    while True:
-        run = store.take_call(now(), os.getpid(), run_lock.token)
-        if run is None:
-            if time.monotonic() >= idle_until:
-                return
-            time.sleep(_POLL)
-            continue
-        run_call(settings, store, run, (*slot.fds, *run_lock.fds, *store.connection_fds()))
-        idle_until = time.monotonic() + LINGER
+    import signal
 
+    from .callworker import CallWorker
 
-def run_call(settings: Settings, store: Store, run: Run, close_in_child: tuple[int, ...]
-             ) -> str:
-    """Run one taken call in a supervised child and record it; return its status."""
-    assert run.id is not None and run.call is not None
-    try:
-        call = Call.decode(run.call)
-        task = _task_for(settings.docroot, call)
-    except Refused as exc:
-        store.update_run_if(run.id, Status.RUNNING, status=Status.FAILED, end=now(),
-                            error=f"refused: {exc}", exit_code=EXIT_USAGE)
-        log.error("deferred call %s refused: %s", run.id, exc)
-        return Status.FAILED
-    except Exception as exc:  # an import that fails: the call fails, retries may follow
-        end_attempt(store, run, now(), Status.FAILED, exit_code=EXIT_FAILED,
-                    error=f"{type(exc).__name__}: {exc}", traceback=_trace(exc))
-        return Status.FAILED
-    outcome = supervise(
-        task,
-        docroot=settings.docroot,
-        config=settings.config,
-        database=settings.database,
-        is_disabled=lambda: False,
-        echo=False,
-        close_in_child=close_in_child,
+    worker = CallWorker(
+        docroot=settings.docroot, config=settings.config, database=settings.database,
+        build=lambda text: _task_for(settings.docroot, Call.decode(text)),
+        close_in_child=(*slot.fds, *run_lock.fds, *store.connection_fds()),
     )
+    previous = {s: signal.signal(s, lambda signum, _f: worker.stop_signal.append(signum))
+                for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    idle_until = time.monotonic() + LINGER
+    try:
+        while not worker.stop_signal:
+            run = store.take_call(now(), os.getpid(), run_lock.token)
+            if run is None:
+                if time.monotonic() >= idle_until:
+                    return
+                time.sleep(_POLL)
+                continue
+            run_call(store, run, worker)
+            idle_until = time.monotonic() + LINGER
+    finally:
+        worker.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run_call(store: Store, run: Run, worker: CallWorker) -> str:
+    """Run one taken call in the worker's child and record it; return its status."""
+    assert run.id is not None and run.call is not None
+    outcome, refused = worker.run(run.call)
+    fields = {"output": outcome.output, "return_value": outcome.return_value,
+              "error": outcome.error, "traceback": outcome.traceback}
+    if refused:
+        store.update_run_if(run.id, Status.RUNNING, status=Status.FAILED, end=now(),
+                            exit_code=EXIT_USAGE, **fields)
+        log.error("deferred call %s %s", run.id, outcome.error)
+        return Status.FAILED
     end_attempt(store, run, now(), outcome.status,
-                exit_code=EXIT_OK if outcome.status == Status.OK else EXIT_FAILED,
-                output=outcome.output, return_value=outcome.return_value,
-                error=outcome.error, traceback=outcome.traceback)
+                exit_code=EXIT_OK if outcome.status == Status.OK else EXIT_FAILED, **fields)
     return outcome.status
 
 
@@ -204,9 +207,3 @@ def _resolve(docroot: Path, call: Call) -> object:
         if target is None:
             raise Refused(f"{call.target} does not exist")
     return target
-
-
-def _trace(exc: BaseException) -> str:
-    import traceback
-
-    return "".join(traceback.format_exception(exc))

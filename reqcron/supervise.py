@@ -141,20 +141,27 @@ def supervise(
     stack = _Sink(TRACEBACK_LIMIT)
     streams = {out_r: output, res_r: result, stack_r: stack}
     status: int | None = None
+    # Readable once the child has exited: its end is seen at once, not at the
+    # next poll (a process running many calls waits for many children).
+    exited = _pidfd(pid)
+    pause = 0.001
     try:
         while True:
-            wait = 0.2
-            if streams:
-                ready, _, _ = select.select(list(streams), [], [], wait)
+            watched = [*streams, *([exited] if exited is not None and status is None else [])]
+            if watched:
+                ready, _, _ = select.select(watched, [], [], 0.2)
                 for fd in ready:
+                    if fd == exited:
+                        continue
                     chunk = os.read(fd, 65536)
                     if not chunk:
                         del streams[fd]
                         os.close(fd)
                         continue
                     streams[fd].add(chunk)
-            else:
-                time.sleep(wait / 4)
+            else:  # no pidfd (not Linux): poll, soon at first
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
             if status is None:
                 done, code = os.waitpid(pid, os.WNOHANG)
                 if done:
@@ -179,8 +186,17 @@ def supervise(
             signal.signal(s, handler)
         for fd in streams:
             os.close(fd)
+        if exited is not None:
+            os.close(exited)
         os.close(life_w)
     return _outcome(status, timed_out, stop_signal, output, result, stack, timeout)
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux 5.3+, or the child is gone already
+        return None
 
 
 def _signal_group(pgid: int, signum: int) -> None:

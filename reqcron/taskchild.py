@@ -7,6 +7,7 @@ asked to stop, and caps what it reports (limits.py) before serialising it.
 
 from __future__ import annotations
 
+import faulthandler  # here, not per run: a process running many calls forks many children
 import logging
 import os
 import signal
@@ -38,37 +39,55 @@ def run_child(
     bind: Callable[[list[bool]], None],
 ) -> None:
     """Run the task in the forked child and report; never returns."""
-    code = 1
     report: dict[str, Any] = {"ok": False}
     try:
-        watcher = _die_with_supervisor(lifeline)
-        os.dup2(out_w, 1)
-        os.dup2(out_w, 2)
-        os.close(out_w)
-        for stream in (sys.stdout, sys.stderr):
-            if hasattr(stream, "reconfigure"):
-                stream.reconfigure(line_buffering=True)
-        stopping: list[bool] = []
-        signal.signal(signal.SIGTERM, lambda _s, _f: stopping.append(True))
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns ^C into SIGTERM
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        _dump_stack_on_stop(stack_w, watcher)
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root = logging.getLogger()
-        root.handlers[:] = [handler]
-        root.setLevel(logging.INFO)
-        bind(stopping)
+        stopping = set_up(out_w, stack_w, lifeline)
+        report = run_one(task, lambda: bind(stopping))
+    finally:
+        try:
+            send(res_w, report)
+        finally:
+            os._exit(0 if report.get("ok") else 1)
+
+
+def set_up(out_w: int, stack_w: int, lifeline: int) -> list[bool]:
+    """Make this forked child a task's process: output, signals, stack dump, logging.
+
+    Returns the list a SIGTERM appends to (what proceed() looks at).
+    """
+    watcher = _die_with_supervisor(lifeline)
+    os.dup2(out_w, 1)
+    os.dup2(out_w, 2)
+    os.close(out_w)
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
+    stopping: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda _s, _f: stopping.append(True))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns ^C into SIGTERM
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _dump_stack_on_stop(stack_w, watcher)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    return stopping
+
+
+def run_one(task: Task, bind: Callable[[], None]) -> dict[str, Any]:
+    """Run ``task`` here and return its report (what became of it, capped)."""
+    try:
+        bind()
         value = task.run()
-        report = {"ok": True, "return_value": _describe(value)}
-        code = 0
+        return {"ok": True, "return_value": _describe(value)}
     except BaseException as exc:  # the task's failure is data, reported below
         trace = _trace(exc)
-        report = {"ok": False, "error": _error(exc), "traceback": trace}
         try:
             sys.stderr.write(trace)
         except Exception:
             pass
+        return {"ok": False, "error": _error(exc), "traceback": trace}
     finally:
         try:
             if task._database is not None:
@@ -78,13 +97,17 @@ def run_child(
         try:
             sys.stdout.flush()
             sys.stderr.flush()
-            import json
+        except Exception:
+            pass
 
-            data = json.dumps(report).encode()
-            while data:
-                data = data[os.write(res_w, data) :]
-        finally:
-            os._exit(code)
+
+def send(res_w: int, report: dict[str, Any]) -> None:
+    """Write one report (a line of JSON) to the supervisor."""
+    import json
+
+    data = json.dumps(report).encode() + b"\n"
+    while data:
+        data = data[os.write(res_w, data):]
 
 
 def bind_context(
@@ -187,7 +210,6 @@ def _dump_stack_on_stop(stack_w: int, lifeline: int | None) -> None:
     handler that turns proceed() False.  A task that sets its own SIGTERM
     handler replaces this one.
     """
-    import faulthandler
     import threading
 
     os.write(stack_w, f"reqcron-threads {threading.get_ident():x} {lifeline or 0:x}\n".encode())
@@ -196,13 +218,41 @@ def _dump_stack_on_stop(stack_w: int, lifeline: int | None) -> None:
     os.register_at_fork(after_in_child=lambda: faulthandler.unregister(signal.SIGTERM))
 
 
+#: prctl(2), set by prepare_for_many_runs() in a process that forks a child per call.
+_prctl: Callable[..., int] | None = None
+_PR_SET_PDEATHSIG = 1
+
+
+def prepare_for_many_runs() -> None:
+    """Let children die with their supervisor through the kernel, not a thread each.
+
+    Loading libc through ctypes costs a few milliseconds once: worth it in a
+    process that forks a child per deferred call, not in one that runs one task.
+    """
+    global _prctl
+    try:
+        import ctypes
+
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the lifeline thread does it
+        _prctl = None
+
+
 def _die_with_supervisor(lifeline: int) -> int | None:
     """Kill this process as soon as its supervisor dies, so its locks die with it.
 
     The supervisor holds the only write end of ``lifeline``; the read sees
-    EOF when it exits or is killed.  A pipe and a thread instead of
-    prctl(PR_SET_PDEATHSIG): no ctypes to import, and it works beyond Linux.
+    EOF when it exits or is killed.  A pipe and a thread, or PR_SET_PDEATHSIG
+    where prepare_for_many_runs() loaded prctl: no ctypes to import for one
+    run, and it works beyond Linux.
     """
+    if _prctl is not None and _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+        # The supervisor may have died before the call: the lifeline says so.
+        import select
+
+        if select.select([lifeline], [], [], 0)[0]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return None
     import threading
 
     def watch() -> None:

@@ -215,6 +215,10 @@ class Store:
         """How many queued calls may run at ``now``, counting up to ``limit``."""
         raise NotImplementedError
 
+    def calls_running(self) -> int:
+        """How many deferred calls are running now."""
+        raise NotImplementedError
+
     def prune_calls(self, before: float) -> int:
         """Delete the finished calls that ended before ``before``; return how many."""
         raise NotImplementedError

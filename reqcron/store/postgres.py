@@ -484,6 +484,12 @@ class PostgresStore(Store):
                         (self.site, now, limit))
             return int(cur.fetchone()[0])  # type: ignore[index]
 
+    def calls_running(self) -> int:
+        with self._cursor() as cur:
+            cur.execute("SELECT count(*) FROM reqcron_runs WHERE site = %s AND status = 'running'"
+                        " AND call IS NOT NULL", (self.site,))
+            return int(cur.fetchone()[0])  # type: ignore[index]
+
     def prune_calls(self, before: float) -> int:
         with self._cursor() as cur:
             cur.execute('DELETE FROM reqcron_runs WHERE site = %s AND call IS NOT NULL'

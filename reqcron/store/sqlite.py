@@ -386,6 +386,11 @@ class SQLiteStore(Store):
                 "SELECT count(*) FROM (SELECT 1 FROM runs WHERE status = 'queued' AND due <= ?"
                 " LIMIT ?)", (now, limit)).fetchone()[0])
 
+    def calls_running(self) -> int:
+        with self._cursor() as db:
+            return int(db.execute("SELECT count(*) FROM runs WHERE status = 'running'"
+                                  " AND call IS NOT NULL").fetchone()[0])
+
     def prune_calls(self, before: float) -> int:
         with self._cursor() as db:
             return db.execute(

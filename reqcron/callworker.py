@@ -1,0 +1,242 @@
+"""A forked child that runs deferred calls one after another, each supervised like a run.
+
+Forking a child per call costs ~2 ms a call (fork, set-up, exit, reap),
+which a burst of 1,000 calls feels; a child kept for the next call costs a
+pipe round trip.  Each call keeps a run's isolation where it matters: its
+own timeout (the child is stopped, its stack kept, and a fresh child runs
+the next call), its own output and its own record; a call that kills its
+process takes no other call with it.  Module state does persist between
+the calls of one child, as in any worker pool.
+
+Protocol: the supervisor writes a call (one line of JSON) on the command
+pipe; the child answers on the result pipe with a line giving the call's
+timeout, runs it, writes a marker on its output pipe (so the output splits
+per call) and a line of report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import time
+
+from .limits import OUTPUT_LIMIT, RESULT_READ_LIMIT, TRACEBACK_LIMIT
+from .supervise import Outcome, _outcome, _pidfd, _signal_group, _Sink
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from pathlib import Path
+    from typing import Any
+
+    from .task import Task
+
+STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of a call that is stopped
+
+
+class CallWorker:
+    """The supervisor's half: hands calls to a child, starting a fresh one when needed."""
+
+    def __init__(self, *, docroot: Path, config: Mapping[str, Any], database: str | None,
+                 build: Callable[[str], Task], close_in_child: tuple[int, ...]):
+        self._docroot, self._config, self._database = docroot, config, database
+        self._build = build  # call JSON -> the task whose run() makes the call (in the child)
+        self._close = close_in_child
+        self._pid = 0
+        self._marker = b""
+        self.stop_signal: list[int] = []  # a stop asked of the supervisor (SIGTERM, ^C)
+
+    # -- the child ------------------------------------------------------------------
+
+    def _start(self) -> None:
+        cmd_r, self._cmd_w = os.pipe()
+        self._out_r, out_w = os.pipe()
+        self._res_r, res_w = os.pipe()
+        self._stack_r, stack_w = os.pipe()
+        life_r, self._life_w = os.pipe()
+        self._marker = f"\n\0reqcron-call-end-{os.urandom(8).hex()}\0\n".encode()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its pipes
+            for fd in (*self._close, self._cmd_w, self._out_r, self._res_r, self._stack_r,
+                       self._life_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            os.setpgid(0, 0)
+            self._serve(cmd_r, out_w, res_w, stack_w, life_r)
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
+        for fd in (cmd_r, out_w, res_w, stack_w, life_r):
+            os.close(fd)
+        self._pid = pid
+        self._exited = _pidfd(pid)
+        self._stack = _Sink(TRACEBACK_LIMIT)  # the child's: its header line, then any dump
+
+    def _serve(self, cmd_r: int, out_w: int, res_w: int, stack_w: int,
+               life_r: int) -> None:  # pragma: no cover - runs in the child
+        from .taskchild import _trace, bind_context, run_one, send, set_up
+
+        try:
+            stopping = set_up(out_w, stack_w, life_r)
+            commands = os.fdopen(cmd_r, "rb")
+            for line in commands:
+                task: Task | None = None
+                try:
+                    task = self._build(line.decode())
+                except BaseException as exc:  # refused, or an import that fails
+                    refused = type(exc).__name__ == "Refused"
+                    report = {"ok": False, "refused": refused,
+                              "error": f"refused: {exc}" if refused else _one_line(exc),
+                              "traceback": None if refused else _trace(exc)}
+                    send(res_w, {"timeout": None})
+                else:
+                    send(res_w, {"timeout": task.seconds("timeout"),
+                                 "grace": task.seconds("stop_grace")})
+                    report = run_one(task, lambda t=task: bind_context(  # type: ignore[misc]
+                        t, stopping, docroot=self._docroot, config=self._config,
+                        database=self._database, is_disabled=lambda: False))
+                os.write(1, self._marker)
+                send(res_w, report)
+        finally:
+            os._exit(0)
+
+    def _stop_child(self) -> None:
+        if self._pid:
+            _signal_group(self._pid, signal.SIGKILL)
+            try:
+                os.waitpid(self._pid, 0)
+            except ChildProcessError:
+                pass
+            for fd in (self._cmd_w, self._out_r, self._res_r, self._stack_r, self._life_w,
+                       self._exited):
+                if fd is not None:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            self._pid = 0
+
+    def close(self) -> None:
+        """End the child (between calls it waits for a command: nothing is cut short)."""
+        self._stop_child()
+
+    # -- one call ---------------------------------------------------------------------
+
+    def run(self, call: str) -> tuple[Outcome, bool]:
+        """Run the call (its JSON) in the child; return its outcome and whether it was refused."""
+        if not self._pid:
+            self._start()
+        try:
+            os.write(self._cmd_w, call.encode().replace(b"\n", b" ") + b"\n")
+        except BrokenPipeError:  # the child died between calls: a fresh one
+            self._stop_child()
+            self._start()
+            os.write(self._cmd_w, call.encode().replace(b"\n", b" ") + b"\n")
+        output = _Sink(OUTPUT_LIMIT * 4, keep_end=True)
+        lines = bytearray()
+        reports: list[dict[str, Any]] = []
+        pending = bytearray()  # output not yet known to come before the marker
+        ended = False
+        status: int | None = None
+        deadline: float | None = None
+        grace = STOP_GRACE
+        kill_at: float | None = None
+        timed_out = False
+        timeout: float | None = None
+        while True:
+            watched = [self._out_r, self._res_r, self._stack_r]
+            if status is None and self._exited is not None:
+                watched.append(self._exited)
+            ready = select.select(watched, [], [], 0.2 if self._exited is not None else 0.01)[0]
+            for fd in ready:
+                if fd == self._exited:
+                    continue
+                chunk = os.read(fd, 65536)
+                if fd == self._out_r:
+                    pending += chunk
+                    at = pending.find(self._marker)
+                    if at >= 0:
+                        output.add(bytes(pending[:at]))
+                        del pending[:at + len(self._marker)]
+                        ended = True
+                    elif len(pending) > 65536:  # keep only what could start the marker
+                        keep = len(self._marker)
+                        output.add(bytes(pending[:-keep]))
+                        del pending[:-keep]
+                elif fd == self._res_r:
+                    lines += chunk[:RESULT_READ_LIMIT]
+                    while b"\n" in lines:
+                        line, _, rest = bytes(lines).partition(b"\n")
+                        lines = bytearray(rest)
+                        reports.append(json.loads(line))
+                        if len(reports) == 1:
+                            timeout = reports[0].get("timeout")
+                            grace = reports[0].get("grace") or STOP_GRACE
+                            deadline = time.monotonic() + timeout if timeout else None
+                elif chunk:
+                    self._stack.add(chunk)
+            if status is None:
+                done, code = os.waitpid(self._pid, os.WNOHANG)
+                if done:
+                    status = code
+            if len(reports) >= 2 and ended:
+                return self._outcome(0, reports[1], timed_out, output, timeout)
+            if status is not None:  # the child died during the call
+                output.add(bytes(pending))
+                self._drain_after_death(output)
+                report = reports[1] if len(reports) >= 2 else {}
+                outcome = self._outcome(status, report, timed_out, output, timeout)
+                self._forget_child()
+                return outcome
+            clock = time.monotonic()
+            if kill_at is None and deadline is not None and clock >= deadline:
+                timed_out = True
+                _signal_group(self._pid, signal.SIGTERM)
+                kill_at = clock + grace
+            elif kill_at is None and self.stop_signal:
+                _signal_group(self._pid, signal.SIGTERM)
+                kill_at = clock + grace
+            elif kill_at is not None and clock >= kill_at:
+                _signal_group(self._pid, signal.SIGKILL)
+                kill_at = float("inf")
+
+    def _drain_after_death(self, output: _Sink) -> None:
+        for fd, sink in ((self._out_r, output), (self._stack_r, self._stack)):
+            for _ in range(64):
+                if not select.select([fd], [], [], 0)[0]:
+                    break
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                sink.add(chunk)
+
+    def _forget_child(self) -> None:
+        pid, self._pid = self._pid, 0
+        _signal_group(pid, signal.SIGKILL)  # what the call started goes with it
+        for fd in (self._cmd_w, self._out_r, self._res_r, self._stack_r, self._life_w,
+                   self._exited):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _outcome(self, status: int, report: dict[str, Any], timed_out: bool, output: _Sink,
+                 timeout: float | None) -> tuple[Outcome, bool]:
+        result = _Sink(RESULT_READ_LIMIT)
+        if report:
+            result.add(json.dumps(report).encode())
+        outcome = _outcome(status, timed_out, self.stop_signal, output, result,
+                           self._stack if status else _Sink(0), timeout)
+        return outcome, bool(report.get("refused"))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
