@@ -105,6 +105,16 @@ def slow_retried(path, seconds):
 def add_later(a, b):
     return a + b
 
+@delay
+def say(text):
+    print(text)
+    return os.getpid()
+
+@delay
+def die():
+    print("about to die")
+    os._exit(3)
+
 def plain():
     pass
 """
@@ -292,6 +302,21 @@ def test_finished_calls_are_pruned_after_result_days(site, jobs):
         Result.get(root, first.id)
     with pytest.raises(LookupError, match="result_days"):
         Result(root, first.id).is_ready()
+
+
+def test_calls_that_share_a_process_keep_their_own_output_and_failures(site, jobs):
+    root = site(settings="max_processes = 1\n")
+    mod = jobs(JOBS)
+    first, dead, hung, last = mod.say("first words"), mod.die(), mod.hang(), mod.say("last")
+    drain(root)
+    runs = {r.id: r for r in Docroot(root).history(limit=10)}
+    assert runs[first.id].output.strip() == "first words" and first.status == "ok"
+    assert runs[dead.id].status == "failed" and "code 3" in runs[dead.id].error
+    assert runs[dead.id].output.strip() == "about to die"
+    assert runs[hung.id].status == "timeout" and "hang" in runs[hung.id].traceback
+    assert runs[last.id].output.strip() == "last" and last.status == "ok"
+    # One process ran the first call; the call after each death got a fresh one.
+    assert last.result != first.result
 
 
 # -- a process that dies ------------------------------------------------------------------
