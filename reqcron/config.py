@@ -24,11 +24,12 @@ CONFIG_FILE = "reqcron.toml"
 HISTORY_MAX = 1_000_000  # runs kept per task; more would only make the state slow
 
 _KEYS = {"timezone", "state_dir", "database", "python", "history", "site", "state",
-         "max_processes", "result_days"}
+         "max_processes", "result_days", "modules", "django_settings"}
 MAX_PROCESSES_MAX = 64
 _SERVER_STATE = ("postgresql://", "postgres://")
 _SITE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _COMMAND = re.compile(r"[A-Za-z0-9._+-]+")
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class Settings(Record):
@@ -46,6 +47,8 @@ class Settings(Record):
         "state",
         "max_processes",
         "result_days",
+        "modules",
+        "django_settings",
     )
 
     def __init__(
@@ -61,6 +64,8 @@ class Settings(Record):
         state: str | None = None,
         max_processes: int = 4,
         result_days: float = 7.0,
+        modules: tuple[str, ...] = (),
+        django_settings: str | None = None,
     ):
         self.docroot = docroot
         self.timezone = timezone  # None: the zone kept in the state (see Docroot.zone_name)
@@ -73,6 +78,8 @@ class Settings(Record):
         self.state = state  # a PostgreSQL URL shared by several hosts; None: SQLite
         self.max_processes = max_processes  # processes running deferred calls at once
         self.result_days = result_days  # days a finished deferred call is kept
+        self.modules = modules  # more task modules, by import name (importing.py)
+        self.django_settings = django_settings  # task processes call django.setup() first
 
 
 def load_settings(docroot: Path) -> Settings:
@@ -157,6 +164,18 @@ def load_settings(docroot: Path) -> Settings:
             or not 0 < result_days <= 36500):
         raise ConfigError(str(path), f"result_days must be a number of days above 0, "
                           f"not {_shown(result_days)}")
+    modules = section.get("modules", [])
+    if not isinstance(modules, list):
+        raise ConfigError(str(path), f"modules must be an array of import names like "
+                          f"\"shop.jobs\", not {_shown(modules)}")
+    for module in modules:
+        if not isinstance(module, str) or not _DOTTED.fullmatch(module):
+            raise ConfigError(str(path), f"modules must hold import names like \"shop.jobs\", "
+                              f"not {_shown(module)}")
+    django_settings = text("django_settings")
+    if django_settings is not None and not _DOTTED.fullmatch(django_settings):
+        raise ConfigError(str(path), f"django_settings must be an import name like "
+                          f"\"mysite.settings\", not {django_settings!r}")
     state = text("state_dir")
     if state:
         # Against the DOCROOT's real path, so every trigger finds the same state
@@ -185,6 +204,8 @@ def load_settings(docroot: Path) -> Settings:
         state=server,
         max_processes=max_processes,
         result_days=float(result_days),
+        modules=tuple(dict.fromkeys(modules)),
+        django_settings=django_settings,
     )
 
 

@@ -154,9 +154,11 @@ def _as_json(value: Any) -> Any:
 def _load_task(docroot: Docroot, name: str) -> Task:
     from .loader import load_tasks
 
-    loaded = load_tasks(docroot.path, None, only=name, compile_schedules=False)
+    loaded = load_tasks(docroot.path, None, only=name, compile_schedules=False,
+                        modules=docroot.settings.modules,
+                        django_settings=docroot.settings.django_settings)
     if name not in loaded.tasks:
-        problems = [str(e) for e in loaded.errors if e.task in (None, name)]
+        problems = [str(e) for e in loaded.errors if e.task in (None, name)]  # modules' too
         if problems:
             raise RuntimeError("; ".join(problems))
         raise Refused(f"{name} is not a task of {docroot.path}")
@@ -171,13 +173,18 @@ def _resolve(docroot: Docroot, call: Call) -> object:
         from .loader import load_tasks
         from .loader import module_name as tasks_module
 
-        loaded = load_tasks(docroot.path, None, only="", compile_schedules=False)
+        loaded = load_tasks(docroot.path, None, only="", compile_schedules=False,
+                            django_settings=docroot.settings.django_settings)
         if not loaded.file_ok:
             raise RuntimeError("; ".join(str(e) for e in loaded.errors))
         module = sys.modules[tasks_module(docroot.path)]
     else:
         import importlib
 
+        if docroot.settings.django_settings:  # before the module, which may use models
+            from .importing import setup_django
+
+            setup_django(docroot.settings.django_settings)
         for entry in call.path:
             if entry not in sys.path:
                 sys.path.append(entry)  # after ours: never shadow the standard library
