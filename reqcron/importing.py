@@ -15,6 +15,9 @@ would, without importing a package's ``__init__``.
 
 from __future__ import annotations
 
+import importlib
+import importlib.machinery  # loaded at start-up already: these cost nothing
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -24,7 +27,7 @@ from .config import CONFIG_FILE
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from collections.abc import Iterable
-    from types import ModuleType, TracebackType
+    from types import CodeType, ModuleType, TracebackType
 
     from .loader import LoadError
 
@@ -62,16 +65,39 @@ def django_error(docroot: Path, settings_module: str, exc: BaseException) -> Loa
 
 
 def import_module(name: str) -> ModuleType:
-    """Import task module ``name``; afresh when this process imported it before.
+    """Import task module ``name`` from its source; afresh when this process imported it before.
 
-    Only ``Docroot.tasks()`` meets an imported one (the catalog child and task
-    processes are fresh): it must see the file as it is now.
+    From source, like __tasks__.py: a cached .pyc is trusted when the file's
+    mtime (in whole seconds) and size match, so an edit within the second
+    of the last read could run stale code.  Only ``Docroot.tasks()`` meets a
+    module imported already (the catalog child and task processes are fresh).
     """
-    import importlib
-
     if name in sys.modules:
         return importlib.reload(sys.modules[name])
-    return importlib.import_module(name)
+    spec = importlib.util.find_spec(name)  # imports the packages above it, not it
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    if type(spec.loader) is importlib.machinery.SourceFileLoader:
+        spec.loader = _FromSource(name, spec.loader.path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, module)
+    return module
+
+
+class _FromSource(importlib.machinery.SourceFileLoader):
+    """Compile the module from its file every time; read and write no bytecode."""
+
+    def get_code(self, fullname: str) -> CodeType:
+        code: CodeType = compile(self.get_data(self.path), self.path, "exec", dont_inherit=True)
+        return code
 
 
 def module_error(docroot: Path, name: str, exc: BaseException) -> LoadError:
