@@ -181,13 +181,14 @@ def _resolve(docroot: Docroot, call: Call) -> object:
     else:
         import importlib
 
-        if docroot.settings.django_settings:  # before the module, which may use models
-            from .importing import setup_django
+        from .importing import extend_path, setup_django
 
-            setup_django(docroot.settings.django_settings)
         for entry in call.path:
             if entry not in sys.path:
                 sys.path.append(entry)  # after ours: never shadow the standard library
+        extend_path(docroot.path)  # where task code is found (importing.py)
+        if docroot.settings.django_settings:  # before the module, which may use models
+            setup_django(docroot.settings.django_settings)
         module = importlib.import_module(module_name)
     target: object = module
     for part in qualname.split("."):
