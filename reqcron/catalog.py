@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import alerts
@@ -48,13 +49,13 @@ class TaskInfo(Record):
     """One task as the engine and the surfaces see it, without its code."""
 
     __slots__ = ("name", "signature", "describe", "kind", "zone", "grace", "timeout",
-                 "overlap", "enabled", "error", "notify", "ping")
+                 "overlap", "enabled", "error", "notify", "ping", "source")
 
     def __init__(self, name: str, signature: str, describe: str, kind: str,
                  zone: str | None = None, grace: float | None = None,
                  timeout: float | None = None, overlap: bool = False, enabled: bool = True,
                  error: str | None = None, notify: list[str] | None = None,
-                 ping: str | None = None):
+                 ping: str | None = None, source: str | None = None):
         self.name = name
         self.signature = signature  # the schedule, rebuilt by schedule.from_signature
         self.describe = describe
@@ -69,6 +70,7 @@ class TaskInfo(Record):
         self.error = error
         self.notify = notify or []  # the task's own notify targets (settings add more)
         self.ping = ping
+        self.source = source  # the module of ``modules`` it is in; None: __tasks__.py
 
 
 class Catalog(Record):
@@ -95,23 +97,32 @@ class Catalog(Record):
         return (info.error if info else None) or self.file_error
 
     def merged_over(self, previous: Catalog | None) -> Catalog:
-        """Keep the last good definition of every task that fails to load now."""
+        """Keep the last good definition of every task that fails to load now:
+        all of them when the file fails, a module's when that module fails."""
         if previous is None:
             return self
         kept = dict(previous.tasks) if self.file_error else {}
         if not self.file_error:
             kept.update(self.tasks)
-            for error in self.errors:
-                if error.task in previous.tasks and error.task not in self.tasks:
-                    kept[error.task] = previous.tasks[error.task]
+            broken = self.broken_modules()
+            for name, info in previous.tasks.items():
+                if name not in self.tasks and (
+                        info.source in broken or any(e.task == name for e in self.errors)):
+                    kept[name] = info
         merged = {}
         for name, info in kept.items():
-            problem = None if name in self.tasks else self._problem(name)
+            problem = None if name in self.tasks else self._problem(info)
             merged[name] = TaskInfo(**{**_fields(info), "error": problem})
         return Catalog(self.zone, merged, self.errors, self.file_error)
 
-    def _problem(self, name: str) -> str | None:
-        return next((str(e) for e in self.errors if e.task == name), self.file_error)
+    def broken_modules(self) -> set[str]:
+        """The modules of ``modules`` that do not import now."""
+        return {e.module for e in self.errors if e.module and e.task is None}
+
+    def _problem(self, info: TaskInfo) -> str | None:
+        return next((str(e) for e in self.errors
+                     if e.task == info.name or (e.module and e.module == info.source
+                                                and e.task is None)), self.file_error)
 
     def to_json(self) -> str:
         import json  # not on a task process's way to run()
@@ -149,7 +160,7 @@ def _fields(record: Record) -> dict[str, Any]:
     return {name: getattr(record, name) for name in record.__slots__}
 
 
-def info_of(task: Task, zone_name: str) -> TaskInfo:
+def info_of(task: Task, zone_name: str, source: str | None = None) -> TaskInfo:
     """Describe a loaded task; its schedule was compiled (and validated) by the loader."""
     schedule = task.compiled_schedule()
     zone = getattr(schedule, "zone", None)
@@ -165,25 +176,34 @@ def info_of(task: Task, zone_name: str) -> TaskInfo:
         enabled=bool(type(task).enabled),
         notify=alerts.targets(task.notify),
         ping=task.ping,
+        source=source,
     )
 
 
-def build(docroot: Path, zone_name: str) -> Catalog:
-    """Import the tasks file in this process and describe it (the child's half)."""
+def build(docroot: Path, zone_name: str, modules: Sequence[str] = (),
+          django_settings: str | None = None) -> Catalog:
+    """Import the tasks file (and ``modules``) in this process and describe them
+    (the child's half)."""
     from .zones import zone_named
 
-    loaded = load_tasks(docroot, zone_named(zone_name))
+    loaded = load_tasks(docroot, zone_named(zone_name), modules=modules,
+                        django_settings=django_settings)
     catalog = Catalog(zone_name, errors=loaded.errors).capped()
     if not loaded.file_ok:
         catalog.file_error = "; ".join(str(e) for e in catalog.errors if e.task is None)
         return catalog.capped()
     for name, task in loaded.tasks.items():
-        catalog.tasks[name] = info_of(task, zone_name)
+        catalog.tasks[name] = info_of(task, zone_name, loaded.sources.get(name))
     return catalog
 
 
-def read(docroot: Path, python: str, zone_name: str, timeout: float = READ_TIMEOUT) -> Catalog:
-    """Read the catalog of ``docroot`` in a child process (the parent's half); never raises."""
+def read(docroot: Path, python: str, zone_name: str, timeout: float = READ_TIMEOUT,
+         modules: Sequence[str] = (), django_settings: str | None = None) -> Catalog:
+    """Read the catalog of ``docroot`` in a child process (the parent's half); never raises.
+
+    ``modules`` and ``django_settings`` come from the parent's settings (the
+    last good ones), so a broken reqcron.toml does not break the tasks.
+    """
     import select
     import signal
     import subprocess
@@ -194,7 +214,8 @@ def read(docroot: Path, python: str, zone_name: str, timeout: float = READ_TIMEO
     def failure(message: str) -> Catalog:
         return Catalog.failed(zone_name, LoadError(where, None, message))
 
-    command = [python, "-P", "-m", "reqcron.catalog", str(docroot), zone_name]
+    command = [python, "-P", "-m", "reqcron.catalog", str(docroot), zone_name,
+               *(["--django", django_settings] if django_settings else []), *modules]
     try:
         child = subprocess.Popen(
             command, cwd=docroot, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -249,8 +270,12 @@ def read(docroot: Path, python: str, zone_name: str, timeout: float = READ_TIMEO
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -P -m reqcron.catalog DOCROOT ZONE``: print the catalog as JSON."""
-    docroot, zone_name = argv if argv is not None else sys.argv[1:]
+    """``python -P -m reqcron.catalog DOCROOT ZONE [--django SETTINGS] [MODULE ...]``:
+    print the catalog as JSON."""
+    docroot, zone_name, *modules = argv if argv is not None else sys.argv[1:]
+    django_settings = None
+    if modules[:1] == ["--django"]:
+        django_settings, modules = modules[1], modules[2:]
     where = str(Path(docroot) / TASKS_FILE)
     # The answer goes to a copy of stdout; whatever the tasks file prints
     # goes nowhere, so a flood at import never reaches the server's log.
@@ -274,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     os.register_at_fork(after_in_parent=lambda: forked_at.append(_line_in(where)),
                         after_in_child=in_copy)
     try:
-        catalog = build(Path(docroot), zone_name)
+        catalog = build(Path(docroot), zone_name, modules, django_settings)
     except BaseException as exc:  # the loader reports; this is the last resort
         catalog = Catalog.failed(zone_name, LoadError(where, None, _describe(exc)))
     if copy:

@@ -25,11 +25,12 @@ HISTORY_MAX = 1_000_000  # runs kept per task; more would only make the state sl
 
 _KEYS = {"timezone", "state_dir", "database", "python", "history", "site", "state",
          "max_processes", "result_days", "notify", "smtp", "smtp_user", "smtp_password",
-         "smtp_starttls", "smtp_from"}
+         "smtp_starttls", "smtp_from", "modules", "django_settings"}
 MAX_PROCESSES_MAX = 64
 _SERVER_STATE = ("postgresql://", "postgres://")
 _SITE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _COMMAND = re.compile(r"[A-Za-z0-9._+-]+")
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class Settings(Record):
@@ -53,6 +54,8 @@ class Settings(Record):
         "smtp_password",
         "smtp_starttls",
         "smtp_from",
+        "modules",
+        "django_settings",
     )
 
     def __init__(
@@ -74,6 +77,8 @@ class Settings(Record):
         smtp_password: str | None = None,
         smtp_starttls: bool = False,
         smtp_from: str | None = None,
+        modules: tuple[str, ...] = (),
+        django_settings: str | None = None,
     ):
         self.docroot = docroot
         self.timezone = timezone  # None: the zone kept in the state (see Docroot.zone_name)
@@ -92,6 +97,8 @@ class Settings(Record):
         self.smtp_password = smtp_password
         self.smtp_starttls = smtp_starttls
         self.smtp_from = smtp_from
+        self.modules = modules  # more task modules, by import name (importing.py)
+        self.django_settings = django_settings  # task processes call django.setup() first
 
 
 def load_settings(docroot: Path) -> Settings:
@@ -189,6 +196,18 @@ def load_settings(docroot: Path) -> Settings:
     if not isinstance(starttls, bool):
         raise ConfigError(str(path), f"smtp_starttls must be true or false, not "
                           f"{_shown(starttls)}")
+    modules = section.get("modules", [])
+    if not isinstance(modules, list):
+        raise ConfigError(str(path), f"modules must be an array of import names like "
+                          f"\"shop.jobs\", not {_shown(modules)}")
+    for module in modules:
+        if not isinstance(module, str) or not _DOTTED.fullmatch(module):
+            raise ConfigError(str(path), f"modules must hold import names like \"shop.jobs\", "
+                              f"not {_shown(module)}")
+    django_settings = text("django_settings")
+    if django_settings is not None and not _DOTTED.fullmatch(django_settings):
+        raise ConfigError(str(path), f"django_settings must be an import name like "
+                          f"\"mysite.settings\", not {django_settings!r}")
     state = text("state_dir")
     if state:
         # Against the DOCROOT's real path, so every trigger finds the same state
@@ -223,6 +242,8 @@ def load_settings(docroot: Path) -> Settings:
         smtp_password=text("smtp_password"),
         smtp_starttls=starttls,
         smtp_from=text("smtp_from"),
+        modules=tuple(dict.fromkeys(modules)),
+        django_settings=django_settings,
     )
 
 

@@ -18,6 +18,7 @@ from . import catalog as catalogs
 from . import sync
 from .config import CONFIG_FILE, TASKS_FILE, Settings, load_settings
 from .errors import ConfigError, ScheduleError, StateError, TaskLookupError
+from .importing import module_files
 from .loader import LoadError, load_tasks
 from .logonce import LogOnce
 from .paths import check_tasks_safety, docroot_path
@@ -129,7 +130,8 @@ class Docroot:
         pulse = self.store.pulse()
         if pulse.catalog_key != key:
             sync.read_once(self.store, self.path, self.settings.python, self.zone_name(), key,
-                           current, self._schedule, self._log_load_errors)
+                           current, self._schedule, self._log_load_errors,
+                           self.settings.modules, self.settings.django_settings)
             pulse = self.store.pulse()
         if pulse.catalog_version != self._version:
             self._load_catalog()
@@ -177,20 +179,28 @@ class Docroot:
     def _files_key(self) -> str:
         """Identify what the catalog is read from (re-hashed only when a stat changes).
 
-        That is the tasks file, the zone and whether the files are refused,
-        not reqcron.toml as a whole: its host-local settings (state_dir,
-        python) differ between the hosts of one site, which must agree on
-        one catalog.  reqcron.toml is re-read here when it changes.
+        That is the tasks file, the task modules' files, the zone, the
+        ``modules`` and ``django_settings`` settings and whether the files are
+        refused, not reqcron.toml as a whole: its host-local settings
+        (state_dir, python) differ between the hosts of one site, which must
+        agree on one catalog.  reqcron.toml is re-read here when it changes.
         """
         tasks, config = self.path / TASKS_FILE, self.path / CONFIG_FILE
-        stamps = (_identity(tasks), _identity(config), _identity(self.path))
+        config_stamp = _identity(config)
+        if config_stamp != self._stamps[1]:
+            self._reload_settings()
+        # Found by walking the import path, never by importing: the web
+        # server's processes import no task code.
+        modules = module_files(self.path, self.settings.modules)
+        stamps = (_identity(tasks), config_stamp, _identity(self.path),
+                  *(_identity(m) for m in modules))
         if stamps != self._stamps:
-            if stamps[1] != self._stamps[1]:
-                self._reload_settings()
             # Modes count too: a tasks file others can write is refused, and
             # fixing its mode must be read again.
             refusal = check_tasks_safety(self.path) or ""
-            key = sync.files_key((tasks,), f"{self.zone_name()}\0{refusal}")
+            imports = "\0".join([self.settings.django_settings or "", *self.settings.modules])
+            key = sync.files_key((tasks, *modules),
+                                 f"{self.zone_name()}\0{refusal}\0{imports}")
             self._stamps, self._key = stamps, key  # only once the state answered
         return self._key
 
@@ -271,11 +281,13 @@ class Docroot:
         return tasks[name]
 
     def tasks(self) -> dict[str, Task]:
-        """Import __tasks__.py in this process and return its tasks (Python API only).
+        """Import __tasks__.py and ``modules`` in this process and return the tasks
+        (Python API only).
 
         The surfaces never do this: they use ``catalog()``, read in a child.
         """
-        return load_tasks(self.path, zone_named(self.zone_name())).tasks
+        return load_tasks(self.path, zone_named(self.zone_name()), modules=self.settings.modules,
+                          django_settings=self.settings.django_settings).tasks
 
     # -- schedules -------------------------------------------------------------
 

@@ -26,7 +26,6 @@ from .task import Task
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
     from typing import Any
 
     from .callworker import CallWorker
@@ -94,7 +93,7 @@ def _drain_while_queued(settings: Settings, store: Store, slot: Lock, run_lock: 
 
     worker = CallWorker(
         docroot=settings.docroot, config=settings.config, database=settings.database,
-        build=lambda text: _task_for(settings.docroot, Call.decode(text)),
+        build=lambda text: _task_for(settings, Call.decode(text)),
         close_in_child=(*slot.fds, *run_lock.fds, *store.connection_fds()),
     )
     previous = {s: signal.signal(s, lambda signum, _f: worker.stop_signal.append(signum))
@@ -132,16 +131,16 @@ def run_call(store: Store, run: Run, worker: CallWorker) -> str:
     return outcome.status
 
 
-def _task_for(docroot: Path, call: Call) -> Task:
+def _task_for(site: Settings, call: Call) -> Task:
     """The task whose run() makes ``call``; Refused for anything not marked deferrable."""
     from .deferred import Deferred
 
     attributes: dict[str, Any] = {}
     if call.task:
-        base = type(_load_task(docroot, call.target))
+        base = type(_load_task(site, call.target))
         method = base.run
     else:
-        target = _resolve(docroot, call)
+        target = _resolve(site, call)
         if not isinstance(target, Deferred):
             raise Refused(f"{call.target} is not a function marked with @delay")
         base, method = _CallTask, target.function
@@ -170,19 +169,21 @@ def _as_json(value: Any) -> Any:
     return value
 
 
-def _load_task(docroot: Path, name: str) -> Task:
+def _load_task(site: Settings, name: str) -> Task:
     from .loader import load_tasks
 
-    loaded = load_tasks(docroot, None, only=name, compile_schedules=False)
+    loaded = load_tasks(site.docroot, None, only=name, compile_schedules=False,
+                        modules=site.modules,
+                        django_settings=site.django_settings)
     if name not in loaded.tasks:
-        problems = [str(e) for e in loaded.errors if e.task in (None, name)]
+        problems = [str(e) for e in loaded.errors if e.task in (None, name)]  # modules' too
         if problems:
             raise RuntimeError("; ".join(problems))
-        raise Refused(f"{name} is not a task of {docroot}")
+        raise Refused(f"{name} is not a task of {site.docroot}")
     return loaded.tasks[name]
 
 
-def _resolve(docroot: Path, call: Call) -> object:
+def _resolve(site: Settings, call: Call) -> object:
     module_name, _, qualname = call.target.partition(":")
     if not qualname:
         raise Refused(f"{call.target!r} is not a function's import name")
@@ -190,16 +191,22 @@ def _resolve(docroot: Path, call: Call) -> object:
         from .loader import load_tasks
         from .loader import module_name as tasks_module
 
-        loaded = load_tasks(docroot, None, only="", compile_schedules=False)
+        loaded = load_tasks(site.docroot, None, only="", compile_schedules=False,
+                            django_settings=site.django_settings)
         if not loaded.file_ok:
             raise RuntimeError("; ".join(str(e) for e in loaded.errors))
-        module = sys.modules[tasks_module(docroot)]
+        module = sys.modules[tasks_module(site.docroot)]
     else:
         import importlib
+
+        from .importing import extend_path, setup_django
 
         for entry in call.path:
             if entry not in sys.path:
                 sys.path.append(entry)  # after ours: never shadow the standard library
+        extend_path(site.docroot)  # where task code is found (importing.py)
+        if site.django_settings:  # before the module, which may use models
+            setup_django(site.django_settings)
         module = importlib.import_module(module_name)
     target: object = module
     for part in qualname.split("."):

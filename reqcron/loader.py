@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import tzinfo
 from pathlib import Path
 
+from . import importing
 from .config import TASKS_FILE, path_key
 from .errors import ScheduleError
 from .paths import check_tasks_safety
@@ -21,13 +22,17 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")
 class LoadError(Record):
     """One problem found while loading a DOCROOT, with where it is."""
 
-    __slots__ = ("file", "line", "message", "task")
+    __slots__ = ("file", "line", "message", "task", "module")
 
-    def __init__(self, file: str, line: int | None, message: str, task: str | None = None):
+    def __init__(self, file: str, line: int | None, message: str, task: str | None = None,
+                 module: str | None = None):
         self.file = file
         self.line = line
         self.message = message
         self.task = task
+        #: A module of ``modules`` that does not import (``task`` is None then):
+        #: its tasks keep their last good definitions, the others load.
+        self.module = module
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
@@ -37,7 +42,7 @@ class LoadError(Record):
 class Loaded(Record):
     """The outcome of one load: the tasks that registered, and what went wrong."""
 
-    __slots__ = ("tasks", "names", "errors", "file_ok")
+    __slots__ = ("tasks", "names", "errors", "file_ok", "sources")
 
     def __init__(self) -> None:
         self.tasks: dict[str, Task] = {}
@@ -46,6 +51,8 @@ class Loaded(Record):
         self.errors: list[LoadError] = []
         #: False when the file as a whole failed (syntax or import error).
         self.file_ok = True
+        #: The module of ``modules`` each task came from; absent: __tasks__.py.
+        self.sources: dict[str, str] = {}
 
 
 TASKS_MODULE_PREFIX = "_reqcron_tasks_"
@@ -57,13 +64,21 @@ def module_name(docroot: Path) -> str:
 
 
 def load_tasks(
-    docroot: Path, zone: tzinfo | None, *, only: str | None = None, compile_schedules: bool = True
+    docroot: Path,
+    zone: tzinfo | None,
+    *,
+    only: str | None = None,
+    compile_schedules: bool = True,
+    modules: Sequence[str] = (),
+    django_settings: str | None = None,
 ) -> Loaded:
-    """Import DOCROOT/__tasks__.py afresh and register its Task subclasses.
+    """Import DOCROOT/__tasks__.py afresh, and ``modules``, and register their Task subclasses.
 
-    Each task is created and its schedule compiled (and so validated), unless
-    ``compile_schedules`` is off; with ``only``, just that task is created (a
-    task process needs neither the others nor croniter for them).
+    With ``django_settings``, Django is set up first.  Each task is created
+    and its schedule compiled (and so validated), unless ``compile_schedules``
+    is off; with ``only``, just that task is created (a task process needs
+    neither the others nor croniter for them) and the import path stays
+    extended for its run.
     """
     path = docroot / TASKS_FILE
     loaded = Loaded()
@@ -90,16 +105,57 @@ def load_tasks(
         loaded.errors.append(LoadError(str(path), None, f"cannot be read: {exc}"))
         return loaded
 
+    # Last, so tasks can import their neighbours but a DOCROOT/json.py never
+    # shadows the standard library or an installed package.
+    added = importing.extend_path(docroot)
+    try:
+        if django_settings:
+            try:
+                importing.setup_django(django_settings)
+            except (Exception, SystemExit) as exc:
+                loaded.file_ok = False
+                loaded.errors.append(importing.django_error(docroot, django_settings, exc))
+                return loaded
+        places = _import_modules(docroot, modules, loaded)
+        namespace = _exec_tasks_file(docroot, code, loaded)
+        if namespace is None:
+            return loaded
+        places.insert(0, (None, namespace))
+    finally:
+        if only is None:
+            for entry in added:
+                sys.path.remove(entry)
+    _register(path, places, loaded, zone, only, compile_schedules)
+    return loaded
+
+
+Place = tuple[str | None, dict[str, object]]  # (module name, or None for __tasks__.py; namespace)
+
+
+def _import_modules(docroot: Path, modules: Sequence[str], loaded: Loaded) -> list[Place]:
+    """Import each task module; one that fails is its own error, the others load."""
+    places: list[Place] = []
+    for name in modules:
+        try:
+            module = importing.import_module(name)
+        except (Exception, SystemExit) as exc:
+            error = importing.module_error(docroot, name, exc)
+            error.module = name
+            loaded.errors.append(error)
+            continue
+        places.append((name, module.__dict__))
+    return places
+
+
+def _exec_tasks_file(docroot: Path, code: types.CodeType,
+                     loaded: Loaded) -> dict[str, object] | None:
+    """Run __tasks__.py's code as a fresh module; None (and a file error) when it raises."""
+    path = docroot / TASKS_FILE
     name = module_name(docroot)
     module = types.ModuleType(name)
     module.__file__ = str(path)
     previous = sys.modules.get(name)
     sys.modules[name] = module  # dataclasses and pickle look classes up here
-    added_path = str(docroot) not in sys.path
-    if added_path:
-        # Last, so tasks can import their neighbours but a DOCROOT/json.py
-        # never shadows the standard library or an installed package.
-        sys.path.append(str(docroot))
     try:
         exec(code, module.__dict__)
     except (Exception, SystemExit) as exc:
@@ -109,42 +165,43 @@ def load_tasks(
             sys.modules.pop(name, None)
         loaded.file_ok = False
         loaded.errors.append(_error_at(path, exc))
-        return loaded
-    finally:
-        if added_path and not only:
-            sys.path.remove(str(docroot))
+        return None
+    return module.__dict__
 
-    classes = dict.fromkeys(  # a class bound to two names is one task
-        cls
-        for cls in _candidates(list(module.__dict__.values()))
-        if isinstance(cls, type)
-        and issubclass(cls, Task)
-        and cls is not Task
-        and not cls.__dict__.get("abstract", False)
-    )
+
+def _register(path: Path, places: list[Place], loaded: Loaded, zone: tzinfo | None,
+              only: str | None, compile_schedules: bool) -> None:
+    """Register the Task subclasses found in ``places``; each problem is one task's error."""
+    found: dict[type[Task], str | None] = {}  # a class bound to two names is one task
+    for module, namespace in places:
+        for cls in _candidates(list(namespace.values())):
+            if (isinstance(cls, type) and issubclass(cls, Task) and cls is not Task
+                    and not cls.__dict__.get("abstract", False)):
+                found.setdefault(cls, module)
     by_name: dict[str, list[type[Task]]] = {}
-    for cls in classes:
+    for cls in found:
         by_name.setdefault(str(cls.name), []).append(cls)
     loaded.names = sorted(by_name)
     for task_name, group in by_name.items():
         if only is not None and task_name != only:
             continue  # a task process creates only its own task
+        file = _file_of(group[-1], path)
         line = _class_line(group[0])
         if len(group) > 1:
-            names = " and ".join(c.__qualname__ for c in group)
+            several = len({found[c] for c in group}) > 1  # then say where each is
+            names = " and ".join(c.__qualname__ + (f" ({_place(found[c])})" if several else "")
+                                 for c in group)
             loaded.errors.append(
-                LoadError(
-                    str(path),
-                    _class_line(group[1]),
-                    f"task name {task_name!r} is used by {names}",
-                    task_name,
-                )
+                LoadError(file, _class_line(group[-1]), f"task name {task_name!r} is used by "
+                          f"{names}", task_name)
             )
             continue
+        if found[group[0]] is not None:
+            loaded.sources[task_name] = str(found[group[0]])
         if not isinstance(task_name, str) or not _NAME.fullmatch(task_name):
             loaded.errors.append(
                 LoadError(
-                    str(path),
+                    file,
                     line,
                     f"task name {task_name!r} must be letters, digits, "
                     "'_', '.' or '-', starting with a letter or '_'",
@@ -159,11 +216,12 @@ def load_tasks(
                 _check_alerts(task)
         except ScheduleError as exc:
             # The line of schedule() in __init__, else of the attribute at fault.
-            at = _error_at(path, exc, _attribute_line(source, group[0], exc.problem) or line)
-            loaded.errors.append(LoadError(str(path), at.line, str(exc), task_name))
+            at = _error_at(Path(file), exc,
+                           _attribute_line(Path(file), group[0], exc.problem) or line)
+            loaded.errors.append(LoadError(file, at.line, str(exc), task_name))
             continue
         except Exception as exc:
-            err = _error_at(path, exc, default_line=line)
+            err = _error_at(Path(file), exc, default_line=line)
             loaded.errors.append(
                 LoadError(
                     err.file,
@@ -174,7 +232,17 @@ def load_tasks(
             )
             continue
         loaded.tasks[task_name] = task
-    return loaded
+
+
+def _place(module: str | None) -> str:
+    return f"in {module}" if module else f"in {TASKS_FILE}"
+
+
+def _file_of(cls: type, default: Path) -> str:
+    """The file ``cls`` is defined in (a task module's), else __tasks__.py."""
+    module = sys.modules.get(cls.__module__)
+    file = getattr(module, "__file__", None)
+    return file if isinstance(file, str) else str(default)
 
 
 def _candidates(values: list[object]) -> Iterator[object]:
@@ -204,7 +272,7 @@ def _class_line(cls: type) -> int | None:
 _ATTRIBUTES = ("cron", "every", "at", "anchor", "timeout", "grace", "stop_grace", "timezone")
 
 
-def _attribute_line(source: bytes, cls: type, problem: str) -> int | None:
+def _attribute_line(file: Path, cls: type, problem: str) -> int | None:
     """The line where ``cls`` sets the attribute a schedule problem is about, if it does."""
     first = problem.split(" ", 1)[0]
     attr = "timezone" if problem.startswith("unknown time zone") else first
@@ -212,7 +280,11 @@ def _attribute_line(source: bytes, cls: type, problem: str) -> int | None:
         return None  # a function task's attributes are its decorator's keywords
     import ast  # only on errors
 
-    for node in ast.walk(ast.parse(source)):
+    try:
+        tree = ast.parse(file.read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
             for item in node.body:
                 targets = (item.targets if isinstance(item, ast.Assign)

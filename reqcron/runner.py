@@ -81,15 +81,20 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
 
     # A claimed run starts fast: its schedule was read and validated already.
     zone = None if run_id is not None else zone_named(docroot.zone_name())
-    loaded = load_tasks(docroot.path, zone, only=name, compile_schedules=run_id is None)
-    file_errors = [e for e in loaded.errors if e.task is None]
+    settings = docroot.settings
+    loaded = load_tasks(docroot.path, zone, only=name, compile_schedules=run_id is None,
+                        modules=settings.modules, django_settings=settings.django_settings)
+    file_errors = [e for e in loaded.errors if e.task is None and e.module is None]
     if file_errors:
         raise refuse(EXIT_USAGE, "; ".join(str(e) for e in file_errors))
     task_errors = [e for e in loaded.errors if e.task == name]
     if task_errors:
         raise refuse(EXIT_USAGE, str(task_errors[0]))
     if name not in loaded.tasks:
-        raise refuse(EXIT_USAGE, str(TaskLookupError(name, loaded.names)))
+        # Not found: it may be in a task module that does not import now.
+        module_errors = [str(e) for e in loaded.errors if e.module is not None]
+        raise refuse(EXIT_USAGE, "; ".join(module_errors)
+                     or str(TaskLookupError(name, loaded.names)))
     task = loaded.tasks[name]
     started = now()  # the run starts once its code is loaded
 

@@ -1,6 +1,6 @@
 """The catalog kept in the state, in step with the DOCROOT's files, read once per site.
 
-When ``__tasks__.py`` or ``reqcron.toml`` changes, the first process to
+When ``__tasks__.py``, a task module or ``reqcron.toml`` changes, the first process to
 notice takes a lease, reads the files in a child (``catalog.read``), lays
 the answer over the stored catalog (a task that no longer loads keeps its
 last good definition) and stores it with the task rows it implies, in one
@@ -47,7 +47,8 @@ def files_key(paths: Sequence[Path], context: str) -> str:
 
 
 def read_once(store: Store, docroot: Path, python: str, zone: str, key: str, current: float,
-              schedule: ScheduleOf, log_errors: bool = True) -> None:
+              schedule: ScheduleOf, log_errors: bool = True, modules: Sequence[str] = (),
+              django_settings: str | None = None) -> None:
     """Read the files of ``key`` and store the catalog, unless another process does.
 
     The load errors found are logged once, by the process that read them
@@ -63,7 +64,8 @@ def read_once(store: Store, docroot: Path, python: str, zone: str, key: str, cur
             return
         time.sleep(0.02)
     stored = store.catalog()
-    fresh = catalogs.read(docroot, python, zone)
+    fresh = catalogs.read(docroot, python, zone, modules=modules,
+                          django_settings=django_settings)
     previous = catalogs.Catalog.from_json(stored.data) if stored.data else None
     merged = fresh.merged_over(previous)
     syncs, removed = row_changes(merged, store.states(), current, schedule)
