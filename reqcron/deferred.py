@@ -200,8 +200,10 @@ def _where(docroot: str | None) -> tuple[Tender | None, Hashable, str | None]:
     return None, None, os.environ.get("REQCRON_DOCROOT") or None
 
 
-def _serving() -> tuple[Tender, Hashable, str | None] | None:
+def _serving() -> tuple[Tender | None, Hashable, str | None] | None:
     """(middleware, request key, DOCROOT) of the request this call is made in, or None.
+
+    The middleware is None where the call is not to be held (a websocket).
 
     The innermost middleware on this thread's stack (ReqCron.__call__, or
     ReqCronASGI.__call__ with the view awaited on the request's coroutine);
@@ -221,7 +223,10 @@ def _serving() -> tuple[Tender, Hashable, str | None] | None:
             return middleware, threading.get_ident(), middleware.docroot_for(local["environ"])
         if frame.f_code is asgi:
             local = frame.f_locals
-            return local["self"], id(local["scope"]), local["self"].fixed_docroot
+            middleware, scope = local["self"], local["scope"]
+            if scope["type"] != "http":  # a websocket has no response to wait for
+                return None, None, middleware.fixed_docroot
+            return middleware, id(scope), middleware.fixed_docroot
         frame = frame.f_back  # type: ignore[assignment]
     return current_request()
 

@@ -213,6 +213,22 @@ def test_a_call_deferred_in_an_async_view_is_held_until_the_body_is_sent(
     assert float(log.read_text().split()[0]) >= seen["sent"]
 
 
+def test_a_call_deferred_in_a_websocket_goes_to_the_docroot_unheld(make_docroot, asgi, jobs):
+    root = make_docroot(TASKS)
+    results = []
+
+    async def app(scope, receive, send):
+        results.append(jobs.add(4, 5))  # a connection may last hours: nothing to wait for
+
+    mw = asgi(app, root)
+
+    async def nothing(*args):
+        return {}
+
+    asyncio.run(mw({"type": "websocket", "asgi": {"version": "3.0"}}, nothing, nothing))
+    assert results[0].docroot == root and not is_held(root, results[0].id)
+
+
 def test_a_call_deferred_in_a_sync_view_in_a_threadpool_is_held_until_the_response(
         make_docroot, jobs, monkeypatch):
     """Starlette runs sync endpoints in a threadpool: only the ContextVar finds the request."""
