@@ -9,7 +9,12 @@ A call made during a request is held until that request's response has
 been sent (the middleware releases it then, and starts a task process at
 once), so the work never races the response, nor a transaction the view
 commits after deferring.  Finding the request costs a walk up the stack at
-the call, not a thing per request: the hot path stays as it was.
+the call, not a thing per request: the hot path stays as it was.  That walk
+finds a WSGI request, and an ASGI one whose view runs on the request's own
+coroutine stack; an ASGI view run in a threadpool (sync views of Starlette,
+FastAPI, Django) or in a task of its own is found through a ContextVar that
+ReqCronASGI sets per request once this process has deferred functions (see
+asgi.py for why only then).
 """
 
 from __future__ import annotations
@@ -29,18 +34,19 @@ from .records import FINAL, Status, now
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Hashable
     from typing import Any
 
     from .docroot import Docroot
-    from .middleware import ReqCron
     from .records import Run
+    from .tending import Tender
 
 log = logging.getLogger("reqcron")
 
 _lock = threading.Lock()
 _engines: dict[str, Docroot] = {}  # this process's engine per DOCROOT, for calls and results
-_middlewares: weakref.WeakSet[ReqCron] = weakref.WeakSet()
+_middlewares: weakref.WeakSet[Tender] = weakref.WeakSet()
+_used = False  # a deferred function exists in this process: ASGI requests are followed
 _log_once = LogOnce()
 _eager = os.environ.get("REQCRON_EAGER", "") not in ("", "0")
 
@@ -66,6 +72,7 @@ class Deferred:
         self.__qualname__ = getattr(function, "__qualname__", self.__name__)
         self.__doc__ = function.__doc__
         self.__wrapped__ = function
+        _note_use()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Result:
         call = Call(self.target, list(args), kwargs, retries=self.retries,
@@ -132,7 +139,8 @@ def defer_task(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Resu
 def defer(call: Call, inline: Callable[[], Any], at: float | None,
           docroot: str | None) -> Result:
     """Queue ``call`` in its DOCROOT's state, or run it inline where there is none."""
-    middleware, root = _where(docroot)
+    _note_use()
+    middleware, key, root = _where(docroot)
     if root is None or _eager:
         call.encode()  # the same TypeError as a queued call would give
         if not _eager:
@@ -147,7 +155,7 @@ def defer(call: Call, inline: Callable[[], Any], at: float | None,
     run_id = engine.store.add_run(run)
     if held:
         assert middleware is not None
-        middleware.hold(run_id, engine)
+        middleware.hold(run_id, engine, key)
     return Result(root, run_id)
 
 
@@ -156,44 +164,71 @@ def release(engine: Docroot, ids: list[int]) -> None:
     engine.store.release_calls(ids, HOLD)
 
 
-def register(middleware: ReqCron) -> None:
+def register(middleware: Tender) -> None:
     _middlewares.add(middleware)
+    if _used:
+        middleware.track_calls()
 
 
-def unregister(middleware: ReqCron) -> None:
+def unregister(middleware: Tender) -> None:
     _middlewares.discard(middleware)
 
 
-def _where(docroot: str | None) -> tuple[ReqCron | None, str | None]:
-    """The middleware serving this call's request (if any) and the DOCROOT to use."""
+def used() -> bool:
+    """Whether this process has deferred functions (or has deferred a call)."""
+    return _used
+
+
+def _note_use() -> None:
+    global _used
+    if not _used:
+        _used = True
+        for middleware in list(_middlewares):
+            middleware.track_calls()
+
+
+def _where(docroot: str | None) -> tuple[Tender | None, Hashable, str | None]:
+    """The middleware serving this call's request (if any), its request key, the DOCROOT."""
     serving = _serving()
     if docroot is not None:
-        return (serving[0] if serving else None), docroot
-    if serving is not None:
-        middleware, environ = serving
-        root = middleware.docroot_for(environ)
-        if root:
-            return middleware, root
+        return (serving[0], serving[1], docroot) if serving else (None, None, docroot)
+    if serving is not None and serving[2]:
+        return serving
     fixed = {m.fixed_docroot for m in list(_middlewares) if m.fixed_docroot}
     if len(fixed) == 1:
-        return None, fixed.pop()
-    return None, os.environ.get("REQCRON_DOCROOT") or None
+        return None, None, fixed.pop()
+    return None, None, os.environ.get("REQCRON_DOCROOT") or None
 
 
-def _serving() -> Any:
-    """(middleware, environ) of the ReqCron.__call__ on this thread's stack, or None."""
+def _serving() -> tuple[Tender | None, Hashable, str | None] | None:
+    """(middleware, request key, DOCROOT) of the request this call is made in, or None.
+
+    The middleware is None where the call is not to be held (a websocket).
+
+    The innermost middleware on this thread's stack (ReqCron.__call__, or
+    ReqCronASGI.__call__ with the view awaited on the request's coroutine);
+    else the ASGI request of this context (a view in a threadpool).
+    """
     if not _middlewares:
         return None
+    from .asgi import ReqCronASGI, current_request
     from .middleware import ReqCron
 
-    code = ReqCron.__call__.__code__
+    wsgi, asgi = ReqCron.__call__.__code__, ReqCronASGI.__call__.__code__
     frame = sys._getframe(1)
     while frame is not None:
-        if frame.f_code is code:
+        if frame.f_code is wsgi:
             local = frame.f_locals
-            return local["self"], local["environ"]
+            middleware = local["self"]
+            return middleware, threading.get_ident(), middleware.docroot_for(local["environ"])
+        if frame.f_code is asgi:
+            local = frame.f_locals
+            middleware, scope = local["self"], local["scope"]
+            if scope["type"] != "http":  # a websocket has no response to wait for
+                return None, None, middleware.fixed_docroot
+            return middleware, id(scope), middleware.fixed_docroot
         frame = frame.f_back  # type: ignore[assignment]
-    return None
+    return current_request()
 
 
 def _engine(root: str) -> Docroot:
@@ -214,7 +249,9 @@ def _when(delay: float, at: datetime | None) -> float | None:
 
 
 def _import_path() -> list[str]:
-    return [p for p in sys.path if p]
+    # Absolute: the task process starts in the DOCROOT, not in the server's
+    # working directory (uvicorn puts "." on sys.path).
+    return [os.path.abspath(p) for p in sys.path if p]
 
 
 class Result:
