@@ -100,6 +100,9 @@ class ReqCron:
         status_path: str | None = None,
         # The secret that opens the status page (Bearer header or login form).
         status_token: str | None = None,
+        # A secret that opens {status_path}/metrics (Prometheus text) and
+        # nothing else, for a scraper; status_token opens the metrics too.
+        metrics_token: str | None = None,
     ):
         self.app = app
         self._fixed = os.fspath(docroot) if docroot is not None else None
@@ -110,14 +113,18 @@ class ReqCron:
         self._wake_at = 0.0
         self._status: StatusPage | None = None
         self._status_path = ""
-        if status_path and status_token:
+        self._metrics_only = False
+        if status_path and (status_token or metrics_token):
             if docroot is None:
                 raise ValueError("the status page needs a fixed DOCROOT: "
                                  "ReqCron(app, docroot, status_path=..., status_token=...)")
             from .status import StatusPage
 
-            self._status = StatusPage(os.fspath(docroot), status_path, status_token)
+            self._status = StatusPage(os.fspath(docroot), status_path, status_token,
+                                      metrics_token)
             self._status_path = self._status.path
+            # Only a metrics token: the page stays off, its path the app's.
+            self._metrics_only = not status_token
         # Deferred calls made during a request, per thread, until its response is sent.
         self._held: dict[int, list[tuple[Docroot, int]]] = {}
         self._held_lock = threading.Lock()
@@ -189,6 +196,8 @@ class ReqCron:
         self._event.set()
 
     def _is_status(self, path: str) -> bool:
+        if self._metrics_only:
+            return path.rstrip("/") == self._status_path.rstrip("/") + "/metrics"
         return path == self._status_path or path.startswith(self._status_path + "/")
 
     @property
