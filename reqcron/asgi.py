@@ -80,6 +80,7 @@ class ReqCronASGI(Tender):
         watch: bool = True,
         status_path: str | None = None,
         status_token: str | None = None,
+        metrics_token: str | None = None,
     ):
         if not is_async_app(app):
             raise TypeError(f"ReqCronASGI wraps ASGI 3 applications (async def app(scope, "
@@ -92,7 +93,7 @@ class ReqCronASGI(Tender):
         self._track = False  # set per request the ContextVar deferred.py reads
         self._slow = False  # the status page, or the ContextVar: not the fast path
         super().__init__(docroot, poll=poll, watch=watch, status_path=status_path,
-                         status_token=status_token)
+                         status_token=status_token, metrics_token=metrics_token)
         self._slow = self._track or self._status is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .catalog import Catalog, TaskInfo
     from .schedule import Schedule
     from .store import Pulse
+    from .store.base import RunStats
     from .task import Task
 
 log = logging.getLogger("reqcron")
@@ -425,6 +426,10 @@ class Docroot:
 
     def get_run(self, run_id: int) -> Run | None:
         return self.store.get_run(run_id)
+
+    def run_stats(self) -> RunStats:
+        """The kept history in aggregate: counts by task and status, durations, lateness."""
+        return self.store.run_stats()
 
     def not_started(self, run_id: int, error: str, exit_code: int | None = None) -> bool:
         """Record that a claimed run's process never started it: lost, with why."""

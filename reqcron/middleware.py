@@ -61,13 +61,16 @@ class ReqCron(Tender):
         status_path: str | None = None,
         # The secret that opens the status page (Bearer header or login form).
         status_token: str | None = None,
+        # A secret that opens {status_path}/metrics (Prometheus text) and
+        # nothing else, for a scraper; status_token opens the metrics too.
+        metrics_token: str | None = None,
     ):
         if is_async_app(app):
             raise TypeError(f"ReqCron wraps WSGI applications, and {app!r} is an ASGI one "
                             "(it is async): wrap it with reqcron.asgi.ReqCronASGI instead")
         self.app = app
         super().__init__(docroot, poll=poll, watch=watch, status_path=status_path,
-                         status_token=status_token)
+                         status_token=status_token, metrics_token=metrics_token)
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]

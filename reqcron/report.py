@@ -20,6 +20,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from .records import TaskState
+    from .schedule import Schedule
+
 #: A task is starved when its first unclaimed slot is older than this many
 #: periods (and at least STARVED_MIN seconds): nothing triggered it.
 STARVED_MIN = 120.0
@@ -102,6 +105,15 @@ def run_dict(run: Run, zone: tzinfo, full: bool = False) -> dict[str, Any]:
     return data
 
 
+def is_starved(schedule: Schedule, state: TaskState | None, at: float) -> bool:
+    """Whether the task's first unclaimed slot passed long ago: nothing triggers it."""
+    if state is None or not state.enabled or state.next_due is None:
+        return False
+    following = schedule.next_run(datetime.fromtimestamp(state.next_due, UTC))
+    period = (following.timestamp() - state.next_due) if following else 0.0
+    return at - state.next_due > max(2 * period, STARVED_MIN)
+
+
 def summary(doc: Docroot, history: int = 0) -> dict[str, Any]:
     """Every task with its schedule, next and last run and marks; load errors; where state is.
 
@@ -122,11 +134,7 @@ def summary(doc: Docroot, history: int = 0) -> dict[str, Any]:
                      and (r.status != Status.SKIPPED or r.error != "disabled")), None)
         enabled = state.enabled if state else info.enabled
         next_due = state.next_due if state and enabled else None
-        starved = False
-        if state and enabled and state.next_due is not None:
-            following = schedule.next_run(datetime.fromtimestamp(state.next_due, UTC))
-            period = (following.timestamp() - state.next_due) if following else 0.0
-            starved = current - state.next_due > max(2 * period, STARVED_MIN)
+        starved = is_starved(schedule, state, current)
         marks = []
         if not enabled:
             marks.append("disabled")

@@ -38,10 +38,11 @@ ACTIONS = ("run", "enable", "disable")
 class StatusPage:
     """A WSGI app serving the status page of one DOCROOT under ``path``."""
 
-    def __init__(self, docroot: str, path: str, token: str):
+    def __init__(self, docroot: str, path: str, token: str | None,
+                 metrics_token: str | None = None):
         self.root = docroot
         self.path = path.rstrip("/") or "/"
-        self._gate = Gate(token)
+        self._gate = Gate(token, metrics_token)
         self._doc: Docroot | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -71,6 +72,8 @@ class StatusPage:
             return _plain(403, "Cross-origin request refused.")
         if sub == "login" and request.method == "POST":
             return self._login(request)
+        if sub == "metrics":
+            return self._metrics(request)
         csrf = self._authenticate(request)
         if isinstance(csrf, Response):
             return csrf
@@ -87,20 +90,40 @@ class StatusPage:
         except ReqCronError as exc:
             return _plain(500 if not isinstance(exc, LookupError) else 404, str(exc))
 
-    def _authenticate(self, request: Request) -> str | Response:
-        """Return the caller's CSRF token, or the response that turns the caller away."""
+    def _authenticate(self, request: Request, metrics: bool = False) -> str | Response:
+        """Return the caller's CSRF token, or the response that turns the caller away.
+
+        ``metrics``: the metrics token is good too (it opens nothing else).
+        """
         scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
         if scheme.lower() == "bearer":
             refusal = self._throttled(request)
             if refusal is not None:
                 return refusal
-            if self._gate.check(request.remote_addr or "", credentials.strip()):
+            if self._gate.check(request.remote_addr or "", credentials.strip(), metrics):
                 return self._gate.csrf(None)
             return self._refuse(request, 401, "That token is not right.")
         session = self._gate.session(request.cookies.get(COOKIE, ""))
         if session is None:
             return self._refuse(request, 401, "")
         return self._gate.csrf(session[0])
+
+    def _metrics(self, request: Request) -> Response:
+        """Prometheus text (metrics.py), for either token."""
+        refusal = self._authenticate(request, metrics=True)
+        if isinstance(refusal, Response):
+            return refusal
+        if request.method not in ("GET", "HEAD"):
+            return _plain(405, "GET only.", allow="GET, HEAD")
+        from .metrics import exposition  # prometheus_client only when scraped
+
+        try:
+            status, content_type, body = exposition(self._docroot())
+        except ReqCronError as exc:
+            return _plain(500, str(exc))
+        response = Response(body=body, status=status)
+        response.headers["Content-Type"] = content_type
+        return response
 
     def _throttled(self, request: Request) -> Response | None:
         wait = self._gate.wait(request.remote_addr or "")

@@ -81,6 +81,7 @@ class Tender:
         watch: bool,
         status_path: str | None,
         status_token: str | None,
+        metrics_token: str | None = None,
     ):
         self._fixed = os.fspath(docroot) if docroot is not None else None
         self._poll = poll
@@ -90,14 +91,18 @@ class Tender:
         self._wake_at = 0.0
         self._status: StatusPage | None = None
         self._status_path = ""
-        if status_path and status_token:
+        self._metrics_only = False
+        if status_path and (status_token or metrics_token):
             if docroot is None:
                 raise ValueError(f"the status page needs a fixed DOCROOT: {type(self).__name__}"
                                  "(app, docroot, status_path=..., status_token=...)")
             from .status import StatusPage
 
-            self._status = StatusPage(os.fspath(docroot), status_path, status_token)
+            self._status = StatusPage(os.fspath(docroot), status_path, status_token,
+                                      metrics_token)
             self._status_path = self._status.path
+            # Only a metrics token: the page stays off, its path the app's.
+            self._metrics_only = not status_token
         # Deferred calls made during a request, per request key, until its response is sent.
         self._held: dict[Hashable, Held] = {}
         self._held_lock = threading.Lock()
@@ -170,6 +175,8 @@ class Tender:
     # -- the worker --------------------------------------------------------------
 
     def _is_status(self, path: str) -> bool:
+        if self._metrics_only:
+            return path.rstrip("/") == self._status_path.rstrip("/") + "/metrics"
         return path == self._status_path or path.startswith(self._status_path + "/")
 
     @property

@@ -84,6 +84,52 @@ class Pulse(Record):
         return min(times, default=None)
 
 
+class RunCount(Record):
+    """The kept runs of one task (or deferred calls of one function) in one status."""
+
+    __slots__ = ("task", "status", "call", "runs", "timed", "seconds", "longest", "last_end")
+
+    def __init__(self, task: str, status: str, call: bool, runs: int, timed: int,
+                 seconds: float, longest: float | None, last_end: float | None):
+        self.task = task
+        self.status = status
+        self.call = call  # deferred calls, not a task's runs
+        self.runs = runs
+        self.timed = timed  # how many of them have a start and an end
+        self.seconds = seconds  # their durations added up
+        self.longest = longest
+        self.last_end = last_end
+
+
+class RunStats(Record):
+    """The kept history in aggregate, read in one go (for metrics)."""
+
+    __slots__ = ("counts", "lateness", "duration")
+
+    def __init__(self, counts: list[RunCount], lateness: dict[str, float],
+                 duration: dict[str, float]):
+        self.counts = counts
+        self.lateness = lateness  # task -> lateness of its latest claimed slot
+        self.duration = duration  # task -> duration of its latest run that ended
+
+    @classmethod
+    def from_rows(cls, counts: list[tuple[Any, ...]], latest: list[tuple[Any, ...]]) -> RunStats:
+        """From rows of (task, status, call, runs, timed, seconds, longest, last_end) and of
+        (id, task, lateness, duration) for each task's latest run having either."""
+        lateness: dict[str, float] = {}
+        duration: dict[str, float] = {}
+        # Oldest first, so each task keeps its latest non-null value of each.
+        for _, task, late, took in sorted(latest):
+            if late is not None:
+                lateness[task] = float(late)
+            if took is not None:
+                duration[task] = float(took)
+        return cls([RunCount(task, status, bool(call), int(runs), int(timed), float(seconds or 0),
+                             longest, last_end)
+                    for task, status, call, runs, timed, seconds, longest, last_end in counts],
+                   lateness, duration)
+
+
 class Dump(Record):
     """A whole state, for copying it to another store (``reqcron state copy``)."""
 
@@ -196,6 +242,10 @@ class Store:
 
     def prune(self, name: str, keep: int) -> None:
         """Keep the latest ``keep`` finished runs of ``name`` (queued and open ones stay)."""
+        raise NotImplementedError
+
+    def run_stats(self) -> RunStats:
+        """Count the kept runs by task and status, with their durations, in a few queries."""
         raise NotImplementedError
 
     # -- deferred calls ---------------------------------------------------------

@@ -33,6 +33,7 @@ from .base import (
     Dump,
     Lock,
     Pulse,
+    RunStats,
     Store,
     TaskSync,
     check_run_fields,
@@ -87,6 +88,19 @@ CREATE TABLE IF NOT EXISTS reqcron_catalog (
 )
 """
 _OPEN = "('pending', 'running', 'queued')"  # runs that prune() keeps whatever their age
+# As in sqlite.py: counts by (task, status, call or not), and each task's latest runs.
+_RUN_COUNTS = (
+    'SELECT task, status, call IS NOT NULL, count(*), count("end" - start), sum("end" - start),'
+    ' max("end" - start), max("end") FROM reqcron_runs WHERE site = %(s)s'
+    " GROUP BY task, status, call IS NOT NULL"
+)
+_LATEST_RUNS = (
+    'SELECT id, task, lateness, "end" - start FROM reqcron_runs WHERE id IN ('
+    "SELECT max(id) FROM reqcron_runs WHERE site = %(s)s AND call IS NULL"
+    " AND lateness IS NOT NULL GROUP BY task"
+    " UNION SELECT max(id) FROM reqcron_runs WHERE site = %(s)s AND call IS NULL"
+    ' AND start IS NOT NULL AND "end" IS NOT NULL GROUP BY task)'
+)
 _TASK_COLUMNS = "name, next_due, anchor, enabled, run_requested, signature, first_seen"
 _RUN_SELECT = "SELECT id, " + ", ".join(f'"{c}"' for c in RUN_COLUMNS) + " FROM reqcron_runs"
 
@@ -453,6 +467,16 @@ class PostgresStore(Store):
                 " ORDER BY id DESC LIMIT 1 OFFSET %(k)s)",
                 {"s": self.site, "t": name, "k": keep},
             )
+
+    def run_stats(self) -> RunStats:
+        # REPEATABLE READ: both queries see one snapshot, as another host writes.
+        with self._cursor(write=True) as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cur.execute(_RUN_COUNTS, {"s": self.site})
+            counts = cur.fetchall()
+            cur.execute(_LATEST_RUNS, {"s": self.site})
+            latest = cur.fetchall()
+        return RunStats.from_rows(counts, latest)
 
     # -- deferred calls ------------------------------------------------------------
 

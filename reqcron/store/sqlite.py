@@ -31,6 +31,7 @@ from .base import (
     Dump,
     Lock,
     Pulse,
+    RunStats,
     Store,
     TaskSync,
     check_run_fields,
@@ -52,6 +53,18 @@ _PULSE = (
     " (SELECT min(run_requested) FROM tasks WHERE run_requested IS NOT NULL),"
     " (SELECT value FROM meta WHERE key = ?),"
     " (SELECT min(due) FROM runs WHERE status = 'queued') FROM catalog WHERE id = 1"
+)
+# One row per (task, status, deferred call or not); durations where a run has both ends.
+_RUN_COUNTS = (
+    'SELECT task, status, call IS NOT NULL, count(*), count("end" - start), sum("end" - start),'
+    ' max("end" - start), max("end") FROM runs GROUP BY task, status, call IS NOT NULL'
+)
+# Each task's latest run with a lateness, and its latest with a duration.
+_LATEST_RUNS = (
+    'SELECT id, task, lateness, "end" - start FROM runs WHERE id IN ('
+    "SELECT max(id) FROM runs WHERE call IS NULL AND lateness IS NOT NULL GROUP BY task"
+    ' UNION SELECT max(id) FROM runs WHERE call IS NULL AND start IS NOT NULL'
+    ' AND "end" IS NOT NULL GROUP BY task)'
 )
 _OPEN = ("pending", "running", "queued")  # runs that prune() keeps whatever their age
 #: Caps on the text a run keeps, and which end of it matters.
@@ -350,6 +363,17 @@ class SQLiteStore(Store):
                 " AND status NOT IN (?, ?, ?) ORDER BY id DESC LIMIT 1 OFFSET ?)",
                 (name, *_OPEN, name, *_OPEN, keep),
             )
+
+    def run_stats(self) -> RunStats:
+        with self._cursor() as db:
+            # One read transaction: both queries see the same history.
+            db.execute("BEGIN")
+            try:
+                counts = db.execute(_RUN_COUNTS).fetchall()
+                latest = db.execute(_LATEST_RUNS).fetchall()
+            finally:
+                db.execute("COMMIT")
+        return RunStats.from_rows(counts, latest)
 
     # -- deferred calls -------------------------------------------------------------
 
