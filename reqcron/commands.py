@@ -18,6 +18,17 @@ from .records import Trigger
 _WORST = {0: 0, 75: 1, 1: 2, 124: 3, 2: 4}
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors as one sentence and exit code 2."""
 
@@ -53,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="wait for them; exit with the worst task's code")
     hist = command("history", cmd_history, "past runs, newest first", task="optional",
                    json_flag=True)
-    hist.add_argument("--limit", type=int, default=20, metavar="N")
+    hist.add_argument("--limit", type=_positive, default=20, metavar="N")
     hist.add_argument("--run", type=int, metavar="ID", help="one run's whole output")
     command("enable", cmd_enable, "turn a task's schedule on, for every trigger", task=True)
     command("disable", cmd_disable, "turn a task's schedule off, for every trigger", task=True)
@@ -61,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("crontab", cmd_crontab, "print crontab lines that run the same schedule")
     explain = command("explain", cmd_explain, "the next run times of a task", task=True,
                       json_flag=True)
-    explain.add_argument("--count", type=int, default=10, metavar="N")
+    explain.add_argument("--count", type=_positive, default=10, metavar="N")
     state = sub.add_parser("state", help="look after the state itself",
                            description="look after the state itself")
     actions = state.add_subparsers(dest="action", required=True, metavar="ACTION",
@@ -197,12 +208,13 @@ def cmd_history(args: argparse.Namespace) -> int:
         if args.json:
             _emit(data)
             return EXIT_OK
-        out = "".join(f"{k}: {v}\n" for k, v in data.items()
+        out = "".join(f"{k}: {_shown(k, v)}\n" for k, v in data.items()
                       if k not in ("output", "traceback", "full_error", "error") and v is not None)
         if run.error:
             out += f"error: {run.error}\n"
-        if run.output:
-            out += f"\n--- output ---\n{run.output.rstrip()}\n"
+        output = report.output_without_traceback(run)
+        if output.strip():
+            out += f"\n--- output ---\n{output.rstrip()}\n"
         if run.traceback:
             out += f"\n--- traceback ---\n{run.traceback.rstrip()}\n"
         sys.stdout.write(out)
@@ -215,10 +227,19 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     rows = [[str(r.id), label(r), r.trigger, report.local(r.start or r.created, zone),
              report.duration(r.duration), r.status + (f" x{r.slots}" if r.slots > 1 else ""),
-             (report.first_error_line(r) or "")[:70]] for r in runs]
+             report.shorten(report.first_error_line(r) or "", 70)] for r in runs]
     sys.stdout.write(_table(rows, ["RUN", "TASK", "TRIGGER", "START", "DURATION", "STATUS",
                                    "ERROR"]) if rows else "no runs yet\n")
     return EXIT_OK
+
+
+def _shown(key: str, value: Any) -> str:
+    """One field of a run for people: seconds rounded, data as JSON."""
+    if key in ("duration", "lateness"):
+        return report.duration(value)
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
 
 
 class _NoSuchRun(ReqCronError, LookupError):

@@ -412,17 +412,20 @@ class Docroot:
 
     # -- history -------------------------------------------------------------
 
-    def history(self, name: str | None = None, limit: int = 50) -> list[Run]:
-        """Return past runs, newest first (all tasks, or one)."""
+    def history(self, name: str | None = None, limit: int = 50, *,
+                before: int | None = None, after: int | None = None) -> list[Run]:
+        """Return past runs, newest first (all tasks, or one; a page: see Store.runs)."""
         if (name is not None and name not in self.catalog().tasks
                 and not self.store.runs(name, 1)):
             raise TaskLookupError(name, sorted(self._catalog.tasks))
         self.reap()
-        return self.store.runs(name, limit)
+        return self.store.runs(name, limit, before=before, after=after)
 
-    def recent_runs(self, name: str | None = None, limit: int = 50) -> list[Run]:
+    def recent_runs(self, name: str | None = None, limit: int = 50,
+                    statuses: tuple[str, ...] = (), *, before: int | None = None,
+                    after: int | None = None) -> list[Run]:
         """Return the latest runs as stored, newest first, without reaping or checks."""
-        return self.store.runs(name, limit)
+        return self.store.runs(name, limit, statuses, before=before, after=after)
 
     def get_run(self, run_id: int) -> Run | None:
         return self.store.get_run(run_id)

@@ -6,6 +6,7 @@ shapes documented in the README), so they never disagree.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -26,7 +27,13 @@ if TYPE_CHECKING:
 #: A task is starved when its first unclaimed slot is older than this many
 #: periods (and at least STARVED_MIN seconds): nothing triggered it.
 STARVED_MIN = 120.0
-FAILING = (Status.FAILED, Status.TIMEOUT, Status.LOST, Status.MISSED)
+#: The statuses of runs that ran.  A task's last run is its last of these: a
+#: slot skipped or missed after a failure must not hide it (nor clear FAILING).
+RAN = (Status.OK, Status.FAILED, Status.TIMEOUT, Status.LOST)
+FAILING = (Status.FAILED, Status.TIMEOUT, Status.LOST)
+#: Runs per task in the status page's strip, and per page of its history.
+STRIP_RUNS = 30
+PAGE_SIZE = 50
 
 
 def iso(ts: float | None, zone: tzinfo) -> str | None:
@@ -85,6 +92,46 @@ def first_error_line(run: Run) -> str | None:
     return run.error.splitlines()[0] if run.error else None
 
 
+def shorten(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, cut at a word boundary with an ellipsis."""
+    if len(text) <= width:
+        return text
+    cut = text[:width - 1]
+    space = cut.rfind(" ")
+    if space > width // 2:  # else one long word: cutting inside it shows more
+        cut = cut[:space]
+    return cut.rstrip(" ,;:") + "…"
+
+
+def output_without_traceback(run: Run) -> str:
+    """A run's output without the traceback the task process also printed into it.
+
+    The child prints its traceback to stderr (for logs that only see output);
+    shown beside the run's traceback, it would read twice.
+    """
+    output = run.output or ""
+    printed = (run.traceback or "").split("\nStack when asked to stop:")[0].strip()
+    if printed and printed in output:
+        head, _, tail = output.rpartition(printed)
+        output = head + tail.lstrip("\n")
+    return output
+
+
+def return_value(text: str | None) -> Any:
+    """The value a run returned, decoded from the JSON it is stored as; a repr stays text."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text, parse_constant=_not_json)
+    except ValueError:  # a repr (not JSON), or cut short by the cap
+        return text
+
+
+def _not_json(name: str) -> Any:
+    # NaN and Infinity load in Python but would make the output invalid JSON.
+    raise ValueError(name)
+
+
 def run_dict(run: Run, zone: tzinfo, full: bool = False) -> dict[str, Any]:
     """A run as the documented JSON shape."""
     data: dict[str, Any] = {
@@ -92,7 +139,7 @@ def run_dict(run: Run, zone: tzinfo, full: bool = False) -> dict[str, Any]:
         "slot": iso(run.slot, zone), "slots": run.slots, "lateness": run.lateness,
         "start": iso(run.start, zone), "end": iso(run.end, zone), "duration": run.duration,
         "exit_code": run.exit_code, "error": first_error_line(run),
-        "return_value": run.return_value,
+        "return_value": return_value(run.return_value),
     }
     if run.call is not None:
         from .calls import call_dict
@@ -114,11 +161,12 @@ def is_starved(schedule: Schedule, state: TaskState | None, at: float) -> bool:
     return at - state.next_due > max(2 * period, STARVED_MIN)
 
 
-def summary(doc: Docroot, history: int = 0) -> dict[str, Any]:
+def summary(doc: Docroot, history: int = 0, recent: int = 0) -> dict[str, Any]:
     """Every task with its schedule, next and last run and marks; load errors; where state is.
 
     While ``__tasks__.py`` is broken, its tasks are the last ones that loaded,
-    each marked ``broken``, so users see what is being missed.
+    each marked ``broken``, so users see what is being missed.  With
+    ``recent``, each task also has its latest runs (newest first, in short).
     """
     current = now()
     zone = doc.zone
@@ -129,9 +177,10 @@ def summary(doc: Docroot, history: int = 0) -> dict[str, Any]:
     for name in sorted(catalog.tasks):
         info, state = catalog.tasks[name], states.get(name)
         schedule = doc.schedule_of(name, state)
-        runs = doc.recent_runs(name, 20)
-        last = next((r for r in runs if r.status not in (Status.PENDING, Status.RUNNING)
-                     and (r.status != Status.SKIPPED or r.error != "disabled")), None)
+        runs = doc.recent_runs(name, max(recent, 20))
+        last = next((r for r in runs if r.status in RAN), None)
+        if last is None and len(runs) == max(recent, 20):  # a long run of skips: look further
+            last = next(iter(doc.recent_runs(name, 1, RAN)), None)
         enabled = state.enabled if state else info.enabled
         next_due = state.next_due if state and enabled else None
         starved = is_starved(schedule, state, current)
@@ -158,6 +207,8 @@ def summary(doc: Docroot, history: int = 0) -> dict[str, Any]:
             "error": catalog.error_of(name),
             "fix": crontab_due_line(doc) if starved else None,
         })
+        if recent:
+            entries[-1]["recent"] = [strip_dict(r, zone) for r in runs[:recent]]
     return {
         "docroot": str(doc.path),
         "state": doc.state_location,
@@ -168,6 +219,34 @@ def summary(doc: Docroot, history: int = 0) -> dict[str, Any]:
         "warnings": doc.warnings(),
         "history": [run_dict(r, zone) for r in doc.recent_runs(None, history)] if history else [],
     }
+
+
+def strip_dict(run: Run, zone: tzinfo) -> dict[str, Any]:
+    """A run in short, for the strip of a task's latest runs."""
+    return {"id": run.id, "status": run.status, "start": iso(run.start or run.created, zone),
+            "duration": run.duration, "slots": run.slots}
+
+
+def history_page(doc: Docroot, task: str | None = None, *, before: int | None = None,
+                 after: int | None = None, size: int = PAGE_SIZE
+                 ) -> tuple[list[Run], int | None, int | None]:
+    """One page of the history: its runs (newest first), and the cursors of the pages
+    around it: ``before`` for the older one, ``after`` for the newer one (None: none).
+
+    Cursors are run ids, not page numbers, so a page stays put while new runs
+    arrive.  Raises TaskLookupError for a task that is unknown and has no runs.
+    """
+    runs = doc.history(task, size + 1, before=before, after=after)
+    if after is not None:  # the extra run is the newest: another newer page follows
+        more_newer, runs = len(runs) > size, runs[-size:]
+        more_older = bool(runs) and bool(doc.recent_runs(task, 1, before=runs[-1].id))
+    else:
+        more_older, runs = len(runs) > size, runs[:size]
+        more_newer = before is not None and bool(runs) and bool(
+            doc.recent_runs(task, 1, after=runs[0].id))
+    older = runs[-1].id if more_older and runs else None
+    newer = runs[0].id if more_newer and runs else None
+    return runs, older, newer
 
 
 def explain(doc: Docroot, name: str, count: int) -> list[dict[str, Any]]:

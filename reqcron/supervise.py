@@ -295,8 +295,11 @@ def _outcome(
         out.error = f"its report was over {RESULT_READ_LIMIT} bytes and was dropped"
     elif not reported:
         out.error = f"its process exited with code {code} before run() returned"
+    where, frames = (None, "")
     if out.status != Status.OK and stack.data:
         where, frames = _stack_at_stop(stack.data.decode("utf-8", "replace"))
+    # The child always writes its thread ids first: frames only if it was asked to stop.
+    if frames.strip():
         frames = cap(f"Stack when asked to stop:\n{frames}", TRACEBACK_LIMIT // 2)
         before = cap(out.traceback, TRACEBACK_LIMIT // 2, keep_end=True) if out.traceback else ""
         out.traceback = f"{before}\n{frames}" if before else frames

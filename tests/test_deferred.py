@@ -536,6 +536,6 @@ def test_calls_show_on_the_status_page_with_their_function_and_arguments(site, j
     assert status.startswith("200")
     (shown,) = [h for h in json.loads(body)["history"] if h["id"] == result.id]
     assert shown["call"]["label"] == "add(40, 2)" and shown["call"]["args"] == [40, 2]
-    assert shown["status"] == "ok" and shown["return_value"] == "42"
+    assert shown["status"] == "ok" and shown["return_value"] == 42
     status, page = request(mw, "/_reqcron", **auth)
     assert b"add(40, 2)" in page

@@ -244,6 +244,19 @@ def test_store_prunes_finished_runs_only(store):
     assert statuses.count("ok") == 3 and statuses.count("running") == 1
 
 
+def test_store_pages_runs_before_and_after_an_id(store):
+    from reqcron.records import Run
+
+    ids = [store.add_run(Run(task="ab"[i % 2], trigger="manual", status=Status.OK,
+                             created=float(i))) for i in range(10)]
+    assert [r.id for r in store.runs(None, 3)] == ids[:-4:-1]
+    assert [r.id for r in store.runs(None, 3, before=ids[7])] == [ids[6], ids[5], ids[4]]
+    # After: the runs just newer than the id, still newest first.
+    assert [r.id for r in store.runs(None, 3, after=ids[1])] == [ids[4], ids[3], ids[2]]
+    assert [r.id for r in store.runs("a", 2, before=ids[6])] == [ids[4], ids[2]]
+    assert [r.id for r in store.runs("b", 9, after=ids[6])] == [ids[9], ids[7]]
+
+
 def test_store_caps_output(store):
     from reqcron.limits import OUTPUT_LIMIT
     from reqcron.records import Run

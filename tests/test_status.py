@@ -119,6 +119,92 @@ def test_login_form_sets_a_strict_httponly_cookie(app):
     assert page.status_int == 200 and b"Reindex" in page.body
 
 
+def add_runs(site, task, statuses, start=None):
+    """Record runs of ``task`` directly, oldest first, one a minute; return their ids."""
+    from reqcron.records import Run
+
+    start = start or __import__("time").time() - 3600
+    doc = Docroot(site)
+    try:
+        return [doc.store.add_run(Run(task=task, trigger="request", status=status,
+                                      created=start + 60 * i, start=start + 60 * i,
+                                      end=start + 60 * i + 0.5 * (i + 1),
+                                      error="stopped by its timeout" if status == "timeout"
+                                      else None))
+                for i, status in enumerate(statuses)]
+    finally:
+        doc.close()
+
+
+def test_each_task_has_a_strip_of_its_latest_runs(app, site):
+    import re
+
+    statuses = ["ok", "failed", "timeout", "skipped", "missed", "lost", "ok"] * 5
+    add_runs(site, "Reindex", statuses)
+    body = authed(app, "/_reqcron/").text
+    row = re.search(r"<tr><td><b>Reindex</b>.*?</tr>", body, re.S).group(0)
+    bars = re.findall(r'<rect class="bar b-(\w+)"[^>]*height="(\d+)"><title>([^<]*)</title>', row)
+    assert len(bars) == 30  # the latest 30, oldest on the left
+    assert [kind for kind, _, _ in bars[-7:]] == ["ok", "bad", "bad", "skip", "miss", "bad", "ok"]
+    heights = [int(h) for kind, h, _ in bars if kind in ("ok", "bad")]
+    assert max(heights) == 23 and min(heights) >= 2  # the longest fills it, the shortest shows
+    assert bars[-1][2].endswith(" · ok · 18 s") and " · skipped" in bars[-4][2]
+    assert 'href="/_reqcron/?task=Reindex#runs"' in row
+    broken = re.search(r"<tr><td><b>Broken</b>.*?</tr>", body, re.S).group(0)
+    assert 'aria-label="no runs yet"' in broken and "<rect" not in broken
+    data = json.loads(authed(app, "/_reqcron/?format=json").body)
+    recent = next(t for t in data["tasks"] if t["name"] == "Reindex")["recent"]
+    assert len(recent) == 30 and recent[0]["status"] == "ok" and recent[0]["duration"] == 17.5
+
+
+def test_history_filters_by_task_and_pages_by_run_id(app, site):
+    reindex = add_runs(site, "Reindex", ["ok"] * 60)
+    broken = add_runs(site, "Broken", ["failed"] * 3)
+    data = json.loads(authed(app, "/_reqcron/?format=json").body)
+    assert [h["id"] for h in data["history"]] == (broken[::-1] + reindex[::-1])[:50]
+    assert data["newer"] is None and data["next"] == reindex[-47]
+    older = json.loads(authed(app, f"/_reqcron/?format=json&before={data['next']}").body)
+    assert [h["id"] for h in older["history"]] == reindex[-48::-1]
+    assert older["next"] is None and older["newer"] == reindex[-48]
+    newer = json.loads(authed(app, f"/_reqcron/?format=json&after={older['newer']}").body)
+    assert [h["id"] for h in newer["history"]] == (broken[::-1] + reindex[::-1])[:50]
+    assert newer["newer"] is None and newer["next"] == reindex[-47]
+
+    only = json.loads(authed(app, "/_reqcron/?format=json&task=Broken").body)
+    assert only["task"] == "Broken" and [h["id"] for h in only["history"]] == broken[::-1]
+    assert only["next"] is None and only["newer"] is None
+    page = authed(app, "/_reqcron/?task=Reindex").text
+    assert "Runs of Reindex" in page and "failed" not in page.split('id="history"')[1]
+    assert f'href="/_reqcron/?task=Reindex&amp;before={reindex[-50]}#runs"' in page
+    assert '<option value="Reindex" selected>' in page
+
+
+@pytest.mark.parametrize(("query", "needle"), [
+    ("before=abc", "before must be a run id"),
+    ("before=0", "before must be a run id"),
+    ("after=-1", "after must be a run id"),
+    ("before=99999999999999999999999", "before must be a run id"),
+    ("before=3&after=1", "not both"),
+    ("task=Nope", "No task or call named 'Nope'"),
+    ("task=%00x", "task must be the name of a task"),
+    ("format=xml", "format must be html or json"),
+])
+def test_bad_parameters_are_a_clear_400(app, query, needle):
+    page = authed(app, f"/_reqcron/?{query}")
+    assert page.status_int == 400 and needle in page.text and "Traceback" not in page.text
+    if "format=" in query:
+        return
+    data = authed(app, f"/_reqcron/?{query}&format=json")
+    assert data.status_int == 400 and data.content_type == "application/json"
+    assert needle in json.loads(data.body)["error"]
+
+
+def test_json_asked_by_accept_header_is_a_json_401_too(app):
+    response = get(app, "/_reqcron/?task=Reindex", headers={"Accept": "application/json"})
+    assert response.status_int == 401 and response.content_type == "application/json"
+    assert set(json.loads(response.body)) == {"error"} and b"Reindex" not in response.body
+
+
 SERVER_APP = """
 from reqcron import ReqCron
 
@@ -148,6 +234,8 @@ def test_a_real_browser_logs_in_runs_a_task_sees_it_in_the_history_and_signs_out
     from conftest import runtask
 
     runtask(site, "Broken")  # something in the history already
+    # Enough history for two pages, and a full strip for Broken.
+    add_runs(site, "Broken", ["ok", "failed", "skipped", "timeout", "missed", "ok"] * 10)
     port = free_port()
     server = Server([str(Path(__import__("sys").executable).parent / "gunicorn"), "--workers",
                      "2", "--bind", f"127.0.0.1:{port}", "app:application"], tmp_path, port)
@@ -183,7 +271,7 @@ def test_a_real_browser_logs_in_runs_a_task_sees_it_in_the_history_and_signs_out
         def reindex_in_history():
             driver.get(server.url + "_reqcron/")
             return driver.find_elements(
-                By.XPATH, "//table[@id='history']//tr[td[2][text()='Reindex'] and "
+                By.XPATH, "//table[@id='history']//tr[td[2][.='Reindex'] and "
                           "td[6][text()='ok']]")
 
         wait_for(reindex_in_history, timeout=20, interval=0.5,
@@ -196,6 +284,52 @@ def test_a_real_browser_logs_in_runs_a_task_sees_it_in_the_history_and_signs_out
         # The Content-Security-Policy lets the page's own style and script run.
         body = driver.find_element(By.TAG_NAME, "body")
         assert body.value_of_css_property("background-color") == "rgba(246, 246, 244, 1)"
+        refused = [e["message"] for e in driver.get_log("browser")
+                   if "Content Security Policy" in e["message"]]
+        assert not refused
+
+        # Each task's strip of latest runs is drawn (inline SVG, no script).
+        strips = driver.find_elements(By.CSS_SELECTOR, "a.strip svg")
+        assert len(strips) == 2 and all(s.size["width"] > 100 for s in strips)
+        broken_bars = driver.find_elements(
+            By.XPATH, "//tr[td/b[text()='Broken']]//*[local-name()='rect']")
+        assert len(broken_bars) == 30
+        assert broken_bars[-1].value_of_css_property("fill") == "rgb(22, 163, 74)"  # ok
+        reindex_bars = driver.find_elements(
+            By.XPATH, "//tr[td/b[text()='Reindex']]//*[local-name()='rect']")
+        assert len(reindex_bars) >= 1
+
+        def rows():
+            return driver.find_elements(By.XPATH, "//table[@id='history']//tr[td]")
+
+        def click(link_text):
+            link = driver.find_element(By.LINK_TEXT, link_text)
+            link.click()
+            wait_for(lambda: stale(link), message=f"the page after {link_text!r}")
+
+        assert len(rows()) == 50 and not driver.find_elements(By.LINK_TEXT, "← newer")
+        newest_ids = [r.find_element(By.XPATH, "td[1]").text for r in rows()]
+        click("older →")
+        assert "before=" in driver.current_url and len(rows()) >= 12
+        assert not set(newest_ids) & {r.find_element(By.XPATH, "td[1]").text for r in rows()}
+        click("← newer")
+        assert [r.find_element(By.XPATH, "td[1]").text for r in rows()] == newest_ids
+
+        from selenium.webdriver.support.select import Select
+
+        choose = Select(driver.find_element(By.CSS_SELECTOR, "select[name=task]"))
+        choose.select_by_visible_text("Reindex")
+        show = driver.find_element(By.XPATH, "//button[text()='Show']")
+        show.click()
+        wait_for(lambda: stale(show), message="the page after Show")
+        assert "task=Reindex" in driver.current_url and "Runs of Reindex" in driver.page_source
+        assert {r.find_element(By.XPATH, "td[2]").text for r in rows()} == {"Reindex"}
+        strip = driver.find_element(By.XPATH, "//tr[td/b[text()='Broken']]//a[@class='strip']")
+        strip.click()
+        wait_for(lambda: stale(strip), message="the page after the Broken strip")
+        assert "task=Broken" in driver.current_url
+        assert {r.find_element(By.XPATH, "td[2]").text for r in rows()} == {"Broken"}
+        assert len(rows()) == 50 and driver.find_elements(By.LINK_TEXT, "older →")
         refused = [e["message"] for e in driver.get_log("browser")
                    if "Content Security Policy" in e["message"]]
         assert not refused

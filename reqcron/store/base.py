@@ -236,8 +236,10 @@ class Store:
         raise NotImplementedError
 
     def runs(self, name: str | None = None, limit: int = 50,
-             statuses: tuple[str, ...] = ()) -> list[Run]:
-        """Return runs, newest first."""
+             statuses: tuple[str, ...] = (), *, before: int | None = None,
+             after: int | None = None) -> list[Run]:
+        """Return runs, newest first: the newest ``limit`` with an id below ``before``,
+        or the ``limit`` just above ``after`` (a page of history either way)."""
         raise NotImplementedError
 
     def prune(self, name: str, keep: int) -> None:

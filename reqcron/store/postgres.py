@@ -444,7 +444,8 @@ class PostgresStore(Store):
         return run_from_row(row) if row else None
 
     def runs(self, name: str | None = None, limit: int = 50,
-             statuses: tuple[str, ...] = ()) -> list[Run]:
+             statuses: tuple[str, ...] = (), *, before: int | None = None,
+             after: int | None = None) -> list[Run]:
         where, params = ["site = %s"], [self.site]
         if name is not None:
             where.append("task = %s")
@@ -452,11 +453,19 @@ class PostgresStore(Store):
         if statuses:
             where.append("status = ANY(%s)")
             params.append(list(statuses))  # type: ignore[arg-type]
+        if before is not None:
+            where.append("id < %s")
+            params.append(before)  # type: ignore[arg-type]
+        if after is not None:
+            where.append("id > %s")
+            params.append(after)  # type: ignore[arg-type]
+        order = "ASC" if after is not None else "DESC"
         with self._cursor() as cur:
-            cur.execute(_RUN_SELECT + f" WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s",
+            cur.execute(_RUN_SELECT + f" WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT %s",
                         [*params, limit])
             rows = cur.fetchall()
-        return [run_from_row(r) for r in rows]
+        runs = [run_from_row(r) for r in rows]
+        return runs[::-1] if after is not None else runs
 
     def prune(self, name: str, keep: int) -> None:
         with self._cursor() as cur:

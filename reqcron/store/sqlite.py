@@ -342,18 +342,28 @@ class SQLiteStore(Store):
         return run_from_row(row) if row else None
 
     def runs(self, name: str | None = None, limit: int = 50,
-             statuses: tuple[str, ...] = ()) -> list[Run]:
-        where, params = [], []
+             statuses: tuple[str, ...] = (), *, before: int | None = None,
+             after: int | None = None) -> list[Run]:
+        where: list[str] = []
+        params: list[str | int] = []
         if name is not None:
             where.append("task = ?")
             params.append(name)
         if statuses:
             where.append(f"status IN ({', '.join('?' for _ in statuses)})")
             params.extend(statuses)
+        if before is not None:
+            where.append("id < ?")
+            params.append(before)
+        if after is not None:
+            where.append("id > ?")
+            params.append(after)
         sql = _SELECT_RUNS + (f" WHERE {' AND '.join(where)}" if where else "")
+        order = "ASC" if after is not None else "DESC"
         with self._cursor() as db:
-            rows = db.execute(sql + " ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall()
-        return [run_from_row(r) for r in rows]
+            rows = db.execute(sql + f" ORDER BY id {order} LIMIT ?", [*params, limit]).fetchall()
+        runs = [run_from_row(r) for r in rows]
+        return runs[::-1] if after is not None else runs
 
     def prune(self, name: str, keep: int) -> None:
         with self._cursor() as db:
