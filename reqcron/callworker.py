@@ -23,7 +23,7 @@ import signal
 import time
 
 from .limits import OUTPUT_LIMIT, RESULT_READ_LIMIT, TRACEBACK_LIMIT
-from .supervise import Outcome, _outcome, _pidfd, _signal_group, _Sink
+from .supervise import Outcome, _drained, _outcome, _pidfd, _signal_group, _Sink
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -106,20 +106,22 @@ class CallWorker:
             os._exit(0)
 
     def _stop_child(self) -> None:
-        if self._pid:
-            _signal_group(self._pid, signal.SIGKILL)
-            try:
-                os.waitpid(self._pid, 0)
-            except ChildProcessError:
-                pass
-            for fd in (self._cmd_w, self._out_r, self._res_r, self._stack_r, self._life_w,
-                       self._exited):
-                if fd is not None:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-            self._pid = 0
+        """Kill the child and what it started; reap it unless that happened already."""
+        if not self._pid:
+            return
+        pid, self._pid = self._pid, 0
+        _signal_group(pid, signal.SIGKILL)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # reaped by run() already
+            pass
+        for fd in (self._cmd_w, self._out_r, self._res_r, self._stack_r, self._life_w,
+                   self._exited):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def close(self) -> None:
         """End the child (between calls it waits for a command: nothing is cut short)."""
@@ -188,10 +190,10 @@ class CallWorker:
                 return self._outcome(0, reports[1], timed_out, output, timeout)
             if status is not None:  # the child died during the call
                 output.add(bytes(pending))
-                self._drain_after_death(output)
+                _drained({self._out_r: output, self._stack_r: self._stack})
                 report = reports[1] if len(reports) >= 2 else {}
                 outcome = self._outcome(status, report, timed_out, output, timeout)
-                self._forget_child()
+                self._stop_child()  # what the call started goes with it
                 return outcome
             clock = time.monotonic()
             if kill_at is None and deadline is not None and clock >= deadline:
@@ -204,27 +206,6 @@ class CallWorker:
             elif kill_at is not None and clock >= kill_at:
                 _signal_group(self._pid, signal.SIGKILL)
                 kill_at = float("inf")
-
-    def _drain_after_death(self, output: _Sink) -> None:
-        for fd, sink in ((self._out_r, output), (self._stack_r, self._stack)):
-            for _ in range(64):
-                if not select.select([fd], [], [], 0)[0]:
-                    break
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                sink.add(chunk)
-
-    def _forget_child(self) -> None:
-        pid, self._pid = self._pid, 0
-        _signal_group(pid, signal.SIGKILL)  # what the call started goes with it
-        for fd in (self._cmd_w, self._out_r, self._res_r, self._stack_r, self._life_w,
-                   self._exited):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
 
     def _outcome(self, status: int, report: dict[str, Any], timed_out: bool, output: _Sink,
                  timeout: float | None) -> tuple[Outcome, bool]:
