@@ -354,6 +354,7 @@ class Docroot:
         current = now() if at is None else at
         self.pulse(current)
         claims: list[Claim | None] = []
+        failed: list[int] = []  # slots recorded as failed: the task does not load
         for state in self.store.due_states(current):
             info = self._catalog.tasks.get(state.name)
             if info is None or state.signature != info.signature:
@@ -361,17 +362,20 @@ class Docroot:
             error = self._catalog.error_of(info.name)
             try:
                 if state.run_requested is not None and state.run_requested <= current:
-                    claims.append(claim_request(self.store, info, state, error, current))
+                    claims.append(claim_request(self.store, info, state, error, current,
+                                                failed))
                 if state.next_due is not None and state.next_due <= current:
                     schedule = self.schedule_of(info.name, state)
                     claims.append(claim_slot(self.store, info, state, schedule, error, trigger,
-                                             current))
+                                             current, failed))
             except StateError:
                 raise
             except Exception as exc:  # a bad value of one task
                 problem = park(self.store, info, state, current, exc)
                 self._log_once(logging.ERROR, "reqcron: task %s of %s: %s", info.name,
                                self.path, problem)
+        if failed:
+            self._tell([run for run_id in failed if (run := self.store.get_run(run_id))])
         return [c for c in claims if c is not None]
 
     def claim_due(self, name: str, trigger: Trigger = Trigger.CRON) -> Claim | None:
@@ -450,14 +454,18 @@ class Docroot:
         from .reaper import reap
 
         ended = reap(self.store, name)
-        tell = [(run, self._catalog.tasks[run.task]) for run in ended
-                if run.call is None and run.task in self._catalog.tasks
+        self._tell([run for run in ended if run.call is None])
+        return len(ended)
+
+    def _tell(self, runs: list[Run]) -> None:
+        """Notify about runs this process recorded as failed, from a thread of their own."""
+        tell = [(run, self._catalog.tasks[run.task]) for run in runs
+                if run.task in self._catalog.tasks
                 and (self._catalog.tasks[run.task].notify or self.settings.notify)]
         if tell:
             import threading
 
             threading.Thread(target=self._notify, args=(tell,), name="reqcron-notify").start()
-        return len(ended)
 
     def _notify(self, tell: list[tuple[Run, TaskInfo]]) -> None:
         from .alerts import notify_run

@@ -234,3 +234,23 @@ def test_a_fixed_file_that_keeps_failing_sends_nothing_more(make_docroot, hooks,
                                               flag=str(flag)) + "# touched\n")
     runtask(root, "Report")
     assert len(hooks.seen) == 1
+
+
+def test_a_slot_recorded_failed_because_the_file_broke_notifies(make_docroot, hooks):
+    source = f"""
+        from reqcron import Task
+
+        class Tick(Task):
+            every = 1
+            notify = "{hooks.url}/hook"
+    """
+    root = make_docroot(source)
+    doc = Docroot(root)
+    doc.due()  # the task is seen: its first slot is a second away
+    write(root / "__tasks__.py", source + "\nthis is not python\n")
+    wait_for(lambda: reqcron_cmd("due", str(root)) and Docroot(root).history("Tick"),
+             timeout=15, message="a slot recorded while the file is broken")
+    wait_for(lambda: hooks.seen, timeout=15, message="the notification")
+    data = json.loads(hooks.seen[0][2])
+    assert data["task"] == "Tick" and data["status"] == "failed"
+    assert "does not load" in data["error"]
