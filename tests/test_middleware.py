@@ -244,11 +244,11 @@ def test_an_unusable_state_dir_still_serves(make_docroot, middleware, tmp_path, 
         return sum("cannot be used" in r.getMessage() for r in caplog.records)
 
     with caplog.at_level(logging.ERROR, logger="reqcron"):
-        drive(both, logged, message="the unusable state to be logged")
+        drive(both, logged, timeout=30, message="the unusable state to be logged")
         seen = len(ticks())
         # Each check tends both sites: two more runs of the good one are two
         # more checks of the bad one.
-        drive(both, lambda: len(ticks()) >= seen + 2, message="two more checks")
+        drive(both, lambda: len(ticks()) >= seen + 2, timeout=30, message="two more checks")
     assert logged() == 1
     doc.close()
 
