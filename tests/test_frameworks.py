@@ -112,3 +112,45 @@ def _urls():
 
 
 urlpatterns = _urls()
+
+
+def test_flask_deferred_call_as_in_the_readme(make_docroot, tmp_path, monkeypatch):
+    """README, "Deferred calls": a receipt sent after the response, its status on a later page."""
+    flask = pytest.importorskip("flask")
+    import importlib
+
+    from reqcron import Result
+
+    root = make_docroot(TASKS)
+    (tmp_path / "shopmail.py").write_text(
+        "from reqcron import delay\n\n"
+        "@delay(retries=3, timeout=60)\n"
+        "def send_receipt(order_id: int, to: str) -> str:\n"
+        "    return 'sent'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    send_receipt = importlib.import_module("shopmail").send_receipt
+    app = flask.Flask(__name__)
+
+    @app.post("/orders/<int:order_id>/receipt")
+    def receipt(order_id):
+        result = send_receipt(order_id, "customer@example.org")
+        return {"call": result.id}, 202
+
+    @app.get("/calls/<int:call_id>")
+    def call_status(call_id):
+        result = Result.get(str(root), call_id)
+        if not result.is_ready():
+            return {"status": result.status}
+        return {"status": result.status, "error": result.error_message, "value": result.result}
+
+    app.wsgi_app = ReqCron(app.wsgi_app, str(root))
+    client = app.test_client()
+    posted = client.post("/orders/7/receipt")
+    assert posted.status_code == 202
+    call = posted.get_json()["call"]
+    posted.close()  # what every WSGI server does once the response is sent
+    shown = wait_for(lambda: (r := client.get(f"/calls/{call}").get_json())["status"] == "ok"
+                     and r, timeout=30, message="the receipt call to run")
+    assert shown == {"status": "ok", "error": None, "value": "sent"}
+    app.wsgi_app.close()
