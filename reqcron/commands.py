@@ -154,6 +154,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                     "slots are recorded as failed until they load again\n")
         for warning in data["warnings"]:
             out += f"\nwarning: {warning}\n"
+        calls = data["calls"]
+        if calls["queued"] or calls["running"]:
+            out += (f"\ndeferred calls: {calls['queued']} queued, {calls['running']} running "
+                    f"(reqcron history {doc.path} shows them)\n")
         out += f"\nstate: {data['state']}\n"
         sys.stdout.write(out)
     if data["load_errors"]:

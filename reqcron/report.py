@@ -212,6 +212,9 @@ def summary(doc: Docroot, history: int = 0, recent: int = 0) -> dict[str, Any]:
     return {
         "docroot": str(doc.path),
         "state": doc.state_location,
+        # The deferred calls waiting (for their time, or a process) and running now.
+        "calls": {"queued": doc.store.due_calls(float("inf"), 1_000_000),
+                  "running": doc.store.calls_running()},
         "timezone": str(zone),
         "now": iso(current, zone),
         "tasks": entries,

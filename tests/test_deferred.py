@@ -539,3 +539,14 @@ def test_calls_show_on_the_status_page_with_their_function_and_arguments(site, j
     assert shown["status"] == "ok" and shown["return_value"] == 42
     status, page = request(mw, "/_reqcron", **auth)
     assert b"add(40, 2)" in page
+
+
+def test_reqcron_list_shows_the_queue(site, jobs):
+    root = site()
+    mod = jobs(JOBS)
+    for n in range(3):
+        mod.add(n, n)
+    listed = reqcron_cmd("list", str(root))
+    assert "deferred calls: 3 queued, 0 running" in listed.stdout, listed.stdout
+    data = json.loads(reqcron_cmd("list", str(root), "--json").stdout)
+    assert data["calls"] == {"queued": 3, "running": 0}
