@@ -154,6 +154,11 @@ class Docroot:
         calls = pulse.call_due if pulse.call_due is not None and pulse.call_due > current else None
         return min((t for t in (pulse.earliest, calls) if t is not None), default=None)
 
+    def queue(self) -> dict[str, int]:
+        """How many deferred calls wait (for their time, or a process) and how many run."""
+        return {"queued": self.store.due_calls(float("inf"), 1_000_000),
+                "running": self.store.calls_running()}
+
     def drainers_wanted(self, at: float | None = None) -> int:
         """How many task processes to start for the deferred calls due now (max_processes)."""
         from .calls import SLOT_LOCK

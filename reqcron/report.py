@@ -213,8 +213,7 @@ def summary(doc: Docroot, history: int = 0, recent: int = 0) -> dict[str, Any]:
         "docroot": str(doc.path),
         "state": doc.state_location,
         # The deferred calls waiting (for their time, or a process) and running now.
-        "calls": {"queued": doc.store.due_calls(float("inf"), 1_000_000),
-                  "running": doc.store.calls_running()},
+        "calls": doc.queue(),
         "timezone": str(zone),
         "now": iso(current, zone),
         "tasks": entries,
