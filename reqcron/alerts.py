@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 
 from .records import Status
 
@@ -76,10 +77,24 @@ def check_target(target: str, what: str = "notify") -> None:
         check_url(target, what)
     elif ":" in target and all(p.replace(".", "").replace("_", "").isalnum()
                                for p in target.split(":", 1)):
-        pass  # module:callable, imported when a message is sent
+        pass  # module:callable: check_callable() imports it where task code is imported
     else:
         raise ValueError(f"{what} {target!r} must be mailto:ADDRESS, an http(s):// URL or "
                          "module:callable")
+
+
+def check_callable(target: str, what: str = "notify") -> None:
+    """Import a ``module:callable`` target now, so a typo is a load error, not a lost alert."""
+    import importlib
+
+    module, _, name = target.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), name, None)
+    except Exception as exc:
+        raise ValueError(f"{what} {target!r}: {module} cannot be imported: "
+                         f"{type(exc).__name__}: {exc}") from None
+    if not callable(found):
+        raise ValueError(f"{what} {target!r}: {module} has no function {name}")
 
 
 def check_url(url: str, what: str = "ping") -> str:
@@ -225,20 +240,27 @@ def _http(method: str, url: str, body: bytes | None = None,
 # -- pings ------------------------------------------------------------------------------
 
 
-def ping_start(url: str | None) -> None:
-    """``GET {ping}/start`` in a thread, so a slow endpoint never delays run()."""
+def ping_start(url: str | None) -> threading.Thread | None:
+    """``GET {ping}/start`` in a thread, so a slow endpoint never delays run().
+
+    Pass the thread to ping_end, which waits for it: the start must reach the
+    endpoint before the end, and before a short run's process exits.
+    """
     if not url:
-        return
-    import threading
+        return None
+    thread = threading.Thread(target=_ping, args=("GET", f"{url.rstrip('/')}/start", None),
+                              name="reqcron-ping", daemon=True)
+    thread.start()
+    return thread
 
-    threading.Thread(target=_ping, args=("GET", f"{url.rstrip('/')}/start", None),
-                     name="reqcron-ping", daemon=True).start()
 
-
-def ping_end(url: str | None, ok: bool, output: str | None) -> None:
+def ping_end(url: str | None, ok: bool, output: str | None,
+             started: threading.Thread | None = None) -> None:
     """``POST {ping}`` (or ``{ping}/fail``) with the end of the output; waits at most TIMEOUT."""
     if not url:
         return
+    if started is not None:
+        started.join(TIMEOUT)
     body = (output or "")[-PING_BODY:].encode("utf-8", "replace")
     _ping("POST", url.rstrip("/") + ("" if ok else "/fail"), body)
 

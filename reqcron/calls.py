@@ -138,6 +138,11 @@ def backoff(attempts: int) -> float:
     return float(min(BACKOFF * 2 ** max(attempts - 1, 0), BACKOFF_MAX))
 
 
+#: How a call's error starts when its return value was not JSON: trying again would only
+#: repeat what the call did (a mail sent twice), so such a call is not retried.
+NOT_JSON_RETURN = "TypeError: the return value is"
+
+
 def end_attempt(store: Store, run: Run, now: float, status: str, **fields: Any) -> bool:
     """Record how an attempt of a running call ended: queued again while retries remain.
 
@@ -151,7 +156,8 @@ def end_attempt(store: Store, run: Run, now: float, status: str, **fields: Any) 
             retries = Call.decode(run.call).retries
         except (ValueError, KeyError, TypeError):
             pass
-    if status != Status.OK and run.attempts <= retries:
+    final = str(fields.get("error") or "").startswith(NOT_JSON_RETURN)
+    if status != Status.OK and run.attempts <= retries and not final:
         return store.update_run_if(run.id, Status.RUNNING, status=Status.QUEUED,
                                    due=now + backoff(run.attempts), **fields)
     return store.update_run_if(run.id, Status.RUNNING, status=status, end=now, **fields)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from . import clock
-from .config import TASKS_FILE
 from .records import Claim, Run, Status, TaskState, Trigger
 from .schedule import Schedule
 from .store import Store
@@ -85,7 +84,7 @@ def _unless_runnable(info: TaskInfo, state: TaskState, run: Run, error: str | No
         run.error = f"found {lateness:.0f} s late, past its grace of {info.grace:g} s"
     elif error:
         run.status, run.exit_code = Status.FAILED, 2
-        run.error = f"not run: {TASKS_FILE} does not load: {error}"
+        run.error = f"not run: {error}"
     else:
         return
     run.end = current

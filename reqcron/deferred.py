@@ -144,7 +144,7 @@ def defer(call: Call, inline: Callable[[], Any], at: float | None,
     if root is None or _eager:
         call.encode()  # the same TypeError as a queued call would give
         if not _eager:
-            _log_once(logging.INFO, "reqcron: no DOCROOT in this process (no ReqCron "
+            _log_once(logging.WARNING, "reqcron: no DOCROOT in this process (no ReqCron "
                       "middleware, no REQCRON_DOCROOT): deferred calls run inline")
         return Result.inline(inline)
     engine = _engine(root)

@@ -364,7 +364,7 @@ class Docroot:
             info = self._catalog.tasks.get(state.name)
             if info is None or state.signature != info.signature:
                 continue  # removed, or this process's catalog is not the state's
-            error = self._catalog.error_of(info.name)
+            error = self._why_not(info.name)
             try:
                 if state.run_requested is not None and state.run_requested <= current:
                     claims.append(claim_request(self.store, info, state, error, current,
@@ -383,6 +383,17 @@ class Docroot:
             self._tell([run for run_id in failed if (run := self.store.get_run(run_id))])
         return [c for c in claims if c is not None]
 
+    def _why_not(self, name: str) -> str | None:
+        """Why ``name``'s due slots are recorded as failed rather than started, or None.
+
+        A reqcron.toml that does not load would stop every task process before
+        its run: its slots say so, instead of ending as lost runs.
+        """
+        if self._settings_error is not None:
+            return f"{CONFIG_FILE} does not load: {self._settings_error}"
+        error = self._catalog.error_of(name)
+        return f"{TASKS_FILE} does not load: {error}" if error else None
+
     def claim_due(self, name: str, trigger: Trigger = Trigger.CRON) -> Claim | None:
         """Claim ``name``'s slot if one is due now (for a run that starts anyway)."""
         from .claims import claim_slot
@@ -394,7 +405,7 @@ class Docroot:
         if state is None or state.next_due is None or state.next_due > current:
             return None
         return claim_slot(self.store, info, state, self.schedule_of(name, state),
-                          self._catalog.error_of(name), trigger, current)
+                          self._why_not(name), trigger, current)
 
     # -- steering ------------------------------------------------------------
 

@@ -310,9 +310,11 @@ def _error_at(path: Path, exc: BaseException, default_line: int | None = None) -
 
 def _check_alerts(task: Task) -> None:
     """A notify or ping that cannot be used is the task's load error, found now."""
-    from .alerts import check_url, targets
+    from .alerts import check_callable, check_url, targets
 
-    targets(task.notify, "notify")
+    for target in targets(task.notify, "notify"):
+        if not target.startswith(("mailto:", "http://", "https://")):
+            check_callable(target)
     if task.ping is not None:
         if not isinstance(task.ping, str):
             raise ValueError(f"ping must be an http(s):// URL, not {task.ping!r}")

@@ -21,6 +21,7 @@ from .zones import zone_named
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
+    import threading
     from typing import Any
 
     from .docroot import Docroot
@@ -133,10 +134,11 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
         }
         if run_id is None or not store.update_run_if(run_id, Status.PENDING, **running):
             run_id = store.add_run(Run(task=name, trigger=trigger, created=started, **running))
+        pinged = None
         if task.ping:
             from .alerts import ping_start
 
-            ping_start(task.ping)
+            pinged = ping_start(task.ping)
         outcome = supervise(
             task,
             docroot=docroot.path,
@@ -163,7 +165,7 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
         )
         store.prune(name, docroot.settings.history)
         if task.notify or docroot.settings.notify or task.ping:
-            _tell(docroot, task, run_id, outcome.status == Status.OK, outcome.output)
+            _tell(docroot, task, run_id, outcome.status == Status.OK, outcome.output, pinged)
     finally:
         run_lock.release()
         if task_lock is not None:
@@ -171,11 +173,12 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
     return exit_code
 
 
-def _tell(docroot: Docroot, task: Task, run_id: int, ok: bool, output: str) -> None:
+def _tell(docroot: Docroot, task: Task, run_id: int, ok: bool, output: str,
+          pinged: threading.Thread | None) -> None:
     """Ping, and notify if this run starts or ends a run of failures (alerts.py)."""
     from . import alerts
 
-    alerts.ping_end(task.ping, ok, output)
+    alerts.ping_end(task.ping, ok, output, pinged)
     run = docroot.store.get_run(run_id)
     if run is not None:
         alerts.notify_run(docroot.settings, docroot.store, run, alerts.targets(task.notify))

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .status import StatusPage
     from .watch import Watcher
 
+log = logging.getLogger("reqcron")
 _time = time.time
 _mono = time.monotonic
 _QUIET = 0.15  # seconds without file events before reloading: saves arrive in bursts
@@ -92,6 +93,12 @@ class Tender:
         self._status: StatusPage | None = None
         self._status_path = ""
         self._metrics_only = False
+        if status_path and not status_path.startswith("/"):
+            raise ValueError(f"status_path must start with '/', like '/_reqcron', not "
+                             f"{status_path!r}")
+        if bool(status_path) != bool(status_token or metrics_token):
+            log.warning("reqcron: the status page is off: it needs both status_path and "
+                        "status_token (or metrics_token)")
         if status_path and (status_token or metrics_token):
             if docroot is None:
                 raise ValueError(f"the status page needs a fixed DOCROOT: {type(self).__name__}"

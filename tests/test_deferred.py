@@ -115,6 +115,12 @@ def die():
     print("about to die")
     os._exit(3)
 
+@delay(retries=2)
+def returns_a_set(path):
+    with open(path, "a") as fh:
+        fh.write("mailed\\n")
+    return {1, 2}
+
 def plain():
     pass
 """
@@ -190,6 +196,18 @@ def test_a_failed_call_is_tried_again_after_a_back_off(site, jobs, tmp_path):
     assert (result.status, result.result) == ("ok", "done")
     assert tries.read_text().count("try") == 2
     assert Docroot(root).get_run(result.id).attempts == 2
+
+
+def test_a_return_value_that_is_not_json_fails_the_call_without_retrying_it(site, jobs,
+                                                                           tmp_path):
+    root = site()
+    log = tmp_path / "log"
+    result = jobs(JOBS).returns_a_set(str(log))
+    drain(root)
+    assert result.wait(5).status == "failed"
+    assert result.error_message.startswith("TypeError: the return value is a set")
+    assert log.read_text() == "mailed\n"  # once: trying again would mail again
+    assert Docroot(root).get_run(result.id).attempts == 1
 
 
 def test_only_functions_marked_with_delay_run_from_the_queue(site, jobs, tmp_path):

@@ -340,3 +340,18 @@ def test_a_task_removed_while_no_process_watched_is_not_claimed_later(make_docro
     Docroot(root).states()  # the next process to read it sees Tick gone
     write(root / "__tasks__.py", "broken(\n")
     assert Docroot(root).due(at=T0 + 100) == []
+
+
+def test_a_broken_reqcron_toml_records_due_slots_as_failed_with_its_error(make_docroot):
+    root = make_docroot(MINUTE_TASK, "[reqcron]\n")
+    doc = Docroot(root)
+    doc.due(at=T0)
+    toml = (root / "reqcron.toml").read_text()
+    write(root / "reqcron.toml", toml + "max_processes = 0\n")
+    assert doc.due(at=T0 + 31) == []  # no process that would die on the file
+    (run,) = doc.history("Tick")
+    assert run.status == "failed" and run.error.startswith("not run: reqcron.toml does not load")
+    assert "max_processes" in run.error
+    write(root / "reqcron.toml", toml)
+    (claim,) = doc.due(at=T0 + 91)
+    assert claim.task == "Tick"

@@ -139,7 +139,10 @@ def test_flask_deferred_call_as_in_the_readme(make_docroot, tmp_path, monkeypatc
 
     @app.get("/calls/<int:call_id>")
     def call_status(call_id):
-        result = Result.get(str(root), call_id)
+        try:
+            result = Result.get(str(root), call_id)
+        except LookupError:
+            return {"error": "no such call"}, 404
         if not result.is_ready():
             return {"status": result.status}
         return {"status": result.status, "error": result.error_message, "value": result.result}
@@ -153,4 +156,5 @@ def test_flask_deferred_call_as_in_the_readme(make_docroot, tmp_path, monkeypatc
     shown = wait_for(lambda: (r := client.get(f"/calls/{call}").get_json())["status"] == "ok"
                      and r, timeout=30, message="the receipt call to run")
     assert shown == {"status": "ok", "error": None, "value": "sent"}
+    assert client.get("/calls/999").status_code == 404
     app.wsgi_app.close()

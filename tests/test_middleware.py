@@ -10,9 +10,10 @@ import sys
 import time
 from wsgiref.validate import validator
 
+import pytest
 from conftest import drive, hello, reqcron_cmd, request, runtask, wait_for, write
 
-from reqcron import Docroot
+from reqcron import Docroot, ReqCron
 
 PROBE = """
 import json, os, time
@@ -360,3 +361,12 @@ def test_disable_stops_every_trigger_while_other_tasks_run_on(make_docroot, midd
     assert not [r for r in runs if r.start is not None]  # no process ran it
     assert "skipped" in reqcron_cmd("history", str(root), "Off").stdout
     doc.close()
+
+
+def test_a_status_page_set_up_wrong_says_so_at_construction(make_docroot, middleware, caplog):
+    root = make_docroot(PROBE)
+    with pytest.raises(ValueError, match="must start with '/'"):
+        ReqCron(hello, root, status_path="_reqcron", status_token="t")
+    with caplog.at_level(logging.WARNING, logger="reqcron"):
+        middleware(hello, root, status_path="/_reqcron")  # no token: off, and said
+    assert any("status page is off" in r.getMessage() for r in caplog.records)
