@@ -100,7 +100,8 @@ def test_a_disabled_task_is_listed_and_not_run_by_hand_or_run_now(site):
     assert "DISABLED" in reqcron_cmd("list", str(site)).stdout
     doc = Docroot(site)
     doc.run_now("Reindex")
-    (claim,) = doc.due()
+    # Beat (every second) may be due too on a slow machine: only Reindex is looked at.
+    (claim,) = [c for c in doc.due() if c.task == "Reindex"]
     spawned = [sys.executable, "-m", "reqcron.runtask", "--run-id", str(claim.run_id),
                str(site), "Reindex"]  # what the server starts for the claim
     assert subprocess.run(spawned, capture_output=True).returncode == 75
@@ -120,7 +121,7 @@ def test_due_wait_starts_due_tasks_and_returns_the_worst_code(site):
     assert "started Broken" in proc.stdout and "started Reindex" in proc.stdout
     statuses = {r.task: r.status for r in doc.history()}
     assert statuses["Broken"] == "failed" and statuses["Reindex"] == "ok"
-    assert all(r.trigger == "run_now" for r in doc.history())
+    assert all(r.trigger == "run_now" for r in doc.history() if r.task != "Beat")
     doc.close()
 
 
