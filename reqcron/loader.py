@@ -221,7 +221,9 @@ def _register(path: Path, places: list[Place], loaded: Loaded, zone: tzinfo | No
             loaded.errors.append(LoadError(file, at.line, str(exc), task_name))
             continue
         except Exception as exc:
-            err = _error_at(Path(file), exc, default_line=line)
+            # A bad notify or ping: the line that sets it, else the class's.
+            err = _error_at(Path(file), exc, default_line=_attribute_line(
+                Path(file), group[0], str(exc)) or line)
             loaded.errors.append(
                 LoadError(
                     err.file,
@@ -269,7 +271,8 @@ def _class_line(cls: type) -> int | None:
     return None
 
 
-_ATTRIBUTES = ("cron", "every", "at", "anchor", "timeout", "grace", "stop_grace", "timezone")
+_ATTRIBUTES = ("cron", "every", "at", "anchor", "timeout", "grace", "stop_grace", "timezone",
+               "notify", "ping")
 
 
 def _attribute_line(file: Path, cls: type, problem: str) -> int | None:

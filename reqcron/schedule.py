@@ -351,7 +351,7 @@ def describe_cron(expr: str) -> str:
     if minute == "*" and hour == "*":
         when = "every minute"
     elif minute.startswith("*/") and hour == "*":
-        when = f"every {minute[2:]} minutes"
+        when = "every minute" if minute == "*/1" else f"every {minute[2:]} minutes"
     elif minute.isdigit() and hour == "*":
         when = f"every hour at :{int(minute):02d}"
     elif minute.isdigit() and all(h.isdigit() for h in hour.split(",")):

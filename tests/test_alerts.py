@@ -197,6 +197,7 @@ def test_a_bad_notify_or_ping_is_a_load_error_naming_the_task(make_docroot, attr
     checked = reqcron_cmd("check", str(root))
     assert checked.returncode == 2
     assert "Report" in checked.stderr and attribute in checked.stderr, checked.stderr
+    assert "__tasks__.py:4:" in checked.stderr  # the line that sets it
     assert "Other" in Docroot(root).catalog().tasks
 
 
