@@ -34,6 +34,10 @@ SLOT_LOCK = "~calls-{}"
 TASKS_MODULE = "__tasks__"
 
 
+class Refused(Exception):
+    """The queue names something that is not a deferred function or task: run nothing."""
+
+
 class Call(Record):
     """What a deferred call runs: a function by import name, or a task by name."""
 

@@ -20,10 +20,19 @@ import json
 import os
 import select
 import signal
-import time
 
+from .calls import Refused
 from .limits import OUTPUT_LIMIT, RESULT_READ_LIMIT, TRACEBACK_LIMIT
-from .supervise import Outcome, _drained, _outcome, _pidfd, _signal_group, _Sink
+from .supervise import (
+    STOP_GRACE,
+    Outcome,
+    Stopper,
+    _drained,
+    _outcome,
+    _pidfd,
+    _signal_group,
+    _Sink,
+)
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -33,7 +42,6 @@ if TYPE_CHECKING:
 
     from .task import Task
 
-STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of a call that is stopped
 
 
 class CallWorker:
@@ -85,11 +93,10 @@ class CallWorker:
             stopping = set_up(out_w, stack_w, life_r)
             commands = os.fdopen(cmd_r, "rb")
             for line in commands:
-                task: Task | None = None
                 try:
                     task = self._build(line.decode())
                 except BaseException as exc:  # refused, or an import that fails
-                    refused = type(exc).__name__ == "Refused"
+                    refused = isinstance(exc, Refused)
                     report = {"ok": False, "refused": refused,
                               "error": f"refused: {exc}" if refused else _one_line(exc),
                               "traceback": None if refused else _trace(exc)}
@@ -131,24 +138,22 @@ class CallWorker:
 
     def run(self, call: str) -> tuple[Outcome, bool]:
         """Run the call (its JSON) in the child; return its outcome and whether it was refused."""
+        command = call.encode().replace(b"\n", b" ") + b"\n"
         if not self._pid:
             self._start()
         try:
-            os.write(self._cmd_w, call.encode().replace(b"\n", b" ") + b"\n")
+            os.write(self._cmd_w, command)
         except BrokenPipeError:  # the child died between calls: a fresh one
             self._stop_child()
             self._start()
-            os.write(self._cmd_w, call.encode().replace(b"\n", b" ") + b"\n")
+            os.write(self._cmd_w, command)
         output = _Sink(OUTPUT_LIMIT * 4, keep_end=True)
         lines = bytearray()
         reports: list[dict[str, Any]] = []
         pending = bytearray()  # output not yet known to come before the marker
         ended = False
         status: int | None = None
-        deadline: float | None = None
-        grace = STOP_GRACE
-        kill_at: float | None = None
-        timed_out = False
+        stop = Stopper(self._pid, STOP_GRACE)  # its timeout starts with the call, below
         timeout: float | None = None
         while True:
             watched = [self._out_r, self._res_r, self._stack_r]
@@ -178,8 +183,8 @@ class CallWorker:
                         reports.append(json.loads(line))
                         if len(reports) == 1:
                             timeout = reports[0].get("timeout")
-                            grace = reports[0].get("grace") or STOP_GRACE
-                            deadline = time.monotonic() + timeout if timeout else None
+                            stop.grace = reports[0].get("grace") or STOP_GRACE
+                            stop.set_timeout(timeout)
                 elif chunk:
                     self._stack.add(chunk)
             if status is None:
@@ -187,25 +192,15 @@ class CallWorker:
                 if done:
                     status = code
             if len(reports) >= 2 and ended:
-                return self._outcome(0, reports[1], timed_out, output, timeout)
+                return self._outcome(0, reports[1], stop.timed_out, output, timeout)
             if status is not None:  # the child died during the call
                 output.add(bytes(pending))
                 _drained({self._out_r: output, self._stack_r: self._stack})
                 report = reports[1] if len(reports) >= 2 else {}
-                outcome = self._outcome(status, report, timed_out, output, timeout)
+                outcome = self._outcome(status, report, stop.timed_out, output, timeout)
                 self._stop_child()  # what the call started goes with it
                 return outcome
-            clock = time.monotonic()
-            if kill_at is None and deadline is not None and clock >= deadline:
-                timed_out = True
-                _signal_group(self._pid, signal.SIGTERM)
-                kill_at = clock + grace
-            elif kill_at is None and self.stop_signal:
-                _signal_group(self._pid, signal.SIGTERM)
-                kill_at = clock + grace
-            elif kill_at is not None and clock >= kill_at:
-                _signal_group(self._pid, signal.SIGKILL)
-                kill_at = float("inf")
+            stop.check(self.stop_signal)
 
     def _outcome(self, status: int, report: dict[str, Any], timed_out: bool, output: _Sink,
                  timeout: float | None) -> tuple[Outcome, bool]:

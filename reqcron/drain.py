@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from .calls import SLOT_LOCK, TASKS_MODULE, Call, end_attempt
+from .calls import SLOT_LOCK, TASKS_MODULE, Call, Refused, check_json, end_attempt
 from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .records import Status, now
 from .task import Task
@@ -37,10 +37,6 @@ log = logging.getLogger("reqcron")
 
 LINGER = 1.0  # seconds a process waits for more calls after its last one
 _POLL = 0.002  # seconds between looks at the queue while it lingers
-
-
-class Refused(Exception):
-    """The queue names something that is not a deferred function or task: run nothing."""
 
 
 def drain_command(docroot: str) -> int:
@@ -87,17 +83,15 @@ def drain(settings: Settings, store: Store) -> int:
 
 
 def _drain_while_queued(settings: Settings, store: Store, slot: Lock, run_lock: Lock) -> None:
-    import signal
-
     from .callworker import CallWorker
+    from .supervise import catch_stop_signals, restore_signals
 
     worker = CallWorker(
         docroot=settings.docroot, config=settings.config, database=settings.database,
         build=lambda text: _task_for(settings, Call.decode(text)),
         close_in_child=(*slot.fds, *run_lock.fds, *store.connection_fds()),
     )
-    previous = {s: signal.signal(s, lambda signum, _f: worker.stop_signal.append(signum))
-                for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    previous = catch_stop_signals(worker.stop_signal)
     idle_until = time.monotonic() + LINGER
     try:
         while not worker.stop_signal:
@@ -111,8 +105,7 @@ def _drain_while_queued(settings: Settings, store: Store, slot: Lock, run_lock: 
             idle_until = time.monotonic() + LINGER
     finally:
         worker.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        restore_signals(previous)
 
 
 def run_call(store: Store, run: Run, worker: CallWorker) -> str:
@@ -163,8 +156,6 @@ class _CallTask(Task):
 
 def _as_json(value: Any) -> Any:
     """Let only JSON out of a call: its caller reads ``Result.result`` back."""
-    from .calls import check_json
-
     check_json(value, "the return value")
     return value
 

@@ -127,15 +127,10 @@ def supervise(
     os.close(stack_w)
     os.close(life_r)
     stop_signal: list[int] = []
-    previous = {
-        s: signal.signal(s, lambda signum, _frame: stop_signal.append(signum))
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    }
+    previous = catch_stop_signals(stop_signal)
     timeout = task.seconds("timeout")
-    grace = task.seconds("stop_grace") or 5.0
-    deadline = time.monotonic() + timeout if timeout else None
-    kill_at: float | None = None
-    timed_out = False
+    stop = Stopper(pid, task.seconds("stop_grace") or STOP_GRACE)
+    stop.set_timeout(timeout)
     output = _Sink(OUTPUT_LIMIT * 4, keep_end=True, echo=echo)  # bytes: up to 4 a character
     result = _Sink(RESULT_READ_LIMIT)
     stack = _Sink(TRACEBACK_LIMIT)
@@ -168,28 +163,63 @@ def supervise(
                     status = code
             if status is not None and (not streams or _drained(streams)):
                 break
-            clock = time.monotonic()
-            if kill_at is None and deadline is not None and clock >= deadline:
-                timed_out = True
-                _signal_group(pid, signal.SIGTERM)
-                kill_at = clock + grace
-            elif kill_at is None and stop_signal:
-                _signal_group(pid, signal.SIGTERM)
-                kill_at = clock + grace
-            elif kill_at is not None and clock >= kill_at and status is None:
-                _signal_group(pid, signal.SIGKILL)
-                kill_at = float("inf")
-        if kill_at is not None:  # a stopped run leaves nothing of its group behind
+            stop.check(stop_signal, alive=status is None)
+        if stop.kill_at is not None:  # a stopped run leaves nothing of its group behind
             _signal_group(pid, signal.SIGKILL)
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        restore_signals(previous)
         for fd in streams:
             os.close(fd)
         if exited is not None:
             os.close(exited)
         os.close(life_w)
-    return _outcome(status, timed_out, stop_signal, output, result, stack, timeout)
+    return _outcome(status, stop.timed_out, stop_signal, output, result, stack, timeout)
+
+
+STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a task sets no stop_grace
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def catch_stop_signals(into: list[int]) -> dict[int, Any]:
+    """Note a stop asked of this supervisor in ``into``; return the handlers to restore."""
+    return {s: signal.signal(s, lambda signum, _frame: into.append(signum))
+            for s in _STOP_SIGNALS}
+
+
+def restore_signals(previous: dict[int, Any]) -> None:
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
+class Stopper:
+    """When a task's process group is asked to stop (its timeout, or a stop asked of the
+    supervisor: SIGTERM) and when it is killed (SIGKILL, its grace later)."""
+
+    __slots__ = ("pgid", "grace", "deadline", "kill_at", "timed_out")
+
+    def __init__(self, pgid: int, grace: float):
+        self.pgid, self.grace = pgid, grace
+        self.deadline: float | None = None
+        self.kill_at: float | None = None
+        self.timed_out = False
+
+    def set_timeout(self, timeout: float | None) -> None:
+        """Start the clock of a run's timeout (None: no timeout)."""
+        self.deadline = time.monotonic() + timeout if timeout else None
+
+    def check(self, stop_signal: list[int], alive: bool = True) -> None:
+        """Send what is due now; call this at every turn of the supervisor's loop."""
+        clock = time.monotonic()
+        if self.kill_at is None and self.deadline is not None and clock >= self.deadline:
+            self.timed_out = True
+            _signal_group(self.pgid, signal.SIGTERM)
+            self.kill_at = clock + self.grace
+        elif self.kill_at is None and stop_signal:
+            _signal_group(self.pgid, signal.SIGTERM)
+            self.kill_at = clock + self.grace
+        elif self.kill_at is not None and clock >= self.kill_at and alive:
+            _signal_group(self.pgid, signal.SIGKILL)
+            self.kill_at = float("inf")
 
 
 def _pidfd(pid: int) -> int | None:
