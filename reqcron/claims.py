@@ -22,18 +22,19 @@ if TYPE_CHECKING:
 
 
 def claim_request(store: Store, info: TaskInfo, state: TaskState, error: str | None,
-                  current: float, failed: list[int] | None = None) -> Claim | None:
+                  current: float, failed: list[tuple[int, str]] | None = None
+                  ) -> Claim | None:
     """Take the task's run-now request; the run to start, or None.
 
-    The id of a run recorded as failed instead (the task does not load) is
-    added to ``failed``, for its notification.
+    The id and task of a run recorded as failed instead (the task does not
+    load) are added to ``failed``, for its notification.
     """
     assert state.run_requested is not None
     run = Run(task=info.name, trigger=Trigger.RUN_NOW, status=Status.PENDING, created=current)
     _unless_runnable(info, state, run, error, current, scheduled=False)
     run_id = store.claim_request(info.name, state.run_requested, run)
     if run_id is not None and run.status == Status.FAILED and failed is not None:
-        failed.append(run_id)
+        failed.append((run_id, info.name))
     if run_id is None or run.status != Status.PENDING:
         return None
     return Claim(run_id, info.name, Trigger.RUN_NOW, None)
@@ -41,7 +42,7 @@ def claim_request(store: Store, info: TaskInfo, state: TaskState, error: str | N
 
 def claim_slot(store: Store, info: TaskInfo, state: TaskState, schedule: Schedule,
                error: str | None, trigger: Trigger, current: float,
-               failed: list[int] | None = None) -> Claim | None:
+               failed: list[tuple[int, str]] | None = None) -> Claim | None:
     """Claim the task's latest due slot, standing for every slot passed since; or None.
 
     As claim_request, a run recorded as failed instead goes into ``failed``.
@@ -57,7 +58,7 @@ def claim_slot(store: Store, info: TaskInfo, state: TaskState, schedule: Schedul
                               following.timestamp() if following else None, run,
                               merge=run.status != Status.PENDING, clock=clock.offset())
     if run_id is not None and run.status == Status.FAILED and failed is not None:
-        failed.append(run_id)
+        failed.append((run_id, info.name))
     if run_id is None or run.status != Status.PENDING:
         return None
     return Claim(run_id, info.name, trigger, slot)

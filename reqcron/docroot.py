@@ -164,11 +164,8 @@ class Docroot:
         from .calls import SLOT_LOCK
 
         current = now() if at is None else at
-        pulse = self.store.pulse()
-        if pulse.call_due is None or pulse.call_due > current:
-            return 0
         most = self.settings.max_processes
-        waiting = self.store.due_calls(current, most)
+        waiting = self.store.due_calls(current, most)  # one small query, as a pulse is
         if not waiting:
             return 0
         started = self.store.held_task_locks([SLOT_LOCK.format(i) for i in range(most)])
@@ -359,7 +356,7 @@ class Docroot:
         current = now() if at is None else at
         self.pulse(current)
         claims: list[Claim | None] = []
-        failed: list[int] = []  # slots recorded as failed: the task does not load
+        failed: list[tuple[int, str]] = []  # slots recorded as failed: the task does not load
         for state in self.store.due_states(current):
             info = self._catalog.tasks.get(state.name)
             if info is None or state.signature != info.signature:
@@ -379,8 +376,7 @@ class Docroot:
                 problem = park(self.store, info, state, current, exc)
                 self._log_once(logging.ERROR, "reqcron: task %s of %s: %s", info.name,
                                self.path, problem)
-        if failed:
-            self._tell([run for run_id in failed if (run := self.store.get_run(run_id))])
+        self._tell(failed)
         return [c for c in claims if c is not None]
 
     def _why_not(self, name: str) -> str | None:
@@ -470,25 +466,25 @@ class Docroot:
         from .reaper import reap
 
         ended = reap(self.store, name)
-        self._tell([run for run in ended if run.call is None])
+        self._tell([(run.id, run.task) for run in ended if run.call is None and run.id])
         return len(ended)
 
-    def _tell(self, runs: list[Run]) -> None:
-        """Notify about runs this process recorded as failed, from a thread of their own."""
-        tell = [(run, self._catalog.tasks[run.task]) for run in runs
-                if run.task in self._catalog.tasks
-                and (self._catalog.tasks[run.task].notify or self.settings.notify)]
+    def _tell(self, runs: list[tuple[int, str]]) -> None:
+        """Notify about runs (id, task) this process recorded as failed, from a thread of
+        their own; nothing is read unless a task has somewhere to notify."""
+        tell = [(run_id, info) for run_id, task in runs
+                if (info := self._catalog.tasks.get(task))
+                and (info.notify or self.settings.notify)]
         if tell:
             import threading
 
             threading.Thread(target=self._notify, args=(tell,), name="reqcron-notify").start()
 
-    def _notify(self, tell: list[tuple[Run, TaskInfo]]) -> None:
+    def _notify(self, tell: list[tuple[int, TaskInfo]]) -> None:
         from .alerts import notify_run
 
-        for run, info in tell:
-            assert run.id is not None
-            recorded = self.store.get_run(run.id)
+        for run_id, info in tell:
+            recorded = self.store.get_run(run_id)  # as recorded now, not as found
             if recorded is not None:
                 notify_run(self.settings, self.store, recorded, info.notify)
 
