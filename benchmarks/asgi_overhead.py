@@ -47,7 +47,7 @@ def steady(wrapped, n: int):
 def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     os.environ["XDG_STATE_HOME"] = str(tmp / "state")
-    from reqcron.asgi import ReqCronASGI
+    from reqcron.web.asgi import ReqCronASGI
 
     labels = ["bare ASGI app", "cheapest wrapper"]
     apps = [asgi_app, CheapestASGI(asgi_app)]

@@ -20,11 +20,11 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from typing import Any
 
-    from .deferred import Result, delay, set_eager
-    from .docroot import Docroot
+    from .calls.delay import Result, delay, set_eager
+    from .engine.docroot import Docroot
     from .functions import cron, every
-    from .middleware import ReqCron
     from .records import Status, Trigger
+    from .web.wsgi import ReqCron
 
 __all__ = [
     "ConfigError",
@@ -47,11 +47,11 @@ __all__ = [
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Docroot": "docroot",
-    "ReqCron": "middleware",
-    "Result": "deferred",
-    "delay": "deferred",
-    "set_eager": "deferred",
+    "Docroot": "engine.docroot",
+    "ReqCron": "web.wsgi",
+    "Result": "calls.delay",
+    "delay": "calls.delay",
+    "set_eager": "calls.delay",
     "Status": "records",
     "Trigger": "records",
     "cron": "functions",

@@ -14,7 +14,7 @@ from .errors import ConfigError
 from .paths import TASKS_FILE as TASKS_FILE  # its usual home is here
 from .paths import is_inside
 from .records import Record
-from .zones import zone_named
+from .schedule.zones import zone_named
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:

@@ -52,7 +52,7 @@ def cron(
     _check_keywords("cron", attributes)
     problem = None
     if expr is None:
-        from .schedule import lists_to_cron
+        from .schedule.forms import lists_to_cron
 
         try:
             expr = lists_to_cron(minutes, hours, days, months, days_of_week)

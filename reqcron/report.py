@@ -12,17 +12,17 @@ import shlex
 import sys
 from datetime import UTC, datetime, timedelta, tzinfo
 
-from .docroot import Docroot
+from .engine.docroot import Docroot
 from .records import Run, Status, now
-from .schedule import Cron, Every
-from .zones import local_zone, zone_name
+from .schedule.forms import Cron, Every
+from .schedule.zones import local_zone, zone_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
     from .records import TaskState
-    from .schedule import Schedule
+    from .schedule.forms import Schedule
 
 #: A task is starved when its first unclaimed slot is older than this many
 #: periods (and at least STARVED_MIN seconds): nothing triggered it.
@@ -142,7 +142,7 @@ def run_dict(run: Run, zone: tzinfo, full: bool = False) -> dict[str, Any]:
         "return_value": return_value(run.return_value),
     }
     if run.call is not None:
-        from .calls import call_dict
+        from .engine.stored_calls import call_dict
 
         data["call"] = call_dict(run)
         data["due"] = iso(run.due, zone)

@@ -2,7 +2,7 @@
 
 import sys
 
-from .cli import runtask_main
+from .cli.main import runtask_main
 
 if __name__ == "__main__":
     sys.exit(runtask_main())

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     import logging
     from typing import Any, ClassVar
 
-    from .deferred import Result
-    from .schedule import Schedule
+    from .calls.delay import Result
+    from .schedule.forms import Schedule
 
 _FORMS = ("cron", "every", "at")
 MIN_EVERY = 1.0  # seconds: the shortest interval; each run starts a process
@@ -115,7 +115,7 @@ class Task:
         if self._called is not None:
             raise ScheduleError(self.name, "schedule() was called twice")
         if not used or used == ["fields"]:
-            from .schedule import fields_to_cron
+            from .schedule.forms import fields_to_cron
 
             try:
                 cron = fields_to_cron(minute, hour, dow, day, month)
@@ -133,7 +133,7 @@ class Task:
 
         For a task whose ``run()`` takes arguments; returns a Result at once.
         """
-        from .deferred import defer_task
+        from .calls.delay import defer_task
 
         return defer_task(cls, args, kwargs)
 
@@ -163,8 +163,8 @@ class Task:
         return self._compiled
 
     def _compile(self, default_zone: tzinfo | None) -> Schedule:
-        from . import schedule as sch
-        from .zones import local_zone, zone_named
+        from .schedule import forms as sch
+        from .schedule.zones import local_zone, zone_named
 
         forms = {k: getattr(type(self), k) for k in _FORMS if getattr(type(self), k) is not None}
         anchor = type(self).anchor

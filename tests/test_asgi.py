@@ -18,8 +18,9 @@ import pytest
 from conftest import wait_for
 from test_servers import TASKS, assert_each_slot_ran_once
 
-from reqcron import Docroot, ReqCron, deferred
-from reqcron.asgi import ReqCronASGI
+from reqcron import Docroot, ReqCron
+from reqcron.engine.stored_calls import delay as deferred
+from reqcron.web.asgi import ReqCronASGI
 
 BIN = Path(sys.executable).parent
 TOKEN = "s3cret"
@@ -112,7 +113,7 @@ def test_each_middleware_refuses_the_other_kind_of_app_in_one_sentence(make_docr
     from fastapi import FastAPI
     from starlette.applications import Starlette
 
-    from reqcron.tending import is_async_app
+    from reqcron.web.tender import is_async_app
 
     root = make_docroot(TASKS)
 
@@ -379,7 +380,7 @@ from django.http import HttpResponse, JsonResponse
 from django.urls import path
 
 import jobs
-from reqcron.deferred import _engine
+from reqcron.calls.delay import _engine
 
 DOCROOT = {docroot!r}
 

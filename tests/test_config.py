@@ -16,11 +16,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-import reqcron.zones
+import reqcron.schedule.zones
 from reqcron.config import HISTORY_MAX, Settings, load_settings, path_key
 from reqcron.errors import ConfigError, StateError
 from reqcron.paths import check_tasks_safety, ensure_private_dir, owner_warning
-from reqcron.zones import local_zone, local_zone_name, zone_name, zone_named
+from reqcron.schedule.zones import local_zone, local_zone_name, zone_name, zone_named
 
 SYSTEM_ZONEINFO = Path("/usr/share/zoneinfo")
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
@@ -396,7 +396,7 @@ def test_an_unknown_localtime_is_named_localtime_and_round_trips(fake_system, tm
 def test_the_search_of_zone_files_gives_up_when_bounded(fake_system, monkeypatch):
     etc, zones = fake_system
     shutil.copy(zones / "Etc/UTC", etc / "localtime")  # sorted last of the four
-    monkeypatch.setattr(reqcron.zones, "_SEARCH_LIMIT", 2)
+    monkeypatch.setattr(reqcron.schedule.zones, "_SEARCH_LIMIT", 2)
     assert local_zone_name(etc=etc, tzdirs=[zones]) == "localtime"
 
 

@@ -17,7 +17,7 @@ from conftest import hello, processes, reqcron_cmd, request, wait_for
 
 import reqcron
 from reqcron import Docroot, Result, StateError
-from reqcron.calls import Call, new_run
+from reqcron.engine.stored_calls import Call, new_run
 from reqcron.records import now
 
 TASKS = """\
@@ -278,7 +278,7 @@ def test_task_delay_runs_the_task_with_arguments(site):
     root = site()
     sys.path.insert(0, str(root))
     try:
-        from reqcron.loader import load_tasks
+        from reqcron.loading.loader import load_tasks
 
         mail = type(load_tasks(root, None).tasks["Mail"])
         result = mail.delay("a@example.org", copies=2)

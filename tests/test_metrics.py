@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import reqcron
 from reqcron import Docroot
-from reqcron.calls import Call, new_run
+from reqcron.engine.stored_calls import Call, new_run
 from reqcron.records import Run, Status, now
 
 TOKEN = "status-s3cret"
@@ -180,7 +180,7 @@ def test_a_broken_task_and_a_starved_one_show(make_site, middleware):
     assert doc.store.reposition("Minutely", state.next_due, state.signature, now() - 3600)
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from reqcron.metrics import DocrootCollector
+    from reqcron.web.metrics import DocrootCollector
 
     registry = CollectorRegistry()
     registry.register(DocrootCollector(Docroot(root)))

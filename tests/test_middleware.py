@@ -276,7 +276,8 @@ def test_a_task_process_that_dies_before_its_run_is_recorded_lost_at_once(
 ):
     wrapper = tmp_path / "python"
     wrapper.write_text("#!/bin/sh\n"  # reads the tasks, but never starts a run
-                       f'case "$*" in *reqcron.catalog*) exec {sys.executable} "$@";; esac\n'
+                       f'case "$*" in *reqcron.loading.catalog*) '
+                       f'exec {sys.executable} "$@";; esac\n'
                        "exit 3\n")
     wrapper.chmod(0o755)
     root = make_docroot(PROBE, f'[reqcron]\npython = "{wrapper}"\n')

@@ -12,8 +12,8 @@ import pytest
 from conftest import drive, hello, reqcron_cmd, runtask, write
 
 from reqcron import ConfigError, Docroot
-from reqcron.catalog import Catalog
-from reqcron.importing import module_files
+from reqcron.loading.catalog import Catalog
+from reqcron.loading.import_path import module_files
 
 TASKS = """
     from reqcron import Task

@@ -60,7 +60,7 @@ def test_each_slot_runs_once_across_hosts_racing_due(hosts, tmp_path):
     deadline = time.monotonic() + 6
     loops = [subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom reqcron import Docroot\n"
-         "from reqcron.spawn import Spawner\nfrom reqcron.records import Trigger\n"
+         "from reqcron.run.spawn import Spawner\nfrom reqcron.records import Trigger\n"
          "doc, sp = Docroot(sys.argv[1]), Spawner()\n"
          f"while time.monotonic() < {deadline}:\n"
          "    [sp.start(doc, c) for c in doc.due(Trigger.DUE)]\n    time.sleep(0.01)\n"

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from reqcron import ScheduleError, Task
-from reqcron.schedule import Cron, Every, fields_to_cron
+from reqcron.schedule.forms import Cron, Every, fields_to_cron
 
 AMS = ZoneInfo("Europe/Amsterdam")
 NY = ZoneInfo("America/New_York")

@@ -20,8 +20,8 @@ from conftest import wait_for
 from webob import Request
 
 from reqcron import Docroot, ReqCron
-from reqcron.gate import FAILURES_PER_CLIENT, FAILURES_PER_PROCESS, SESSION_SECONDS, Throttle
-from reqcron.status import StatusPage
+from reqcron.web.gate import FAILURES_PER_CLIENT, FAILURES_PER_PROCESS, SESSION_SECONDS, Throttle
+from reqcron.web.status import StatusPage
 
 TOKEN = "s3cret-token"
 TASKS = """

@@ -57,8 +57,8 @@ class Huge(Task):
 
 class Overreports(Task):                    # a child whose own caps have gone wrong
     def run(self):
-        import reqcron.taskchild
-        reqcron.taskchild.RETURN_VALUE_LIMIT = 10**9
+        import reqcron.run.child
+        reqcron.run.child.RETURN_VALUE_LIMIT = 10**9
         return "y" * 5_000_000
 """
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
-from reqcron.watch import Watcher
+from reqcron.web.watch import Watcher
 
 QUIET = 1.0  # s; longer than watchdog's inotify delay (0.5 s) for a read's events to arrive
 

@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .. import locks
 from ..errors import StateError
 from ..limits import capped_field
 from ..records import RUN_COLUMNS, Run, TaskState
+from . import locks
 from .base import (
     CLOCK_KEY,
     REMOVED,

@@ -30,11 +30,11 @@ from urllib.parse import urlencode, urlsplit
 
 from webob import Request, Response
 
-from . import report
-from .docroot import Docroot
-from .errors import ReqCronError, TaskLookupError
+from .. import report
+from ..engine.docroot import Docroot
+from ..errors import ReqCronError, TaskLookupError
+from ..records import Run, now
 from .gate import SESSION_SECONDS, Gate
-from .records import Run, now
 
 COOKIE = "reqcron_session"
 ACTIONS = ("run", "enable", "disable")

@@ -8,11 +8,11 @@ import sys
 import time
 from typing import Any, NoReturn
 
-from . import report
-from .docroot import Docroot
-from .errors import ReqCronError
-from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from .records import Trigger
+from .. import report
+from ..engine.docroot import Docroot
+from ..errors import ReqCronError
+from ..exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from ..records import Trigger
 
 #: Which exit code of several runs is the worst, for `due --wait`.
 _WORST = {0: 0, 75: 1, 1: 2, 124: 3, 2: 4}
@@ -37,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = _Parser(prog="reqcron", description="See and steer the tasks of a DOCROOT.")
     parser.add_argument("--version", action="version", version=f"reqcron {__version__}")
@@ -112,7 +112,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import run_command
+    from ..run.runner import run_command
 
     return run_command(args.docroot, args.task)
 
@@ -173,8 +173,8 @@ def _ts(value: str | None) -> float | None:
 
 
 def cmd_due(args: argparse.Namespace) -> int:
-    from .paths import owner_warning
-    from .spawn import Spawner
+    from ..paths import owner_warning
+    from ..run.spawn import Spawner
 
     doc = _open(args)
     load_errors = doc.load_errors()
@@ -227,7 +227,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         _emit([report.run_dict(r, zone) for r in runs])
         return EXIT_OK
-    from .calls import label
+    from ..engine.stored_calls import label
 
     rows = [[str(r.id), label(r), r.trigger, report.local(r.start or r.created, zone),
              report.duration(r.duration), r.status + (f" x{r.slots}" if r.slots > 1 else ""),
@@ -312,7 +312,7 @@ def cmd_crontab(args: argparse.Namespace) -> int:
 
 
 def cmd_state_copy(args: argparse.Namespace) -> int:
-    from .store.postgres import redact
+    from ..store.postgres import redact
 
     if not args.url.startswith(("postgresql://", "postgres://")):
         raise _Usage(f"URL must be a PostgreSQL URL (postgresql://...), not "

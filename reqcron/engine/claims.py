@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from . import clock
-from .records import Claim, Run, Status, TaskState, Trigger
-from .schedule import Schedule
-from .store import Store
+from ..records import Claim, Run, Status, TaskState, Trigger
+from ..schedule import clock
+from ..schedule.forms import Schedule
+from ..store import Store
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
-    from .catalog import TaskInfo
+    from ..loading.catalog import TaskInfo
 
 
 def claim_request(store: Store, info: TaskInfo, state: TaskState, error: str | None,

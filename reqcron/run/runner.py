@@ -12,20 +12,20 @@ import logging
 import os
 import sys
 
-from .errors import NotRun, TaskLookupError
-from .exits import EXIT_FAILED, EXIT_NOT_RUN, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE
-from .loader import load_tasks
-from .records import Run, Status, Trigger, now
+from ..errors import NotRun, TaskLookupError
+from ..exits import EXIT_FAILED, EXIT_NOT_RUN, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE
+from ..loading.loader import load_tasks
+from ..records import Run, Status, Trigger, now
+from ..schedule.zones import zone_named
 from .supervise import supervise
-from .zones import zone_named
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     import threading
     from typing import Any
 
-    from .docroot import Docroot
-    from .task import Task
+    from ..engine.docroot import Docroot
+    from ..task import Task
 
 log = logging.getLogger("reqcron")
 
@@ -35,14 +35,14 @@ _EXIT_CODES = {Status.OK: EXIT_OK, Status.TIMEOUT: EXIT_TIMEOUT}  # else EXIT_FA
 def run_command(docroot_path: str, name: str, *, run_id: int | None = None,
                 if_due: bool = False) -> int:
     """What ``runtask`` and ``reqcron run`` do: open the DOCROOT, run the task, close."""
-    from .docroot import Docroot
+    from ..engine.docroot import Docroot
 
     logging.basicConfig(level=logging.WARNING, format="runtask: %(message)s")
     docroot = Docroot(docroot_path, log_load_errors=False)  # a refusal names them
     os.environ["REQCRON_DOCROOT"] = str(docroot.path)  # where calls the task defers go
     try:
         if run_id is None:  # a person or a crontab, not the server
-            from .paths import owner_warning
+            from ..paths import owner_warning
 
             warning = owner_warning(docroot.path)
             if warning:
@@ -136,7 +136,7 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
             run_id = store.add_run(Run(task=name, trigger=trigger, created=started, **running))
         pinged = None
         if task.ping:
-            from .alerts import ping_start
+            from ..alerts import ping_start
 
             pinged = ping_start(task.ping)
         outcome = supervise(
@@ -176,7 +176,7 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
 def _tell(docroot: Docroot, task: Task, run_id: int, ok: bool, output: str,
           pinged: threading.Thread | None) -> None:
     """Ping, and notify if this run starts or ends a run of failures (alerts.py)."""
-    from . import alerts
+    from .. import alerts
 
     alerts.ping_end(task.ping, ok, output, pinged)
     run = docroot.store.get_run(run_id)

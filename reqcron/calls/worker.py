@@ -21,9 +21,9 @@ import os
 import select
 import signal
 
-from .calls import Refused
-from .limits import OUTPUT_LIMIT, RESULT_READ_LIMIT, TRACEBACK_LIMIT
-from .supervise import (
+from ..engine.stored_calls import Refused
+from ..limits import OUTPUT_LIMIT, RESULT_READ_LIMIT, TRACEBACK_LIMIT
+from ..run.supervise import (
     STOP_GRACE,
     Outcome,
     Stopper,
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
-    from .task import Task
+    from ..task import Task
 
 
 
@@ -87,7 +87,7 @@ class CallWorker:
 
     def _serve(self, cmd_r: int, out_w: int, res_w: int, stack_w: int,
                life_r: int) -> None:  # pragma: no cover - runs in the child
-        from .taskchild import _trace, bind_context, run_one, send, set_up
+        from ..run.child import _trace, bind_context, run_one, send, set_up
 
         try:
             stopping = set_up(out_w, stack_w, life_r)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from .schedule import Cron, Schedule
+from .forms import Cron, Schedule
 
 #: A wall clock this much further behind the monotonic one than at the
 #: latest claim has been set back.

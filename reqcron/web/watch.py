@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Callable
 
-from .config import CONFIG_FILE, TASKS_FILE
+from ..config import CONFIG_FILE, TASKS_FILE
 
 log = logging.getLogger("reqcron")
 

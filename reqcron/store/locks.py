@@ -16,7 +16,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .paths import ensure_private_dir
+from ..paths import ensure_private_dir
 
 
 class FileLock:

@@ -6,8 +6,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import ReqCronError
-from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from ..errors import ReqCronError
+from ..exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def _guarded(prog: str, body: Callable[[], int]) -> int:
     """Run ``body``; turn reqcron's errors into one sentence on stderr and exit 2."""
-    from .errors import NotRun
+    from ..errors import NotRun
 
     try:
         return body()
@@ -72,7 +72,7 @@ def runtask_main(argv: Sequence[str] | None = None) -> int:
     docroot, name = args
 
     def body() -> int:
-        from .runner import run_command
+        from ..run.runner import run_command
 
         return run_command(docroot, name, run_id=run_id, if_due=if_due)
 
@@ -80,7 +80,7 @@ def runtask_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _drain(docroot: str) -> int:
-    from .drain import drain_command
+    from ..calls.drain import drain_command
 
     return drain_command(docroot)
 

@@ -2,7 +2,7 @@
 
 The web server's processes never import ``__tasks__.py``: a file that
 exits, loops, forks or floods at import must not harm them.  A child
-(``python -P -m reqcron.catalog DOCROOT ZONE``) imports it, turns each task
+(``python -P -m reqcron.loading.catalog DOCROOT ZONE``) imports it, turns each task
 into a ``TaskInfo`` and prints the catalog as JSON; the parent gives it a
 time limit, reads a capped answer and kills whatever it left behind.  The
 result is kept in the state, so each change is read once per site.
@@ -15,17 +15,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import alerts
-from .config import TASKS_FILE
-from .limits import ERROR_LIMIT, cap
+from .. import alerts
+from ..config import TASKS_FILE
+from ..limits import ERROR_LIMIT, cap
+from ..records import Record
 from .loader import LoadError, load_tasks
-from .records import Record
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from typing import Any
 
-    from .task import Task
+    from ..task import Task
 
 
 def _read_timeout(default: float = 10.0) -> float:
@@ -184,7 +184,7 @@ def build(docroot: Path, zone_name: str, modules: Sequence[str] = (),
           django_settings: str | None = None) -> Catalog:
     """Import the tasks file (and ``modules``) in this process and describe them
     (the child's half)."""
-    from .zones import zone_named
+    from ..schedule.zones import zone_named
 
     loaded = load_tasks(docroot, zone_named(zone_name), modules=modules,
                         django_settings=django_settings)
@@ -214,7 +214,7 @@ def read(docroot: Path, python: str, zone_name: str, timeout: float = READ_TIMEO
     def failure(message: str) -> Catalog:
         return Catalog.failed(zone_name, LoadError(where, None, message))
 
-    command = [python, "-P", "-m", "reqcron.catalog", str(docroot), zone_name,
+    command = [python, "-P", "-m", "reqcron.loading.catalog", str(docroot), zone_name,
                *(["--django", django_settings] if django_settings else []), *modules]
     try:
         child = subprocess.Popen(
@@ -270,7 +270,7 @@ def read(docroot: Path, python: str, zone_name: str, timeout: float = READ_TIMEO
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -P -m reqcron.catalog DOCROOT ZONE [--django SETTINGS] [MODULE ...]``:
+    """``python -P -m reqcron.loading.catalog DOCROOT ZONE [--django SETTINGS] [MODULE ...]``:
     print the catalog as JSON."""
     docroot, zone_name, *modules = argv if argv is not None else sys.argv[1:]
     django_settings = None

@@ -28,18 +28,18 @@ import weakref
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from .calls import HOLD, TASKS_MODULE, Call, new_run
-from .logonce import LogOnce
-from .records import FINAL, Status, now
+from ..engine.stored_calls import HOLD, TASKS_MODULE, Call, new_run
+from ..logonce import LogOnce
+from ..records import FINAL, Status, now
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
     from typing import Any
 
-    from .docroot import Docroot
-    from .records import Run
-    from .tending import Tender
+    from ..engine.docroot import Docroot
+    from ..records import Run
+    from ..web.tender import Tender
 
 log = logging.getLogger("reqcron")
 
@@ -122,7 +122,7 @@ def import_name(function: Callable[..., Any]) -> str:
     if module == "__main__":
         raise TypeError(f"@delay cannot mark {qualname} in __main__ (a script run directly): "
                         "a task process cannot import it; move it into a module")
-    from .loader import TASKS_MODULE_PREFIX
+    from ..loading.loader import TASKS_MODULE_PREFIX
 
     if module.startswith(TASKS_MODULE_PREFIX):
         module = TASKS_MODULE  # the DOCROOT's own file, under one name on every host
@@ -211,8 +211,8 @@ def _serving() -> tuple[Tender | None, Hashable, str | None] | None:
     """
     if not _middlewares:
         return None
-    from .asgi import ReqCronASGI, current_request
-    from .middleware import ReqCron
+    from ..web.asgi import ReqCronASGI, current_request
+    from ..web.wsgi import ReqCron
 
     wsgi, asgi = ReqCron.__call__.__code__, ReqCronASGI.__call__.__code__
     frame = sys._getframe(1)
@@ -232,7 +232,7 @@ def _serving() -> tuple[Tender | None, Hashable, str | None] | None:
 
 
 def _engine(root: str) -> Docroot:
-    from .docroot import Docroot
+    from ..engine.docroot import Docroot
 
     key = os.fspath(root)
     with _lock:

@@ -9,12 +9,12 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import tzinfo
 from pathlib import Path
 
-from . import importing
-from .config import TASKS_FILE, path_key
-from .errors import ScheduleError
-from .paths import check_tasks_safety
-from .records import Record
-from .task import Task
+from ..config import TASKS_FILE, path_key
+from ..errors import ScheduleError
+from ..paths import check_tasks_safety
+from ..records import Record
+from ..task import Task
+from . import import_path as importing
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")
 
@@ -313,7 +313,7 @@ def _error_at(path: Path, exc: BaseException, default_line: int | None = None) -
 
 def _check_alerts(task: Task) -> None:
     """A notify or ping that cannot be used is the task's load error, found now."""
-    from .alerts import check_callable, check_url, targets
+    from ..alerts import check_callable, check_url, targets
 
     for target in targets(task.notify, "notify"):
         if not target.startswith(("mailto:", "http://", "https://")):

@@ -10,10 +10,10 @@ prometheus_client is an optional extra, imported only when scraped.
 
 from __future__ import annotations
 
-from .docroot import Docroot
-from .errors import ScheduleError
-from .records import Status, now
-from .report import is_starved
+from ..engine.docroot import Docroot
+from ..errors import ScheduleError
+from ..records import Status, now
+from ..report import is_starved
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:

@@ -17,10 +17,10 @@ import os
 import subprocess
 import threading
 
-from .docroot import Docroot
-from .logonce import LogOnce
-from .paths import ensure_private_dir
-from .records import Claim
+from ..engine.docroot import Docroot
+from ..logonce import LogOnce
+from ..paths import ensure_private_dir
+from ..records import Claim
 
 SPAWN_LOG = "runtask.log"  # what task processes print outside any run, in the state dir
 

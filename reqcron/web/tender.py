@@ -23,11 +23,11 @@ from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import deferred
-from .docroot import Docroot
-from .logonce import LogOnce
-from .records import Trigger
-from .spawn import Spawner
+from ..calls import delay as deferred
+from ..engine.docroot import Docroot
+from ..logonce import LogOnce
+from ..records import Trigger
+from ..run.spawn import Spawner
 
 if TYPE_CHECKING:
     from .status import StatusPage

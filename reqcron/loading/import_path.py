@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import CONFIG_FILE
+from ..config import CONFIG_FILE
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 
-from .limits import CALL_LIMIT
-from .records import Record, Run, Status, Trigger
+from ..limits import CALL_LIMIT
+from ..records import Record, Run, Status, Trigger
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from typing import Any
 
-    from .store import Store
+    from ..store import Store
 
 #: A call deferred during a request waits this long for its response to be sent
 #: (the middleware brings it forward then); a server that dies meanwhile does

@@ -25,15 +25,15 @@ import signal
 import sys
 import time
 
-from . import taskchild
-from .limits import (
+from ..limits import (
     OUTPUT_LIMIT,
     RESULT_READ_LIMIT,
     TRACEBACK_LIMIT,
     cap,
 )
-from .records import Record, Status
-from .taskchild import bind_context, run_child
+from ..records import Record, Status
+from . import child as taskchild
+from .child import bind_context, run_child
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
-    from .task import Task
+    from ..task import Task
 
 
 

@@ -16,14 +16,14 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import catalog as catalogs
-from .records import TaskState, now
-from .store import REMOVED, Store, TaskSync
+from ..loading import catalog as catalogs
+from ..records import TaskState, now
+from ..store import REMOVED, Store, TaskSync
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
-    from .catalog import Catalog
-    from .schedule import Schedule
+    from ..loading.catalog import Catalog
+    from ..schedule.forms import Schedule
 
     ScheduleOf = Callable[[str, float | None], Schedule | None]
 

@@ -14,27 +14,27 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import catalog as catalogs
-from . import sync
-from .config import CONFIG_FILE, TASKS_FILE, Settings, load_settings
-from .errors import ConfigError, ScheduleError, StateError, TaskLookupError
-from .importing import module_files
-from .loader import LoadError, load_tasks
-from .logonce import LogOnce
-from .paths import check_tasks_safety, docroot_path
-from .records import Claim, Run, TaskState, Trigger, now
-from .store import CLOCK_KEY, SQLiteStore, Store, open_store
-from .zones import local_zone, zone_name, zone_named
+from ..config import CONFIG_FILE, TASKS_FILE, Settings, load_settings
+from ..errors import ConfigError, ScheduleError, StateError, TaskLookupError
+from ..loading import catalog as catalogs
+from ..loading.import_path import module_files
+from ..loading.loader import LoadError, load_tasks
+from ..logonce import LogOnce
+from ..paths import check_tasks_safety, docroot_path
+from ..records import Claim, Run, TaskState, Trigger, now
+from ..schedule.zones import local_zone, zone_name, zone_named
+from ..store import CLOCK_KEY, SQLiteStore, Store, open_store
+from . import catalog_sync as sync
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
 
-    from .catalog import Catalog, TaskInfo
-    from .schedule import Schedule
-    from .store import Pulse
-    from .store.base import RunStats
-    from .task import Task
+    from ..loading.catalog import Catalog, TaskInfo
+    from ..schedule.forms import Schedule
+    from ..store import Pulse
+    from ..store.base import RunStats
+    from ..task import Task
 
 log = logging.getLogger("reqcron")
 
@@ -101,7 +101,7 @@ class Docroot:
         SQLite state).  Returns how many tasks and runs were copied; the
         target site must be empty.
         """
-        from .store.postgres import PostgresStore, redact
+        from ..store.postgres import PostgresStore, redact
 
         site = site or self.settings.site
         if not site:
@@ -136,7 +136,7 @@ class Docroot:
             pulse = self.store.pulse()
         if pulse.catalog_version != self._version:
             self._load_catalog()
-        from . import clock  # here and below: not on a task process's way to run()
+        from ..schedule import clock
 
         if clock.went_back(pulse.clock):
             self._clock_went_back()
@@ -161,7 +161,7 @@ class Docroot:
 
     def drainers_wanted(self, at: float | None = None) -> int:
         """How many task processes to start for the deferred calls due now (max_processes)."""
-        from .calls import SLOT_LOCK
+        from .stored_calls import SLOT_LOCK
 
         current = now() if at is None else at
         most = self.settings.max_processes
@@ -257,7 +257,7 @@ class Docroot:
 
     def warnings(self) -> list[str]:
         """Problems that lose nothing yet but should be fixed: zone and user disagreements."""
-        from .paths import owner_warning
+        from ..paths import owner_warning
 
         self.zone_name()
         found = [self.zone_warning, owner_warning(self.path)]
@@ -295,7 +295,7 @@ class Docroot:
     # -- schedules -------------------------------------------------------------
 
     def _schedule(self, signature: str, anchor: float | None) -> Schedule | None:
-        from .schedule import from_signature
+        from ..schedule.forms import from_signature
 
         key = (signature, anchor if signature.startswith("every:") else None)
         if key not in self._schedules:
@@ -323,7 +323,7 @@ class Docroot:
 
     def _clock_went_back(self) -> None:
         """Re-position the slots claimed at a wall time later than now (see clock.py)."""
-        from . import clock
+        from ..schedule import clock
 
         current = now()  # not a caller's `at`: this is about the real clock
         for name, state in self.store.states().items():
@@ -452,7 +452,7 @@ class Docroot:
 
     def not_started(self, run_id: int, error: str, exit_code: int | None = None) -> bool:
         """Record that a claimed run's process never started it: lost, with why."""
-        from .reaper import not_started
+        from .reaping import not_started
 
         return not_started(self.store, run_id, error, exit_code)
 
@@ -463,7 +463,7 @@ class Docroot:
         the middleware's worker, which must not wait on a mail server.  Not a
         daemon: a command that found the dead run still sends before it exits.
         """
-        from .reaper import reap
+        from .reaping import reap
 
         ended = reap(self.store, name)
         self._tell([(run.id, run.task) for run in ended if run.call is None and run.id])
@@ -481,7 +481,7 @@ class Docroot:
             threading.Thread(target=self._notify, args=(tell,), name="reqcron-notify").start()
 
     def _notify(self, tell: list[tuple[int, TaskInfo]]) -> None:
-        from .alerts import notify_run
+        from ..alerts import notify_run
 
         for run_id, info in tell:
             recorded = self.store.get_run(run_id)  # as recorded now, not as found

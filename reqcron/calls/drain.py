@@ -18,20 +18,20 @@ import os
 import sys
 import time
 
-from .calls import SLOT_LOCK, TASKS_MODULE, Call, Refused, check_json, end_attempt
-from .exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from .records import Status, now
-from .task import Task
+from ..engine.stored_calls import SLOT_LOCK, TASKS_MODULE, Call, Refused, check_json, end_attempt
+from ..exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from ..records import Status, now
+from ..task import Task
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from .callworker import CallWorker
-    from .config import Settings
-    from .records import Run
-    from .store import Lock, Store
+    from ..config import Settings
+    from ..records import Run
+    from ..store import Lock, Store
+    from .worker import CallWorker
 
 log = logging.getLogger("reqcron")
 
@@ -41,9 +41,9 @@ _POLL = 0.002  # seconds between looks at the queue while it lingers
 
 def drain_command(docroot: str) -> int:
     """``runtask --calls DOCROOT``: open the DOCROOT's state (not the whole engine), drain."""
-    from .config import load_settings
-    from .paths import docroot_path
-    from .store import open_store
+    from ..config import load_settings
+    from ..paths import docroot_path
+    from ..store import open_store
 
     logging.basicConfig(level=logging.WARNING, format="runtask: %(message)s")
     settings = load_settings(docroot_path(docroot))
@@ -56,8 +56,8 @@ def drain_command(docroot: str) -> int:
 
 def drain(settings: Settings, store: Store) -> int:
     """Run the DOCROOT's queued calls while there are some; return the exit code."""
-    from .reaper import reap
-    from .taskchild import prepare_for_many_runs
+    from ..engine.reaping import reap
+    from ..run.child import prepare_for_many_runs
 
     prepare_for_many_runs()
     names = [SLOT_LOCK.format(i) for i in range(settings.max_processes)]
@@ -83,8 +83,8 @@ def drain(settings: Settings, store: Store) -> int:
 
 
 def _drain_while_queued(settings: Settings, store: Store, slot: Lock, run_lock: Lock) -> None:
-    from .callworker import CallWorker
-    from .supervise import catch_stop_signals, restore_signals
+    from ..run.supervise import catch_stop_signals, restore_signals
+    from .worker import CallWorker
 
     worker = CallWorker(
         docroot=settings.docroot, config=settings.config, database=settings.database,
@@ -126,7 +126,7 @@ def run_call(store: Store, run: Run, worker: CallWorker) -> str:
 
 def _task_for(site: Settings, call: Call) -> Task:
     """The task whose run() makes ``call``; Refused for anything not marked deferrable."""
-    from .deferred import Deferred
+    from .delay import Deferred
 
     attributes: dict[str, Any] = {}
     if call.task:
@@ -161,7 +161,7 @@ def _as_json(value: Any) -> Any:
 
 
 def _load_task(site: Settings, name: str) -> Task:
-    from .loader import load_tasks
+    from ..loading.loader import load_tasks
 
     loaded = load_tasks(site.docroot, None, only=name, compile_schedules=False,
                         modules=site.modules,
@@ -179,8 +179,8 @@ def _resolve(site: Settings, call: Call) -> object:
     if not qualname:
         raise Refused(f"{call.target!r} is not a function's import name")
     if module_name == TASKS_MODULE:
-        from .loader import load_tasks
-        from .loader import module_name as tasks_module
+        from ..loading.loader import load_tasks
+        from ..loading.loader import module_name as tasks_module
 
         loaded = load_tasks(site.docroot, None, only="", compile_schedules=False,
                             django_settings=site.django_settings)
@@ -190,7 +190,7 @@ def _resolve(site: Settings, call: Call) -> object:
     else:
         import importlib
 
-        from .importing import extend_path, setup_django
+        from ..loading.import_path import extend_path, setup_django
 
         for entry in call.path:
             if entry not in sys.path:

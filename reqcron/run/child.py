@@ -16,8 +16,8 @@ import sys
 import time
 import traceback
 
-from .errors import ReqCronError
-from .limits import ERROR_LIMIT, RETURN_VALUE_LIMIT, TRACEBACK_LIMIT, cap
+from ..errors import ReqCronError
+from ..limits import ERROR_LIMIT, RETURN_VALUE_LIMIT, TRACEBACK_LIMIT, cap
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
-    from .task import Task
+    from ..task import Task
 
 DISABLED_CHECK_EVERY = 1.0  # seconds between proceed()'s looks at the enabled flag
 

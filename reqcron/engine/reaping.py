@@ -7,13 +7,13 @@ catalog machinery.
 
 from __future__ import annotations
 
-from .calls import end_attempt
-from .records import Status, now
+from ..records import Status, now
+from .stored_calls import end_attempt
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
-    from .records import Run
-    from .store import Store
+    from ..records import Run
+    from ..store import Store
 
 #: A pending run whose process has not started after this long is lost.
 PENDING_TIMEOUT = 30.0
