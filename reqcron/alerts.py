@@ -24,7 +24,7 @@ import os
 import socket
 import threading
 
-from .records import Status
+from .records import FAILING, RAN
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -50,10 +50,6 @@ def _timeout() -> float:
 #: Seconds any one notification or ping may take (REQCRON_NOTIFY_TIMEOUT, default 10).
 TIMEOUT = _timeout()
 PING_BODY = 10_000  # characters of output sent with a ping (healthchecks keeps 100 kB)
-#: The statuses that count as failing, and those of runs that did not run at all.
-FAILING = frozenset({Status.FAILED, Status.TIMEOUT, Status.LOST})
-NOT_RUN = frozenset({Status.SKIPPED, Status.MISSED, Status.PENDING, Status.RUNNING,
-                     Status.QUEUED})
 
 
 def targets(value: object, what: str = "notify") -> list[str]:
@@ -116,10 +112,10 @@ def event_for(store: Store, run: Run) -> str | None:
     The run before it that really ran decides: a failure after a failure is
     damped, and only the first good run after failures is news.
     """
-    if run.status in NOT_RUN:
+    if run.status not in RAN:
         return None
     before = next((r for r in store.runs(run.task, 50) if r.id is not None and run.id is not None
-                   and r.id < run.id and r.status not in NOT_RUN), None)
+                   and r.id < run.id and r.status in RAN), None)
     was_failing = before is not None and before.status in FAILING
     if run.status in FAILING:
         return None if was_failing else "failed"

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from .errors import ScheduleError
 from .task import Task
+from .task_base import TaskBase
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def _keywords() -> list[str]:
     # Task's class attributes, read off the class so that one added there is
     # a keyword here too.
     return sorted(
-        name for name, kind in Task.__annotations__.items()
+        name for name, kind in TaskBase.__annotations__.items()
         if "ClassVar[" in str(kind) and name not in _NOT_KEYWORDS
     )
 

@@ -47,6 +47,27 @@ class Status(StrEnum):
     MISSED = "missed"  # found later than the task's grace
     LOST = "lost"  # its process died without recording an end
 
+    # The one classification of statuses; every surface and store asks these.
+    @property
+    def is_open(self) -> bool:
+        """Not ended yet: queued, pending or running (kept by pruning, whatever its age)."""
+        return self in OPEN
+
+    @property
+    def is_final(self) -> bool:
+        """Ended: a deferred call in one of these is ready."""
+        return self not in OPEN
+
+    @property
+    def ran(self) -> bool:
+        """Ended after its process was started: ok, failed, timeout or lost."""
+        return self in RAN
+
+    @property
+    def is_failing(self) -> bool:
+        """Ended badly: failed, timeout or lost (what notify and the page call failing)."""
+        return self in FAILING
+
 
 class Trigger(StrEnum):
     """What started a run."""
@@ -59,8 +80,14 @@ class Trigger(StrEnum):
     CALL = "call"  # a deferred call (@delay, Task.delay)
 
 
+#: Not ended: queued, pending, running.
+OPEN = frozenset({Status.QUEUED, Status.PENDING, Status.RUNNING})
 #: How a run ends; a deferred call in any of these is ready.
-FINAL = frozenset({"ok", "failed", "timeout", "skipped", "missed", "lost"})
+FINAL = frozenset(Status) - OPEN
+#: Ended after its process was started.
+RAN = frozenset({Status.OK, Status.FAILED, Status.TIMEOUT, Status.LOST})
+#: Ended badly.
+FAILING = RAN - {Status.OK}
 
 
 class TaskState(Record):
@@ -181,3 +208,23 @@ class Claim(Record):
         self.task = task
         self.trigger = trigger
         self.slot = slot
+
+
+class LoadError(Record):
+    """One problem found while loading a DOCROOT, with where it is."""
+
+    __slots__ = ("file", "line", "message", "task", "module")
+
+    def __init__(self, file: str, line: int | None, message: str, task: str | None = None,
+                 module: str | None = None):
+        self.file = file
+        self.line = line
+        self.message = message
+        self.task = task
+        #: A module of ``modules`` that does not import (``task`` is None then):
+        #: its tasks keep their last good definitions, the others load.
+        self.module = module
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"

@@ -13,7 +13,7 @@ import sys
 from datetime import UTC, datetime, timedelta, tzinfo
 
 from .engine.docroot import Docroot
-from .records import Run, Status, now
+from .records import FAILING, RAN, Run, Status, now
 from .schedule.forms import Cron, Every
 from .schedule.zones import local_zone, zone_name
 
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 STARVED_MIN = 120.0
 #: The statuses of runs that ran.  A task's last run is its last of these: a
 #: slot skipped or missed after a failure must not hide it (nor clear FAILING).
-RAN = (Status.OK, Status.FAILED, Status.TIMEOUT, Status.LOST)
-FAILING = (Status.FAILED, Status.TIMEOUT, Status.LOST)
 #: Runs per task in the status page's strip, and per page of its history.
 STRIP_RUNS = 30
 PAGE_SIZE = 50
@@ -180,7 +178,7 @@ def summary(doc: Docroot, history: int = 0, recent: int = 0) -> dict[str, Any]:
         runs = doc.recent_runs(name, max(recent, 20))
         last = next((r for r in runs if r.status in RAN), None)
         if last is None and len(runs) == max(recent, 20):  # a long run of skips: look further
-            last = next(iter(doc.recent_runs(name, 1, RAN)), None)
+            last = next(iter(doc.recent_runs(name, 1, tuple(RAN))), None)
         enabled = state.enabled if state else info.enabled
         next_due = state.next_due if state and enabled else None
         starved = is_starved(schedule, state, current)

@@ -18,8 +18,8 @@ import pytest
 from conftest import wait_for
 from test_servers import TASKS, assert_each_slot_ran_once
 
-from reqcron import Docroot, ReqCron
-from reqcron.engine.stored_calls import delay as deferred
+from reqcron import Docroot, ReqCron, Result
+from reqcron.calls import serving
 from reqcron.web.asgi import ReqCronASGI
 
 BIN = Path(sys.executable).parent
@@ -92,7 +92,7 @@ def asgi(request, monkeypatch):
     made: list[ReqCronASGI] = []
 
     def make(app: Any, root: Path, **kwargs: Any) -> ReqCronASGI:
-        monkeypatch.setattr(deferred, "_used", False)  # as in an app with no @delay function
+        monkeypatch.setattr(serving, "_used", False)  # as in an app with no @delay function
         mw = ReqCronASGI(app, root, **kwargs)
         if request.param == "following":
             mw.track_calls()
@@ -209,7 +209,7 @@ def test_a_call_deferred_in_an_async_view_is_held_until_the_body_is_sent(
     mw = asgi(app, root)
     call(mw, http_scope())
     assert seen["held after start"] and seen["held while streaming"]
-    result = deferred.Result(root, seen["id"]).wait(30)
+    result = Result(root, seen["id"]).wait(30)
     assert result.status == "ok"
     assert float(log.read_text().split()[0]) >= seen["sent"]
 
@@ -243,13 +243,13 @@ def test_a_call_deferred_in_a_sync_view_in_a_threadpool_is_held_until_the_respon
         result = jobs.add(2, 3)
         return JSONResponse({"id": result.id, "held": is_held(root, result.id)})
 
-    assert deferred.used()  # the jobs module has @delay functions: requests are followed
+    assert serving.used()  # the jobs module has @delay functions: requests are followed
     mw = ReqCronASGI(Starlette(routes=[Route("/", view)]), root)
     try:
         sent = call(mw, http_scope())
         answer = json.loads(sent[1]["body"])
         assert answer["held"]
-        assert deferred.Result(root, answer["id"]).wait(30).result == 5
+        assert Result(root, answer["id"]).wait(30).result == 5
     finally:
         mw.close()
 
@@ -497,7 +497,7 @@ def test_uvicorn_workers_with_django_asgi(asgi_site, serve, tmp_path):
     with urllib.request.urlopen(server.url + "defer", timeout=10) as resp:
         answer = json.loads(resp.read())
     assert answer["held"], "a call deferred in a Django view was not held for its response"
-    assert deferred.Result(root, answer["id"]).wait(30).result == 42
+    assert Result(root, answer["id"]).wait(30).result == 42
 
 
 @pytest.fixture

@@ -24,29 +24,26 @@ import os
 import sys
 import threading
 import time
-import weakref
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from ..engine.stored_calls import HOLD, TASKS_MODULE, Call, new_run
 from ..logonce import LogOnce
 from ..records import FINAL, Status, now
+from . import serving
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
-    from collections.abc import Callable, Hashable
+    from collections.abc import Callable
     from typing import Any
 
     from ..engine.docroot import Docroot
     from ..records import Run
-    from ..web.tender import Tender
 
 log = logging.getLogger("reqcron")
 
 _lock = threading.Lock()
 _engines: dict[str, Docroot] = {}  # this process's engine per DOCROOT, for calls and results
-_middlewares: weakref.WeakSet[Tender] = weakref.WeakSet()
-_used = False  # a deferred function exists in this process: ASGI requests are followed
 _log_once = LogOnce()
 _eager = os.environ.get("REQCRON_EAGER", "") not in ("", "0")
 
@@ -72,7 +69,7 @@ class Deferred:
         self.__qualname__ = getattr(function, "__qualname__", self.__name__)
         self.__doc__ = function.__doc__
         self.__wrapped__ = function
-        _note_use()
+        serving.note_use()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Result:
         call = Call(self.target, list(args), kwargs, retries=self.retries,
@@ -139,8 +136,8 @@ def defer_task(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Resu
 def defer(call: Call, inline: Callable[[], Any], at: float | None,
           docroot: str | None) -> Result:
     """Queue ``call`` in its DOCROOT's state, or run it inline where there is none."""
-    _note_use()
-    middleware, key, root = _where(docroot)
+    serving.note_use()
+    middleware, key, root = serving.where(docroot)
     if root is None or _eager:
         call.encode()  # the same TypeError as a queued call would give
         if not _eager:
@@ -162,73 +159,6 @@ def defer(call: Call, inline: Callable[[], Any], at: float | None,
 def release(engine: Docroot, ids: list[int]) -> None:
     """Let the calls held during a request run (its response has been sent)."""
     engine.store.release_calls(ids, HOLD)
-
-
-def register(middleware: Tender) -> None:
-    _middlewares.add(middleware)
-    if _used:
-        middleware.track_calls()
-
-
-def unregister(middleware: Tender) -> None:
-    _middlewares.discard(middleware)
-
-
-def used() -> bool:
-    """Whether this process has deferred functions (or has deferred a call)."""
-    return _used
-
-
-def _note_use() -> None:
-    global _used
-    if not _used:
-        _used = True
-        for middleware in list(_middlewares):
-            middleware.track_calls()
-
-
-def _where(docroot: str | None) -> tuple[Tender | None, Hashable, str | None]:
-    """The middleware serving this call's request (if any), its request key, the DOCROOT."""
-    serving = _serving()
-    if docroot is not None:
-        return (serving[0], serving[1], docroot) if serving else (None, None, docroot)
-    if serving is not None and serving[2]:
-        return serving
-    fixed = {m.fixed_docroot for m in list(_middlewares) if m.fixed_docroot}
-    if len(fixed) == 1:
-        return None, None, fixed.pop()
-    return None, None, os.environ.get("REQCRON_DOCROOT") or None
-
-
-def _serving() -> tuple[Tender | None, Hashable, str | None] | None:
-    """(middleware, request key, DOCROOT) of the request this call is made in, or None.
-
-    The middleware is None where the call is not to be held (a websocket).
-
-    The innermost middleware on this thread's stack (ReqCron.__call__, or
-    ReqCronASGI.__call__ with the view awaited on the request's coroutine);
-    else the ASGI request of this context (a view in a threadpool).
-    """
-    if not _middlewares:
-        return None
-    from ..web.asgi import ReqCronASGI, current_request
-    from ..web.wsgi import ReqCron
-
-    wsgi, asgi = ReqCron.__call__.__code__, ReqCronASGI.__call__.__code__
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code is wsgi:
-            local = frame.f_locals
-            middleware = local["self"]
-            return middleware, threading.get_ident(), middleware.docroot_for(local["environ"])
-        if frame.f_code is asgi:
-            local = frame.f_locals
-            middleware, scope = local["self"], local["scope"]
-            if scope["type"] != "http":  # a websocket has no response to wait for
-                return None, None, middleware.fixed_docroot
-            return middleware, id(scope), middleware.fixed_docroot
-        frame = frame.f_back  # type: ignore[assignment]
-    return current_request()
 
 
 def _engine(root: str) -> Docroot:

@@ -21,7 +21,7 @@ import time
 from ..engine.stored_calls import SLOT_LOCK, TASKS_MODULE, Call, Refused, check_json, end_attempt
 from ..exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from ..records import Status, now
-from ..task import Task
+from ..task_base import TaskBase
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def run_call(store: Store, run: Run, worker: CallWorker) -> str:
     return outcome.status
 
 
-def _task_for(site: Settings, call: Call) -> Task:
+def _task_for(site: Settings, call: Call) -> TaskBase:
     """The task whose run() makes ``call``; Refused for anything not marked deferrable."""
     from .delay import Deferred
 
@@ -140,7 +140,8 @@ def _task_for(site: Settings, call: Call) -> Task:
         attributes = {"name": call.target, "timeout": target.timeout}
     if call.timeout is not None:
         attributes["timeout"] = call.timeout
-    task: Task = type(base.__name__, (base,), attributes)()  # this call's timeout, not the class's
+    # This call's timeout, not the class's.
+    task: TaskBase = type(base.__name__, (base,), attributes)()
     args, kwargs = call.args, call.kwargs
     bound: Callable[[], Any] = (lambda: method(task, *args, **kwargs)) if call.task else (
         lambda: method(*args, **kwargs))
@@ -148,7 +149,7 @@ def _task_for(site: Settings, call: Call) -> Task:
     return task
 
 
-class _CallTask(Task):
+class _CallTask(TaskBase):
     """What runs a deferred function: a task with no schedule, created per call."""
 
     abstract = True
@@ -160,7 +161,7 @@ def _as_json(value: Any) -> Any:
     return value
 
 
-def _load_task(site: Settings, name: str) -> Task:
+def _load_task(site: Settings, name: str) -> TaskBase:
     from ..loading.loader import load_tasks
 
     loaded = load_tasks(site.docroot, None, only=name, compile_schedules=False,

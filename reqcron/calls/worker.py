@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
-    from ..task import Task
+    from ..task_base import TaskBase as Task
 
 
 

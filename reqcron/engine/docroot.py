@@ -18,10 +18,10 @@ from ..config import CONFIG_FILE, TASKS_FILE, Settings, load_settings
 from ..errors import ConfigError, ScheduleError, StateError, TaskLookupError
 from ..loading import catalog as catalogs
 from ..loading.import_path import module_files
-from ..loading.loader import LoadError, load_tasks
+from ..loading.loader import load_tasks
 from ..logonce import LogOnce
 from ..paths import check_tasks_safety, docroot_path
-from ..records import Claim, Run, TaskState, Trigger, now
+from ..records import Claim, LoadError, Run, TaskState, Trigger, now
 from ..schedule.zones import local_zone, zone_name, zone_named
 from ..store import CLOCK_KEY, SQLiteStore, Store, open_store
 from . import catalog_sync as sync
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ..schedule.forms import Schedule
     from ..store import Pulse
     from ..store.base import RunStats
-    from ..task import Task
+    from ..task_base import TaskBase as Task
 
 log = logging.getLogger("reqcron")
 
@@ -489,8 +489,15 @@ class Docroot:
                 notify_run(self.settings, self.store, recorded, info.notify)
 
     def close(self) -> None:
+        """Close the state's connection (a later use opens it again)."""
         if self._store is not None:
             self._store.close()
+
+    def __enter__(self) -> Docroot:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _identity(path: Path) -> tuple[int, ...] | None:

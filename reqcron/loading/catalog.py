@@ -18,14 +18,14 @@ from pathlib import Path
 from .. import alerts
 from ..config import TASKS_FILE
 from ..limits import ERROR_LIMIT, cap
-from ..records import Record
-from .loader import LoadError, load_tasks
+from ..records import LoadError, Record
+from .loader import load_tasks
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from typing import Any
 
-    from ..task import Task
+    from ..task_base import TaskBase as Task
 
 
 def _read_timeout(default: float = 10.0) -> float:

@@ -23,13 +23,13 @@ import sys
 from pathlib import Path
 
 from ..config import CONFIG_FILE
+from ..records import LoadError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from types import CodeType, ModuleType, TracebackType
 
-    from .loader import LoadError
 
 
 def extra_path(docroot: Path) -> list[str]:
@@ -111,8 +111,6 @@ def blame(docroot: Path, name: str, exc: BaseException, what: str) -> LoadError:
     Without such a line (the module is missing) it is reqcron.toml's, which
     names the module.
     """
-    from .loader import LoadError
-
     message = f"{what}: {type(exc).__name__}: {exc}" if str(exc) else f"{what}: {exc!r}"
     if isinstance(exc, SyntaxError) and exc.filename:
         return LoadError(exc.filename, exc.lineno, f"{what}: SyntaxError: {exc.msg}")

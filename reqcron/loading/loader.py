@@ -12,31 +12,11 @@ from pathlib import Path
 from ..config import TASKS_FILE, path_key
 from ..errors import ScheduleError
 from ..paths import check_tasks_safety
-from ..records import Record
-from ..task import Task
+from ..records import LoadError, Record
+from ..task_base import TaskBase
 from . import import_path as importing
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")
-
-
-class LoadError(Record):
-    """One problem found while loading a DOCROOT, with where it is."""
-
-    __slots__ = ("file", "line", "message", "task", "module")
-
-    def __init__(self, file: str, line: int | None, message: str, task: str | None = None,
-                 module: str | None = None):
-        self.file = file
-        self.line = line
-        self.message = message
-        self.task = task
-        #: A module of ``modules`` that does not import (``task`` is None then):
-        #: its tasks keep their last good definitions, the others load.
-        self.module = module
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.message}"
 
 
 class Loaded(Record):
@@ -45,7 +25,7 @@ class Loaded(Record):
     __slots__ = ("tasks", "names", "errors", "file_ok", "sources")
 
     def __init__(self) -> None:
-        self.tasks: dict[str, Task] = {}
+        self.tasks: dict[str, TaskBase] = {}
         #: Every task name the file registers (with ``only``, not all are created).
         self.names: list[str] = []
         self.errors: list[LoadError] = []
@@ -172,13 +152,13 @@ def _exec_tasks_file(docroot: Path, code: types.CodeType,
 def _register(path: Path, places: list[Place], loaded: Loaded, zone: tzinfo | None,
               only: str | None, compile_schedules: bool) -> None:
     """Register the Task subclasses found in ``places``; each problem is one task's error."""
-    found: dict[type[Task], str | None] = {}  # a class bound to two names is one task
+    found: dict[type[TaskBase], str | None] = {}  # a class bound to two names is one task
     for module, namespace in places:
         for cls in _candidates(list(namespace.values())):
-            if (isinstance(cls, type) and issubclass(cls, Task) and cls is not Task
+            if (isinstance(cls, type) and issubclass(cls, TaskBase) and cls is not TaskBase
                     and not cls.__dict__.get("abstract", False)):
                 found.setdefault(cls, module)
-    by_name: dict[str, list[type[Task]]] = {}
+    by_name: dict[str, list[type[TaskBase]]] = {}
     for cls in found:
         by_name.setdefault(str(cls.name), []).append(cls)
     loaded.names = sorted(by_name)
@@ -311,7 +291,7 @@ def _error_at(path: Path, exc: BaseException, default_line: int | None = None) -
     return LoadError(str(path), line, message)
 
 
-def _check_alerts(task: Task) -> None:
+def _check_alerts(task: TaskBase) -> None:
     """A notify or ping that cannot be used is the task's load error, found now."""
     from ..alerts import check_callable, check_url, targets
 

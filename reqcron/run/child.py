@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
-    from ..task import Task
+    from ..task_base import TaskBase as Task
 
 DISABLED_CHECK_EVERY = 1.0  # seconds between proceed()'s looks at the enabled flag
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..engine.docroot import Docroot
-    from ..task import Task
+    from ..task_base import TaskBase as Task
 
 log = logging.getLogger("reqcron")
 

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import StateError
 from ..limits import capped_field
-from ..records import RUN_COLUMNS, Run, TaskState
+from ..records import OPEN, RUN_COLUMNS, Run, TaskState
 from .base import (
     CLOCK_KEY,
     REMOVED,
@@ -87,7 +87,7 @@ CREATE TABLE IF NOT EXISTS reqcron_catalog (
     reading_key text, reading_until double precision
 )
 """
-_OPEN = "('pending', 'running', 'queued')"  # runs that prune() keeps whatever their age
+_OPEN = "(" + ", ".join(f"'{s}'" for s in sorted(OPEN)) + ")"  # prune() keeps them
 # As in sqlite.py: counts by (task, status, call or not), and each task's latest runs.
 _RUN_COUNTS = (
     'SELECT task, status, call IS NOT NULL, count(*), count("end" - start), sum("end" - start),'

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import StateError
 from ..limits import capped_field
-from ..records import RUN_COLUMNS, Run, TaskState
+from ..records import OPEN, RUN_COLUMNS, Run, TaskState
 from . import locks
 from .base import (
     CLOCK_KEY,
@@ -66,7 +66,7 @@ _LATEST_RUNS = (
     ' UNION SELECT max(id) FROM runs WHERE call IS NULL AND start IS NOT NULL'
     ' AND "end" IS NOT NULL GROUP BY task)'
 )
-_OPEN = ("pending", "running", "queued")  # runs that prune() keeps whatever their age
+_OPEN = tuple(sorted(OPEN))  # runs that prune() keeps whatever their age
 #: Caps on the text a run keeps, and which end of it matters.
 
 

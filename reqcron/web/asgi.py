@@ -9,7 +9,7 @@ wake the worker.  The status page is the WSGI one, run in a thread
 Deferred calls made during a request are held until its response body has
 been sent (the last ``http.response.body``), at the latest until the app
 returns or raises; the worker thread then releases them, since the event
-loop must not wait on the database.  deferred.py finds the request by a
+loop must not wait on the database.  calls/serving.py finds the request by a
 walk up the stack, which sees this middleware when the view runs on the
 request's own coroutine (async views).  Sync views run in a threadpool
 (Starlette's ``run_in_threadpool``, asgiref's ``sync_to_async``, so FastAPI
@@ -23,16 +23,16 @@ once this process has deferred functions (a ``@delay`` function exists,
 or a call was deferred): apps that never defer pay only the clock compare,
 and apps that do have their calls held right in every framework.  A call
 deferred outside any request found either way goes, unheld, to the one
-middleware of the process (deferred.py's rule).
+middleware of the process (serving.where's rule).
 """
 
 from __future__ import annotations
 
-import contextvars
 import os
 import time
-from collections.abc import Hashable
+from typing import Any
 
+from ..calls import serving
 from .asgi_bridge import ASGIApp, Message, Receive, Scope, Send, path_info, serve_wsgi
 from .tender import Tender, is_async_app
 
@@ -54,17 +54,10 @@ class _Request:
                 and self.middleware._held):
             self.middleware._release_soon(id(self.scope))
 
-
-_current: contextvars.ContextVar[_Request | None] = contextvars.ContextVar(
-    "reqcron_request", default=None)
-
-
-def current_request() -> tuple[Tender, Hashable, str | None] | None:
-    """(middleware, request key, DOCROOT) of the ASGI request of this context, if one runs."""
-    request = _current.get()
-    if request is None or request.done:  # a thread or task that outlived its request
-        return None
-    return request.middleware, id(request.scope), request.middleware.fixed_docroot
+    def serving(self) -> serving.Serving | None:
+        if self.done:  # a thread or task that outlived its request
+            return None
+        return self.middleware, id(self.scope), self.middleware.fixed_docroot
 
 
 class ReqCronASGI(Tender):
@@ -90,7 +83,7 @@ class ReqCronASGI(Tender):
             raise ValueError("ReqCronASGI needs a DOCROOT, as ASGI has no DOCUMENT_ROOT to "
                              "take it from: ReqCronASGI(app, '/srv/www')")
         self.app = app
-        self._track = False  # set per request the ContextVar deferred.py reads
+        self._track = False  # set per request the ContextVar calls.serving reads
         self._slow = False  # the status page, or the ContextVar: not the fast path
         super().__init__(docroot, poll=poll, watch=watch, status_path=status_path,
                          status_token=status_token, metrics_token=metrics_token)
@@ -105,16 +98,27 @@ class ReqCronASGI(Tender):
                 return await serve_wsgi(self._status, scope, receive, send)
             if self._track:
                 request = _Request(self, scope, send)
-                token = _current.set(request)
+                token = serving.current.set(request)
                 send = request.send
         try:
             await self.app(scope, receive, send)
         finally:
             if request is not None:
                 request.done = True
-                _current.reset(token)
+                serving.current.reset(token)
             if self._held:
                 self._release_soon(id(scope))
 
     def track_calls(self) -> None:
         self._track = self._slow = True
+
+
+def _serving(local: dict[str, Any]) -> serving.Serving:
+    middleware: ReqCronASGI = local["self"]
+    scope: Scope = local["scope"]
+    if scope["type"] != "http":  # a websocket has no response to wait for
+        return None, None, middleware.fixed_docroot
+    return middleware, id(scope), middleware.fixed_docroot
+
+
+serving.entry_point(ReqCronASGI.__call__, _serving)

@@ -33,7 +33,7 @@ from webob import Request, Response
 from .. import report
 from ..engine.docroot import Docroot
 from ..errors import ReqCronError, TaskLookupError
-from ..records import Run, now
+from ..records import RAN, Run, now
 from .gate import SESSION_SECONDS, Gate
 
 COOKIE = "reqcron_session"
@@ -311,7 +311,7 @@ def _strip(recent: list[dict[str, Any]], href: str) -> str:
         when = (datetime.fromisoformat(r["start"]).strftime("%Y-%m-%d %H:%M:%S")
                 if r["start"] else "-")
         tip = f"{when} · {status}" + (f" x{r['slots']}" if r["slots"] > 1 else "")
-        if status in report.RAN or status == "running":
+        if status in RAN or status == "running":
             tip += f" · {report.duration(seconds)}" + (" so far" if status == "running" else "")
         x, y = i * (BAR_W + BAR_GAP), STRIP_H - height
         kind = BAR_CLASS.get(status, "wait")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..calls import delay as deferred
+from ..calls import serving
 from ..engine.docroot import Docroot
 from ..logonce import LogOnce
 from ..records import Trigger
@@ -116,9 +117,9 @@ class Tender:
         self._reset()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _reset_if_alive(ref))
-        deferred.register(self)
+        serving.register(self)
 
-    # -- what deferred.py asks ---------------------------------------------------
+    # -- what calls/serving.py asks ----------------------------------------------
 
     @property
     def fixed_docroot(self) -> str | None:
@@ -292,7 +293,7 @@ class Tender:
     def close(self, timeout: float = 10.0) -> None:
         """Stop this process's worker and watcher; wait for the task processes it started."""
         self._stopping = True
-        deferred.unregister(self)
+        serving.unregister(self)
         self._event.set()
         if self._thread is not None:
             self._thread.join(timeout)

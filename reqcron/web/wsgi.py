@@ -1,4 +1,4 @@
-"""ReqCron: the WSGI middleware.  Its hot path; the rest is the Tender's (tending.py).
+"""ReqCron: the WSGI middleware.  Its hot path; the rest is the Tender's (tender.py).
 
 Per request, when nothing is due, the middleware reads the monotonic clock
 (a wall clock set back must not stall it) and compares it with a
@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ..calls import serving
 from .tender import Tender, is_async_app
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -98,3 +99,11 @@ class ReqCron(Tender):
         if thread not in self._held:
             return result
         return _ThenRelease(result, lambda: self._release(thread))
+
+
+def _serving(local: dict[str, Any]) -> serving.Serving:
+    middleware: ReqCron = local["self"]
+    return middleware, threading.get_ident(), middleware.docroot_for(local["environ"])
+
+
+serving.entry_point(ReqCron.__call__, _serving)
