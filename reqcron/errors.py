@@ -1,6 +1,30 @@
-"""reqcron's exceptions: each builds its one-sentence message itself."""
+"""reqcron's exceptions, each building its one-sentence message itself; and the exit codes."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The exit codes of ``runtask`` and ``reqcron`` (the README's table), in one place."""
+
+    OK = 0  # the task ran and returned; or the command found nothing wrong
+    FAILED = 1  # the task raised or its process died; a command found a problem
+    USAGE = 2  # usage error, unknown task, files that do not load, unusable state
+    NOT_RUN = 75  # not run: the previous run still goes, or the task is disabled
+    TIMEOUT = 124  # stopped by its timeout
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+
+    @classmethod
+    def worst(cls, codes: Sequence[int]) -> int:
+        """The code that says most of several runs': usage, then timeout, failure, busy, ok.
+
+        A code of none of these (a task process killed by a signal) counts as a failure.
+        """
+        rank: dict[int, int] = {cls.OK: 0, cls.NOT_RUN: 1, cls.FAILED: 2, cls.TIMEOUT: 3,
+                                cls.USAGE: 4}
+        return max(codes, key=lambda code: rank.get(code, 2), default=cls.OK)
 
 
 class ReqCronError(Exception):

@@ -19,7 +19,7 @@ import sys
 import time
 
 from ..engine.stored_calls import SLOT_LOCK, TASKS_MODULE, Call, Refused, check_json, end_attempt
-from ..exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from ..errors import ExitCode
 from ..records import Status, now
 from ..task_base import TaskBase
 
@@ -66,7 +66,7 @@ def drain(settings: Settings, store: Store) -> int:
     while True:
         slot = next((lock for name in names if (lock := store.take_task_lock(name))), None)
         if slot is None:
-            return EXIT_OK  # enough processes drain already; they take these calls too
+            return ExitCode.OK  # enough processes drain already; they take these calls too
         run_lock = store.take_run_lock()
         try:
             reap(store)
@@ -79,7 +79,7 @@ def drain(settings: Settings, store: Store) -> int:
         if not store.due_calls(now(), 1):
             break
     store.prune_calls(now() - settings.result_days * 86400)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _drain_while_queued(settings: Settings, store: Store, slot: Lock, run_lock: Lock) -> None:
@@ -116,11 +116,11 @@ def run_call(store: Store, run: Run, worker: CallWorker) -> str:
               "error": outcome.error, "traceback": outcome.traceback}
     if refused:
         store.update_run_if(run.id, Status.RUNNING, status=Status.FAILED, end=now(),
-                            exit_code=EXIT_USAGE, **fields)
+                            exit_code=ExitCode.USAGE, **fields)
         log.error("deferred call %s %s", run.id, outcome.error)
         return Status.FAILED
     end_attempt(store, run, now(), outcome.status,
-                exit_code=EXIT_OK if outcome.status == Status.OK else EXIT_FAILED, **fields)
+                exit_code=ExitCode.OK if outcome.status == Status.OK else ExitCode.FAILED, **fields)
     return outcome.status
 
 

@@ -10,12 +10,10 @@ from typing import Any, NoReturn
 
 from .. import report
 from ..engine.docroot import Docroot
-from ..errors import ReqCronError
-from ..exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from ..errors import ExitCode, ReqCronError
 from ..records import Trigger
 
 #: Which exit code of several runs is the worst, for `due --wait`.
-_WORST = {0: 0, 75: 1, 1: 2, 124: 3, 2: 4}
 
 
 def _positive(text: str) -> int:
@@ -33,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors as one sentence and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(ExitCode.USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,9 +159,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         out += f"\nstate: {data['state']}\n"
         sys.stdout.write(out)
     if data["load_errors"]:
-        return EXIT_USAGE
-    return EXIT_FAILED if any(t["marks"] and t["marks"] != ["disabled"]
-                               for t in data["tasks"]) else EXIT_OK
+        return ExitCode.USAGE
+    return ExitCode.FAILED if any(t["marks"] and t["marks"] != ["disabled"]
+                               for t in data["tasks"]) else ExitCode.OK
 
 
 def _ts(value: str | None) -> float | None:
@@ -189,16 +187,17 @@ def cmd_due(args: argparse.Namespace) -> int:
     if drainers:
         sys.stdout.write(f"started {sum(drainers)} process(es) for the queued deferred calls\n")
     # What loads is started; the slots of what does not are recorded as failed.
-    codes = [EXIT_USAGE] if load_errors else []
-    codes += [EXIT_OK if ok else EXIT_FAILED for _, ok in started]
+    codes: list[int] = [ExitCode.USAGE] if load_errors else []
+    codes += [ExitCode.OK if ok else ExitCode.FAILED for _, ok in started]
     if args.wait:
         while spawner.reap():
             time.sleep(0.05)
         for claim, ok in started:
             run = doc.get_run(claim.run_id)
             if ok:
-                codes.append(run.exit_code if run and run.exit_code is not None else EXIT_FAILED)
-    return max(codes, key=lambda c: _WORST.get(c, 2), default=EXIT_OK)
+                ended = run.exit_code if run is not None else None
+                codes.append(ExitCode.FAILED if ended is None else ended)
+    return ExitCode.worst(codes)
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -211,7 +210,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         data = report.run_dict(run, zone, full=True)
         if args.json:
             _emit(data)
-            return EXIT_OK
+            return ExitCode.OK
         out = "".join(f"{k}: {_shown(k, v)}\n" for k, v in data.items()
                       if k not in ("output", "traceback", "full_error", "error") and v is not None)
         if run.error:
@@ -222,11 +221,11 @@ def cmd_history(args: argparse.Namespace) -> int:
         if run.traceback:
             out += f"\n--- traceback ---\n{run.traceback.rstrip()}\n"
         sys.stdout.write(out)
-        return EXIT_OK
+        return ExitCode.OK
     runs = doc.history(args.task, limit=args.limit)
     if args.json:
         _emit([report.run_dict(r, zone) for r in runs])
-        return EXIT_OK
+        return ExitCode.OK
     from ..engine.stored_calls import label
 
     rows = [[str(r.id), label(r), r.trigger, report.local(r.start or r.created, zone),
@@ -234,7 +233,7 @@ def cmd_history(args: argparse.Namespace) -> int:
              report.shorten(report.first_error_line(r) or "", 70)] for r in runs]
     sys.stdout.write(_table(rows, ["RUN", "TASK", "TRIGGER", "START", "DURATION", "STATUS",
                                    "ERROR"]) if rows else "no runs yet\n")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _shown(key: str, value: Any) -> str:
@@ -254,14 +253,14 @@ class _NoSuchRun(ReqCronError, LookupError):
 def cmd_enable(args: argparse.Namespace) -> int:
     _open(args).enable(args.task)
     sys.stdout.write(f"{args.task} enabled\n")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_disable(args: argparse.Namespace) -> int:
     _open(args).disable(args.task)
     sys.stdout.write(f"{args.task} disabled (a run in progress, if any, sees proceed() "
                      "turn False)\n")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -279,10 +278,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     for warning in warnings:
         sys.stderr.write(f"warning: {warning}\n")
     if errors:
-        return EXIT_USAGE
+        return ExitCode.USAGE
     sys.stdout.write(f"{len(doc.catalog().tasks)} tasks load cleanly from {doc.path}; "
                      f"state at {doc.state_location} is usable\n")
-    return EXIT_FAILED if warnings else EXIT_OK
+    return ExitCode.FAILED if warnings else ExitCode.OK
 
 
 def _interpreter_problems(python: str) -> list[str]:
@@ -308,7 +307,7 @@ def cmd_crontab(args: argparse.Namespace) -> int:
     if errors:
         sys.stderr.write("reqcron: the lines above keep the last good schedule of the tasks "
                          "that do not load; fix them and print the lines again\n")
-    return EXIT_FAILED if errors else EXIT_OK
+    return ExitCode.FAILED if errors else ExitCode.OK
 
 
 def cmd_state_copy(args: argparse.Namespace) -> int:
@@ -322,7 +321,7 @@ def cmd_state_copy(args: argparse.Namespace) -> int:
     site = args.site or doc.settings.site
     sys.stdout.write(f"copied {tasks} tasks and {runs} runs into {redact(args.url)}; now set "
                      f'state = "{redact(args.url)}" and site = "{site}" in reqcron.toml\n')
-    return EXIT_OK
+    return ExitCode.OK
 
 
 class _Usage(ReqCronError, ValueError):
@@ -334,12 +333,12 @@ def cmd_state_reset(args: argparse.Namespace) -> int:
     if not args.force and not doc.state_problems():
         sys.stderr.write(f"reqcron: the state at {doc.state_location} is usable; "
                          "pass --force to set it aside all the same\n")
-        return EXIT_USAGE
+        return ExitCode.USAGE
     aside = doc.reset_state()
     sys.stdout.write(f"the old state is kept at {aside}; a fresh state starts at "
                      f"{doc.state_location}\n" if aside else
                      f"there was no state at {doc.state_location}; nothing to reset\n")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -352,11 +351,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     runs = report.explain(doc, args.task, args.count)
     if args.json:
         _emit({"task": args.task, "schedule": describe, "runs": runs})
-        return EXIT_OK
+        return ExitCode.OK
     out = f"{args.task}: {describe}\n"
     for r in runs:
         out += f"  {r['local']}" + (f"   <- {r['dst_change']}" if r["dst_change"] else "") + "\n"
     if not runs:
         out += "  no future runs\n"
     sys.stdout.write(out)
-    return EXIT_OK
+    return ExitCode.OK

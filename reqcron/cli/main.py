@@ -6,8 +6,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from ..errors import ReqCronError
-from ..exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from ..errors import ExitCode, ReqCronError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -25,9 +24,9 @@ def _guarded(prog: str, body: Callable[[], int]) -> int:
         return exc.exit_code
     except ReqCronError as exc:
         sys.stderr.write(f"{prog}: {exc}\n")
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception as exc:
         if os.environ.get("REQCRON_DEBUG"):
             raise
@@ -35,7 +34,7 @@ def _guarded(prog: str, body: Callable[[], int]) -> int:
             f"{prog}: internal error: {type(exc).__name__}: {exc} "
             "(set REQCRON_DEBUG=1 for the traceback)\n"
         )
-        return EXIT_FAILED
+        return ExitCode.FAILED
 
 
 RUNTASK_USAGE = "usage: runtask [--if-due] DOCROOT TASKNAME"
@@ -55,7 +54,7 @@ def runtask_main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
         sys.stdout.write(RUNTASK_USAGE + "\n" + RUNTASK_HELP)
-        return EXIT_OK
+        return ExitCode.OK
     if len(args) == 2 and args[0] == "--calls":
         # Run the DOCROOT's queued deferred calls; internal, used by spawned processes.
         return _guarded("runtask", lambda: _drain(args[1]))
@@ -68,7 +67,7 @@ def runtask_main(argv: Sequence[str] | None = None) -> int:
     args = [a for a in args if a != "--if-due"]
     if len(args) != 2 or any(a.startswith("-") for a in args):
         sys.stderr.write(f"runtask: expected DOCROOT and TASKNAME ({RUNTASK_USAGE})\n")
-        return EXIT_USAGE
+        return ExitCode.USAGE
     docroot, name = args
 
     def body() -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from ..errors import ExitCode
 from ..records import Claim, Run, Status, TaskState, Trigger
 from ..schedule import clock
 from ..schedule.forms import Schedule
@@ -84,7 +85,7 @@ def _unless_runnable(info: TaskInfo, state: TaskState, run: Run, error: str | No
         run.status = Status.MISSED
         run.error = f"found {lateness:.0f} s late, past its grace of {info.grace:g} s"
     elif error:
-        run.status, run.exit_code = Status.FAILED, 2
+        run.status, run.exit_code = Status.FAILED, ExitCode.USAGE
         run.error = f"not run: {error}"
     else:
         return

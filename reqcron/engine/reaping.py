@@ -7,6 +7,7 @@ catalog machinery.
 
 from __future__ import annotations
 
+from ..errors import ExitCode
 from ..records import Status, now
 from .stored_calls import end_attempt
 
@@ -32,10 +33,11 @@ def reap(store: Store, name: str | None = None) -> list[Run]:
         if run.status == Status.RUNNING and not (run.lock and store.lock_alive(run.lock)):
             error = "its process died without recording an end (killed?)"
             if run.call is not None:
-                ended = end_attempt(store, run, current, Status.LOST, error=error, exit_code=1)
+                ended = end_attempt(store, run, current, Status.LOST, error=error,
+                                    exit_code=ExitCode.FAILED)
             else:
                 ended = store.update_run_if(run.id, Status.RUNNING, status=Status.FAILED,
-                                            end=current, error=error, exit_code=1)
+                                            end=current, error=error, exit_code=ExitCode.FAILED)
             if ended:
                 ended_runs.append(run)
                 if run.lock:

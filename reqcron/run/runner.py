@@ -12,8 +12,7 @@ import logging
 import os
 import sys
 
-from ..errors import NotRun, TaskLookupError
-from ..exits import EXIT_FAILED, EXIT_NOT_RUN, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE
+from ..errors import ExitCode, NotRun, TaskLookupError
 from ..loading.loader import load_tasks
 from ..records import Run, Status, Trigger, now
 from ..schedule.zones import zone_named
@@ -29,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("reqcron")
 
-_EXIT_CODES = {Status.OK: EXIT_OK, Status.TIMEOUT: EXIT_TIMEOUT}  # else EXIT_FAILED
+_EXIT_CODES = {Status.OK: ExitCode.OK, Status.TIMEOUT: ExitCode.TIMEOUT}  # else ExitCode.FAILED
 
 
 def run_command(docroot_path: str, name: str, *, run_id: int | None = None,
@@ -87,14 +86,14 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
                         modules=settings.modules, django_settings=settings.django_settings)
     file_errors = [e for e in loaded.errors if e.task is None and e.module is None]
     if file_errors:
-        raise refuse(EXIT_USAGE, "; ".join(str(e) for e in file_errors))
+        raise refuse(ExitCode.USAGE, "; ".join(str(e) for e in file_errors))
     task_errors = [e for e in loaded.errors if e.task == name]
     if task_errors:
-        raise refuse(EXIT_USAGE, str(task_errors[0]))
+        raise refuse(ExitCode.USAGE, str(task_errors[0]))
     if name not in loaded.tasks:
         # Not found: it may be in a task module that does not import now.
         module_errors = [str(e) for e in loaded.errors if e.module is not None]
-        raise refuse(EXIT_USAGE, "; ".join(module_errors)
+        raise refuse(ExitCode.USAGE, "; ".join(module_errors)
                      or str(TaskLookupError(name, loaded.names)))
     task = loaded.tasks[name]
     started = now()  # the run starts once its code is loaded
@@ -105,16 +104,16 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
         if claim is not None:
             run_id, trigger = claim.run_id, Trigger.CRON
         elif if_due:
-            return EXIT_OK
+            return ExitCode.OK
     else:
         claimed = store.get_run(run_id)
         if claimed is None or claimed.task != name:
-            raise NotRun(EXIT_USAGE, f"run {run_id} is not a claimed run of task {name!r}")
+            raise NotRun(ExitCode.USAGE, f"run {run_id} is not a claimed run of task {name!r}")
         trigger = Trigger(claimed.trigger)
 
     if not docroot.is_enabled(name):
         _record_not_run(docroot, name, run_id, trigger, started, "disabled")
-        raise NotRun(EXIT_NOT_RUN, f"task {name!r} is disabled")
+        raise NotRun(ExitCode.NOT_RUN, f"task {name!r} is disabled")
     task_lock = None
     if not task.overlap:
         task_lock = store.take_task_lock(name)
@@ -122,7 +121,7 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
             _record_not_run(
                 docroot, name, run_id, trigger, started, "the previous run is still going"
             )
-            raise NotRun(EXIT_NOT_RUN, f"task {name!r} is still running from before")
+            raise NotRun(ExitCode.NOT_RUN, f"task {name!r} is still running from before")
     run_lock = store.take_run_lock()
     try:
         docroot.reap(name)
@@ -149,7 +148,7 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
             close_in_child=(*run_lock.fds, *(task_lock.fds if task_lock else ()),
                             *store.connection_fds()),
         )
-        exit_code = _EXIT_CODES.get(outcome.status, EXIT_FAILED)
+        exit_code = _EXIT_CODES.get(outcome.status, ExitCode.FAILED)
         if outcome.status == Status.TIMEOUT:
             where = f"; it was at {outcome.stuck_at}" if outcome.stuck_at else ""
             log.warning("task %r timed out after %g s%s", name, task.seconds("timeout"), where)
@@ -192,7 +191,7 @@ def _record_not_run(
         "start": started,
         "end": now(),
         "error": why,
-        "exit_code": EXIT_NOT_RUN,
+        "exit_code": ExitCode.NOT_RUN,
     }
     if run_id is None or not docroot.store.update_run_if(run_id, Status.PENDING, **fields):
         docroot.store.add_run(
