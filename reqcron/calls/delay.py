@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -42,8 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("reqcron")
 
-_lock = threading.Lock()
-_engines: dict[str, Docroot] = {}  # this process's engine per DOCROOT, for calls and results
 _log_once = LogOnce()
 _eager = os.environ.get("REQCRON_EAGER", "") not in ("", "0")
 
@@ -162,14 +159,9 @@ def release(engine: Docroot, ids: list[int]) -> None:
 
 
 def _engine(root: str) -> Docroot:
-    from ..engine.docroot import Docroot
+    from ..engine import registry  # the engine machinery only once a call is stored
 
-    key = os.fspath(root)
-    with _lock:
-        engine = _engines.get(key)
-        if engine is None:
-            engine = _engines[key] = Docroot(key, log_load_errors=False)
-        return engine
+    return registry.engine(root, log_load_errors=False)
 
 
 def _when(delay: float, at: datetime | None) -> float | None:

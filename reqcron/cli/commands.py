@@ -9,6 +9,7 @@ import time
 from typing import Any, NoReturn
 
 from .. import report
+from ..engine import registry
 from ..engine.docroot import Docroot
 from ..errors import ExitCode, ReqCronError
 from ..records import Trigger
@@ -95,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _open(args: argparse.Namespace) -> Docroot:
-    return Docroot(args.docroot, log_load_errors=False)  # each command reports them
+    """The DOCROOT's engine, closed with every other when the command ends (cli/main.py)."""
+    return registry.engine(args.docroot, busy_timeout=registry.BACKGROUND_BUSY_TIMEOUT,
+                           log_load_errors=False)  # each command reports them
 
 
 def _emit(data: Any) -> None:

@@ -91,4 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    return _guarded("reqcron", lambda: handler(args))
+    try:
+        return _guarded("reqcron", lambda: handler(args))
+    finally:
+        from ..engine import registry
+
+        registry.close_all()

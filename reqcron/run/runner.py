@@ -34,10 +34,12 @@ _EXIT_CODES = {Status.OK: ExitCode.OK, Status.TIMEOUT: ExitCode.TIMEOUT}  # else
 def run_command(docroot_path: str, name: str, *, run_id: int | None = None,
                 if_due: bool = False) -> int:
     """What ``runtask`` and ``reqcron run`` do: open the DOCROOT, run the task, close."""
-    from ..engine.docroot import Docroot
+    from ..engine import registry
 
     logging.basicConfig(level=logging.WARNING, format="runtask: %(message)s")
-    docroot = Docroot(docroot_path, log_load_errors=False)  # a refusal names them
+    # A refusal names the load errors: no need to log them too.
+    docroot = registry.engine(docroot_path, busy_timeout=registry.BACKGROUND_BUSY_TIMEOUT,
+                              log_load_errors=False)
     os.environ["REQCRON_DOCROOT"] = str(docroot.path)  # where calls the task defers go
     try:
         if run_id is None:  # a person or a crontab, not the server
@@ -48,7 +50,7 @@ def run_command(docroot_path: str, name: str, *, run_id: int | None = None,
                 sys.stderr.write(f"runtask: warning: {warning}\n")
         return run_task(docroot, name, run_id=run_id, if_due=if_due)
     finally:
-        docroot.close()
+        registry.close_all()
 
 
 def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bool = True,
