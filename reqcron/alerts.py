@@ -266,3 +266,20 @@ def _ping(method: str, url: str, body: bytes | None) -> None:
         _http(method, url, body)
     except Exception as exc:
         log.warning("reqcron: ping %s failed: %s", url, exc)
+
+
+def notify_in_thread(settings: Settings, store: Store,
+                     runs: Sequence[tuple[int, Sequence[str]]]) -> None:
+    """``notify_run`` for each (run id, the task's own targets), from a thread of its own.
+
+    The caller may be the middleware's worker, which must not wait on a mail
+    server.  Not a daemon: a command that recorded the run still sends
+    before it exits.  Each run is read as recorded by then, not as found.
+    """
+    def tell() -> None:
+        for run_id, targets in runs:
+            recorded = store.get_run(run_id)
+            if recorded is not None:
+                notify_run(settings, store, recorded, targets)
+
+    threading.Thread(target=tell, name="reqcron-notify").start()

@@ -1,6 +1,6 @@
 """Docroot: the engine behind the middleware, the commands and the status page.
 
-It knows tasks through the catalog kept in the state (catalog.py, sync.py):
+It knows tasks through the catalog kept in the state (catalog_sync.py):
 when ``__tasks__.py`` or ``reqcron.toml`` changes, one process of the site
 reads it in a child and stores the result; every other process picks the
 new catalog up by its version.  A poll (``pulse()``) is one small query
@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import UTC, datetime
-from pathlib import Path
 
-from ..config import CONFIG_FILE, TASKS_FILE, Settings, load_settings
-from ..errors import ConfigError, ScheduleError, StateError, TaskLookupError
+from ..config import CONFIG_FILE, TASKS_FILE, Settings
+from ..errors import ScheduleError, StateError, TaskLookupError
 from ..loading import catalog as catalogs
-from ..loading.import_path import module_files
 from ..loading.loader import load_tasks
 from ..logonce import LogOnce
-from ..paths import check_tasks_safety, docroot_path
+from ..paths import docroot_path
 from ..records import Claim, LoadError, Run, TaskState, Trigger, now
 from ..schedule.zones import local_zone, zone_name, zone_named
-from ..store import CLOCK_KEY, SQLiteStore, Store, open_store
+from ..store import Store, open_store
+from . import call_queue
 from . import catalog_sync as sync
+from .positions import Schedules
+from .site_files import SiteFiles
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from ..task_base import TaskBase as Task
 
 log = logging.getLogger("reqcron")
-
 
 
 class Docroot:
@@ -56,22 +55,27 @@ class Docroot:
         log_load_errors: bool = True,
     ):
         self.path = docroot_path(path)
-        # The file's identity before its contents: a change made while it is
-        # read is then seen as a change on the next look.
-        config_identity = _identity(self.path / CONFIG_FILE)
-        self.settings: Settings = load_settings(self.path)
-        self._settings_error: LoadError | None = None
+        self._log_once = LogOnce()
+        self._files = SiteFiles(self.path, self._log_once, self._state_moved)
         self._busy_timeout = busy_timeout
         self._log_load_errors = log_load_errors
         self._store = store
         self._catalog: Catalog = catalogs.Catalog("UTC")
         self._version = -1
-        self._stamps: tuple[object, ...] = (None, config_identity, None)
-        self._key = ""
         self._zone_name: str | None = None
         self.zone_warning: str | None = None
-        self._schedules: dict[tuple[str, float | None], Schedule] = {}
-        self._log_once = LogOnce()
+        self._schedules = Schedules()
+
+    @property
+    def settings(self) -> Settings:
+        """reqcron.toml as last read well."""
+        return self._files.settings
+
+    def _state_moved(self) -> None:
+        """reqcron.toml names another state: open it afresh, with its own zone and catalog."""
+        if self._store is not None:
+            self._store.close()
+        self._store, self._zone_name, self._version = None, None, -1
 
     @property
     def store(self) -> Store:
@@ -94,27 +98,10 @@ class Docroot:
         return self.store.set_aside()
 
     def copy_state_to(self, url: str, site: str | None = None) -> tuple[int, int]:
-        """Copy this DOCROOT's SQLite state into the PostgreSQL ``url`` as ``site``.
+        """Copy this DOCROOT's SQLite state into PostgreSQL (see engine/state_copy.py)."""
+        from .state_copy import copy_state
 
-        The source is the SQLite state the DOCROOT uses now, so copy before
-        setting ``site`` and ``state`` in reqcron.toml (``site`` there moves a
-        SQLite state).  Returns how many tasks and runs were copied; the
-        target site must be empty.
-        """
-        from ..store.postgres import PostgresStore, redact
-
-        site = site or self.settings.site
-        if not site:
-            raise StateError(redact(url), "name the site it becomes there: --site NAME")
-        source = SQLiteStore(self.settings.state_dir / "state.db", self._busy_timeout)
-        target = PostgresStore(url, site)
-        try:
-            dump = source.dump()
-            target.restore(dump)
-        finally:
-            source.close()
-            target.close()
-        return len(dump.tasks), len(dump.runs)
+        return copy_state(self.settings, url, site, self._busy_timeout)
 
     # -- the catalog -----------------------------------------------------------
 
@@ -127,19 +114,21 @@ class Docroot:
         """
         current = now() if at is None else at
         self.store.verify()
-        key = self._files_key()
+        key = self._files.key(self.zone_name)
         pulse = self.store.pulse()
         if pulse.catalog_key != key:
             sync.read_once(self.store, self.path, self.settings.python, self.zone_name(), key,
-                           current, self._schedule, self._log_load_errors,
+                           current, self._schedules.get, self._log_load_errors,
                            self.settings.modules, self.settings.django_settings)
             pulse = self.store.pulse()
         if pulse.catalog_version != self._version:
             self._load_catalog()
-        from ..schedule import clock
+        from ..schedule import clock  # not on a task process's way to run()
 
         if clock.went_back(pulse.clock):
-            self._clock_went_back()
+            from .positions import follow_clock_set_back
+
+            follow_clock_set_back(self.store, self._catalog, self._schedules, self.path)
             pulse = self.store.pulse()
         return pulse
 
@@ -150,78 +139,22 @@ class Docroot:
         now are being run by task processes, or are started at the next look.
         """
         pulse = self.store.pulse()
-        current = now()
-        calls = pulse.call_due if pulse.call_due is not None and pulse.call_due > current else None
+        calls = call_queue.next_wait(pulse, now())
         return min((t for t in (pulse.earliest, calls) if t is not None), default=None)
 
     def queue(self) -> dict[str, int]:
         """How many deferred calls wait (for their time, or a process) and how many run."""
-        return {"queued": self.store.due_calls(float("inf"), 1_000_000),
-                "running": self.store.calls_running()}
+        return call_queue.counts(self.store)
 
     def drainers_wanted(self, at: float | None = None) -> int:
         """How many task processes to start for the deferred calls due now (max_processes)."""
-        from .stored_calls import SLOT_LOCK
-
-        current = now() if at is None else at
-        most = self.settings.max_processes
-        waiting = self.store.due_calls(current, most)  # one small query, as a pulse is
-        if not waiting:
-            return 0
-        started = self.store.held_task_locks([SLOT_LOCK.format(i) for i in range(most)])
-        if started:
-            # A process between two calls (or lingering after its last) takes the next.
-            waiting -= max(0, started - self.store.calls_running())
-        return max(0, min(waiting, most - started))
+        return call_queue.drainers_wanted(self.store, self.settings.max_processes,
+                                          now() if at is None else at)
 
     def catalog(self) -> Catalog:
         """The tasks as data (the last good definitions while the file is broken)."""
         self.pulse()
         return self._catalog
-
-    def _files_key(self) -> str:
-        """Identify what the catalog is read from (re-hashed only when a stat changes).
-
-        That is the tasks file, the task modules' files, the zone, the
-        ``modules`` and ``django_settings`` settings and whether the files are
-        refused, not reqcron.toml as a whole: its host-local settings
-        (state_dir, python) differ between the hosts of one site, which must
-        agree on one catalog.  reqcron.toml is re-read here when it changes.
-        """
-        tasks, config = self.path / TASKS_FILE, self.path / CONFIG_FILE
-        config_stamp = _identity(config)
-        if config_stamp != self._stamps[1]:
-            self._reload_settings()
-        # Found by walking the import path, never by importing: the web
-        # server's processes import no task code.
-        modules = module_files(self.path, self.settings.modules)
-        stamps = (_identity(tasks), config_stamp, _identity(self.path),
-                  *(_identity(m) for m in modules))
-        if stamps != self._stamps:
-            # Modes count too: a tasks file others can write is refused, and
-            # fixing its mode must be read again.
-            refusal = check_tasks_safety(self.path) or ""
-            imports = "\0".join([self.settings.django_settings or "", *self.settings.modules])
-            key = sync.files_key((tasks, *modules),
-                                 f"{self.zone_name()}\0{refusal}\0{imports}")
-            self._stamps, self._key = stamps, key  # only once the state answered
-        return self._key
-
-    def _reload_settings(self) -> None:
-        try:
-            settings = load_settings(self.path)
-            self._settings_error = None
-        except ConfigError as exc:  # keep the last good settings
-            self._settings_error = LoadError(exc.path, exc.line, exc.problem)
-            self._log_once(logging.ERROR, "%s", self._settings_error)
-            return
-        where = (settings.state, settings.site, settings.state_dir)
-        if where != (self.settings.state, self.settings.site, self.settings.state_dir):
-            # Another state: open it afresh, with its own zone and catalog.
-            if self._store is not None:
-                self._store.close()
-            self._store, self._zone_name, self._version = None, None, -1
-        self.settings = settings
 
     def _load_catalog(self) -> None:
         row = self.store.catalog()
@@ -266,7 +199,7 @@ class Docroot:
     def load_errors(self) -> list[LoadError]:
         """What went wrong reading the DOCROOT's files: file errors and per-task errors."""
         errors = list(self.catalog().errors)
-        return [self._settings_error, *errors] if self._settings_error else errors
+        return [self._files.error, *errors] if self._files.error else errors
 
     def info(self, name: str) -> TaskInfo:
         """Return task ``name`` as data; raises TaskLookupError listing the known ones."""
@@ -294,24 +227,13 @@ class Docroot:
 
     # -- schedules -------------------------------------------------------------
 
-    def _schedule(self, signature: str, anchor: float | None) -> Schedule | None:
-        from ..schedule.forms import from_signature
-
-        key = (signature, anchor if signature.startswith("every:") else None)
-        if key not in self._schedules:
-            schedule = from_signature(signature, _dt(anchor) if anchor is not None else None)
-            if schedule is None:
-                return None
-            self._schedules[key] = schedule
-        return self._schedules[key]
-
     def schedule_of(self, name: str, state: TaskState | None = None) -> Schedule:
         """Return task ``name``'s schedule, with an ``every`` anchored as the state says."""
         info = self._known(name)
         if state is None:
             state = self.store.state(name)
         anchor = (state.anchor or state.first_seen) if state is not None else now()
-        schedule = self._schedule(info.signature, anchor)
+        schedule = self._schedules.get(info.signature, anchor)
         if schedule is None:
             raise ScheduleError(name, f"{info.signature!r} cannot be read back")
         return schedule
@@ -320,25 +242,6 @@ class Docroot:
         """Each catalogued task's row in the state."""
         tasks = self.catalog().tasks
         return {n: s for n, s in self.store.states().items() if n in tasks}
-
-    def _clock_went_back(self) -> None:
-        """Re-position the slots claimed at a wall time later than now (see clock.py)."""
-        from ..schedule import clock
-
-        current = now()  # not a caller's `at`: this is about the real clock
-        for name, state in self.store.states().items():
-            info = self._catalog.tasks.get(name)
-            if info is None or state.next_due is None or state.signature != info.signature:
-                continue
-            schedule = self._schedule(info.signature, state.anchor or state.first_seen)
-            if schedule is None:
-                continue
-            moved = clock.repositioned(schedule, state.next_due, current)
-            if moved is not None:
-                self.store.reposition(name, state.next_due, info.signature, moved)
-        self.store.set_meta(CLOCK_KEY, repr(clock.offset()))
-        log.warning("reqcron: %s: the clock was set back; schedules follow the new time",
-                    self.path)
 
     # -- claims ------------------------------------------------------------------
 
@@ -385,8 +288,8 @@ class Docroot:
         A reqcron.toml that does not load would stop every task process before
         its run: its slots say so, instead of ending as lost runs.
         """
-        if self._settings_error is not None:
-            return f"{CONFIG_FILE} does not load: {self._settings_error}"
+        if self._files.error is not None:
+            return f"{CONFIG_FILE} does not load: {self._files.error}"
         error = self._catalog.error_of(name)
         return f"{TASKS_FILE} does not load: {error}" if error else None
 
@@ -472,21 +375,13 @@ class Docroot:
     def _tell(self, runs: list[tuple[int, str]]) -> None:
         """Notify about runs (id, task) this process recorded as failed, from a thread of
         their own; nothing is read unless a task has somewhere to notify."""
-        tell = [(run_id, info) for run_id, task in runs
+        tell = [(run_id, info.notify) for run_id, task in runs
                 if (info := self._catalog.tasks.get(task))
                 and (info.notify or self.settings.notify)]
         if tell:
-            import threading
+            from ..alerts import notify_in_thread
 
-            threading.Thread(target=self._notify, args=(tell,), name="reqcron-notify").start()
-
-    def _notify(self, tell: list[tuple[int, TaskInfo]]) -> None:
-        from ..alerts import notify_run
-
-        for run_id, info in tell:
-            recorded = self.store.get_run(run_id)  # as recorded now, not as found
-            if recorded is not None:
-                notify_run(self.settings, self.store, recorded, info.notify)
+            notify_in_thread(self.settings, self.store, tell)
 
     def close(self) -> None:
         """Close the state's connection (a later use opens it again)."""
@@ -498,16 +393,4 @@ class Docroot:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _identity(path: Path) -> tuple[int, ...] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev, st.st_mode)
-
-
-def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
 
