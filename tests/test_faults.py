@@ -28,7 +28,7 @@ from reqcron.errors import StateError
 from reqcron.limits import ERROR_LIMIT
 from reqcron.store.sqlite import SQLiteStore
 
-#: The read time limit the servers and commands of these tests use (catalog.READ_TIMEOUT).
+#: The read time limit the servers and commands of these tests use (READ_TIMEOUT).
 READ_TIMEOUT = 2.0
 
 GOOD = """
@@ -239,7 +239,7 @@ def test_a_tasks_file_that_misbehaves_at_import_harms_no_worker(
     assert server.proc.poll() is None, "the master died"
     assert pids <= before
     assert workers(server) == before, "a worker died or was replaced"
-    assert processes("reqcron.loading.catalog", str(root)) == []
+    assert processes("reqcron.loading.child", str(root)) == []
 
     # The last good schedule is kept, with the load error beside it.
     listed = reqcron_cmd("list", str(root), "--json")
@@ -271,7 +271,7 @@ def test_a_tasks_file_that_misbehaves_at_import_harms_no_worker(
             if not env:
                 assert len(checked.stderr.splitlines()) == 1, checked.stderr
             assert len(checked.stderr) < 2 * (ERROR_LIMIT + 1000)  # once: see the test below
-        assert processes("reqcron.loading.catalog", str(root)) == []
+        assert processes("reqcron.loading.child", str(root)) == []
 
     # Logged once by the whole server (not per worker or per request); no flood in it.
     for _ in range(20):
@@ -297,7 +297,7 @@ def test_a_copy_forked_at_import_that_leaves_its_session_is_not_left_behind(
     assert time.monotonic() - begun < READ_TIMEOUT + 10  # nothing held the answer's pipe
     assert checked.returncode == 2
     assert "__tasks__.py:7: it forked at import" in checked.stderr, checked.stderr
-    wait_for(lambda: processes("reqcron.loading.catalog", str(root)) == [], timeout=5,
+    wait_for(lambda: processes("reqcron.loading.child", str(root)) == [], timeout=5,
              message="the forked copy to be gone")
 
 

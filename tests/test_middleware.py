@@ -276,7 +276,7 @@ def test_a_task_process_that_dies_before_its_run_is_recorded_lost_at_once(
 ):
     wrapper = tmp_path / "python"
     wrapper.write_text("#!/bin/sh\n"  # reads the tasks, but never starts a run
-                       f'case "$*" in *reqcron.loading.catalog*) '
+                       f'case "$*" in *reqcron.loading.child*) '
                        f'exec {sys.executable} "$@";; esac\n'
                        "exit 3\n")
     wrapper.chmod(0o755)

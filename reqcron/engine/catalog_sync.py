@@ -1,7 +1,7 @@
 """The catalog kept in the state, in step with the DOCROOT's files, read once per site.
 
 When ``__tasks__.py``, a task module or ``reqcron.toml`` changes, the first process to
-notice takes a lease, reads the files in a child (``catalog.read``), lays
+notice takes a lease, reads the files in a child (``reader.read``), lays
 the answer over the stored catalog (a task that no longer loads keeps its
 last good definition) and stores it with the task rows it implies, in one
 transaction.  The others wait for that answer rather than act on a catalog
@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..loading import catalog as catalogs
+from ..loading import reader
 from ..records import TaskState, now
 from ..store import REMOVED, Store, TaskSync
 
@@ -54,7 +55,7 @@ def read_once(store: Store, docroot: Path, python: str, zone: str, key: str, cur
     The load errors found are logged once, by the process that read them
     (``log_errors``: off where the caller reports them itself, as commands do).
     """
-    lease = catalogs.READ_TIMEOUT + 5
+    lease = reader.READ_TIMEOUT + 5
     deadline = time.monotonic() + lease
     while not store.begin_read(key, now(), now() + lease):  # real time, not a caller's `at`
         # Another process reads the same files: wait until it is done (its lease
@@ -64,7 +65,7 @@ def read_once(store: Store, docroot: Path, python: str, zone: str, key: str, cur
             return
         time.sleep(0.02)
     stored = store.catalog()
-    fresh = catalogs.read(docroot, python, zone, modules=modules,
+    fresh = reader.read(docroot, python, zone, modules=modules,
                           django_settings=django_settings)
     previous = catalogs.Catalog.from_json(stored.data) if stored.data else None
     merged = fresh.merged_over(previous)

@@ -1,25 +1,15 @@
-"""The catalog: what ``__tasks__.py`` declares, as data, read in a short-lived child process.
+"""The catalog: what ``__tasks__.py`` declares, as data (JSON in the state and between processes).
 
-The web server's processes never import ``__tasks__.py``: a file that
-exits, loops, forks or floods at import must not harm them.  A child
-(``python -P -m reqcron.loading.catalog DOCROOT ZONE``) imports it, turns each task
-into a ``TaskInfo`` and prints the catalog as JSON; the parent gives it a
-time limit, reads a capped answer and kills whatever it left behind.  The
-result is kept in the state, so each change is read once per site.
+It is made in a short-lived child (child.py) that imports the task files,
+read by its parent (reader.py), and kept in the state, so each change is
+read once per site and the web server's processes never import task code.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Sequence
-from pathlib import Path
-
 from .. import alerts
-from ..config import TASKS_FILE
 from ..limits import ERROR_LIMIT, cap
 from ..records import LoadError, Record
-from .loader import load_tasks
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -28,19 +18,6 @@ if TYPE_CHECKING:
     from ..task_base import TaskBase as Task
 
 
-def _read_timeout(default: float = 10.0) -> float:
-    """The read time limit: REQCRON_READ_TIMEOUT seconds (0.1 to 3600) if set, else 10."""
-    try:
-        value = float(os.environ.get("REQCRON_READ_TIMEOUT", default))
-    except ValueError:
-        return default
-    return value if 0.1 <= value <= 3600 else default  # also refuses nan and inf
-
-
-#: Seconds a read of __tasks__.py may take before it is stopped (REQCRON_READ_TIMEOUT).
-READ_TIMEOUT = _read_timeout()
-#: Bytes of catalog a read may answer with (10,000 tasks take ~3 MB).
-READ_LIMIT = 64 * 1024 * 1024
 #: Changes whenever the catalog's shape does, so old stored catalogs are re-read.
 FORMAT = "2"
 
@@ -178,169 +155,3 @@ def info_of(task: Task, zone_name: str, source: str | None = None) -> TaskInfo:
         ping=task.ping,
         source=source,
     )
-
-
-def build(docroot: Path, zone_name: str, modules: Sequence[str] = (),
-          django_settings: str | None = None) -> Catalog:
-    """Import the tasks file (and ``modules``) in this process and describe them
-    (the child's half)."""
-    from ..schedule.zones import zone_named
-
-    loaded = load_tasks(docroot, zone_named(zone_name), modules=modules,
-                        django_settings=django_settings)
-    catalog = Catalog(zone_name, errors=loaded.errors).capped()
-    if not loaded.file_ok:
-        catalog.file_error = "; ".join(str(e) for e in catalog.errors if e.task is None)
-        return catalog.capped()
-    for name, task in loaded.tasks.items():
-        catalog.tasks[name] = info_of(task, zone_name, loaded.sources.get(name))
-    return catalog
-
-
-def read(docroot: Path, python: str, zone_name: str, timeout: float = READ_TIMEOUT,
-         modules: Sequence[str] = (), django_settings: str | None = None) -> Catalog:
-    """Read the catalog of ``docroot`` in a child process (the parent's half); never raises.
-
-    ``modules`` and ``django_settings`` come from the parent's settings (the
-    last good ones), so a broken reqcron.toml does not break the tasks.
-    """
-    import select
-    import signal
-    import subprocess
-    import time
-
-    where = str(docroot / TASKS_FILE)
-
-    def failure(message: str) -> Catalog:
-        return Catalog.failed(zone_name, LoadError(where, None, message))
-
-    command = [python, "-P", "-m", "reqcron.loading.catalog", str(docroot), zone_name,
-               *(["--django", django_settings] if django_settings else []), *modules]
-    try:
-        child = subprocess.Popen(
-            command, cwd=docroot, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
-        )
-    except OSError as exc:
-        return failure(f"cannot start {python} to read it: {exc}")
-    assert child.stdout is not None
-    fd = child.stdout.fileno()
-    answer = bytearray()
-    deadline = time.monotonic() + timeout
-    timed_out = too_big = False
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
-                break
-            exited = child.poll() is not None
-            # Once the child is gone, stop at the first pause: a copy of it
-            # forked at import may hold the pipe open for good.
-            if not select.select([fd], [], [], 0.05 if exited else min(left, 0.5))[0]:
-                if exited:
-                    break
-                continue
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            answer += chunk
-            if len(answer) > READ_LIMIT:
-                too_big = True
-                break
-    finally:
-        try:
-            os.killpg(child.pid, signal.SIGKILL)  # it, and whatever it left behind
-        except (ProcessLookupError, PermissionError):
-            pass
-        child.stdout.close()
-        code = child.wait()
-    if timed_out:
-        return failure(f"reading it took longer than {timeout:g} s (an endless loop at "
-                       "import?); it was stopped")
-    if too_big:
-        return failure(f"reading it answered more than {READ_LIMIT} bytes")
-    try:
-        return Catalog.from_json(answer.decode("utf-8"))
-    except (ValueError, KeyError, TypeError):
-        how = (f"died of {signal.Signals(-code).name}" if code < 0
-               else f"exited with code {code}")
-        return failure(f"reading it failed: its process {how} before it finished "
-                       "(os._exit, a crash or a signal at import?)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -P -m reqcron.loading.catalog DOCROOT ZONE [--django SETTINGS] [MODULE ...]``:
-    print the catalog as JSON."""
-    docroot, zone_name, *modules = argv if argv is not None else sys.argv[1:]
-    django_settings = None
-    if modules[:1] == ["--django"]:
-        django_settings, modules = modules[1], modules[2:]
-    where = str(Path(docroot) / TASKS_FILE)
-    # The answer goes to a copy of stdout; whatever the tasks file prints
-    # goes nowhere, so a flood at import never reaches the server's log.
-    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
-    os.dup2(null, 2)
-    # A fork at import leaves two processes reading on: only this one answers,
-    # and the answer is that the file forked.  The copy dies with this process
-    # even if it left its process group, which the parent kills.
-    forked_at: list[int | None] = []
-    copy: list[bool] = []
-    reader = os.getpid()
-
-    def in_copy() -> None:
-        copy.append(True)
-        _die_with_parent()
-        if os.getppid() != reader:  # the reader (or a copy's parent) is gone already
-            os._exit(0)
-
-    os.register_at_fork(after_in_parent=lambda: forked_at.append(_line_in(where)),
-                        after_in_child=in_copy)
-    try:
-        catalog = build(Path(docroot), zone_name, modules, django_settings)
-    except BaseException as exc:  # the loader reports; this is the last resort
-        catalog = Catalog.failed(zone_name, LoadError(where, None, _describe(exc)))
-    if copy:
-        os._exit(0)
-    if forked_at:
-        catalog = Catalog.failed(zone_name, LoadError(
-            where, forked_at[0], "it forked at import (os.fork(), multiprocessing or the like): "
-            f"reading {TASKS_FILE} must start no processes, so it was not loaded"))
-    out.write(catalog.capped().to_json())
-    out.flush()
-    os._exit(0)  # no atexit handlers or threads of the tasks file hold the exit
-
-
-def _line_in(path: str) -> int | None:
-    """The line of ``path`` the current call stack passes through, if any."""
-    frame = sys._getframe(1)
-    while frame.f_code.co_filename != path:
-        if frame.f_back is None:
-            return None
-        frame = frame.f_back
-    return frame.f_lineno
-
-
-def _die_with_parent() -> None:
-    """Ask the kernel to kill this process when its parent ends (Linux; else nothing)."""
-    try:
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, 9, 0, 0, 0)  # SIGKILL
-    except (OSError, AttributeError):
-        pass
-
-
-def _describe(exc: BaseException) -> str:
-    try:
-        text = str(exc)
-    except Exception:
-        text = ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-if __name__ == "__main__":
-    main()
