@@ -29,6 +29,7 @@ from .records import FAILING, RAN
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from datetime import tzinfo
     from typing import Any
 
     from .config import Settings
@@ -122,23 +123,22 @@ def event_for(store: Store, run: Run) -> str | None:
     return "recovered" if was_failing else None
 
 
-def payload(event: str, run: Run, docroot: os.PathLike[str] | str) -> dict[str, Any]:
-    """What every kind of target receives (the JSON of a webhook)."""
-    from datetime import UTC, datetime
-
-    def iso(ts: float | None) -> str | None:
-        return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
+def payload(event: str, run: Run, docroot: os.PathLike[str] | str,
+            zone: tzinfo) -> dict[str, Any]:
+    """What every kind of target receives (the JSON of a webhook); times in ``zone``."""
+    from .times import iso
 
     error = (run.error or "").splitlines()[0] if run.error else None
     return {
         "event": event, "task": run.task, "status": run.status, "run": run.id,
         "host": socket.gethostname(), "docroot": os.fspath(docroot),
-        "start": iso(run.start), "end": iso(run.end), "error": error,
+        "start": iso(run.start, zone), "end": iso(run.end, zone), "error": error,
         "see": f"reqcron history {os.fspath(docroot)} {run.task} --run {run.id}",
     }
 
 
-def notify_run(settings: Settings, store: Store, run: Run, task_targets: Sequence[str]) -> None:
+def notify_run(settings: Settings, store: Store, run: Run, task_targets: Sequence[str],
+               zone: tzinfo) -> None:
     """Send what the end of ``run`` calls for, and record how it went on the run."""
     wanted = [*task_targets, *settings.notify]
     if not wanted or run.id is None:
@@ -150,7 +150,7 @@ def notify_run(settings: Settings, store: Store, run: Run, task_targets: Sequenc
         return
     if event is None:
         return
-    data = payload(event, run, settings.docroot)
+    data = payload(event, run, settings.docroot, zone)
     outcomes = []
     for target in dict.fromkeys(wanted):
         try:
@@ -268,7 +268,7 @@ def _ping(method: str, url: str, body: bytes | None) -> None:
         log.warning("reqcron: ping %s failed: %s", url, exc)
 
 
-def notify_in_thread(settings: Settings, store: Store,
+def notify_in_thread(settings: Settings, store: Store, zone: tzinfo,
                      runs: Sequence[tuple[int, Sequence[str]]]) -> None:
     """``notify_run`` for each (run id, the task's own targets), from a thread of its own.
 
@@ -280,6 +280,6 @@ def notify_in_thread(settings: Settings, store: Store,
         for run_id, targets in runs:
             recorded = store.get_run(run_id)
             if recorded is not None:
-                notify_run(settings, store, recorded, targets)
+                notify_run(settings, store, recorded, targets, zone)
 
     threading.Thread(target=tell, name="reqcron-notify").start()

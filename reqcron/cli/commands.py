@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any, NoReturn
 
-from .. import report
+from .. import report, times
 from ..engine import registry
 from ..engine.docroot import Docroot
 from ..errors import ExitCode, ReqCronError
@@ -131,12 +131,12 @@ def cmd_list(args: argparse.Namespace) -> int:
             last_text = "never"
             if last:
                 start = _ts(last["start"] or last["end"])
-                last_text = (f"{last['status']} {report.relative(start)}, "
-                             f"{report.duration(last['duration'])}")
+                last_text = (f"{last['status']} {times.relative(start)}, "
+                             f"{times.duration(last['duration'])}")
             next_ts = _ts(t["next_run"])
             rows.append([
                 t["name"], t["schedule"],
-                f"{report.local(next_ts, zone)} ({report.relative(next_ts)})" if next_ts
+                f"{times.local(next_ts, zone)} ({times.relative(next_ts)})" if next_ts
                 else "-",
                 last_text,
                 ", ".join([*t["marks"], *(["running"] if t["running"] else []),
@@ -231,8 +231,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         return ExitCode.OK
     from ..engine.stored_calls import label
 
-    rows = [[str(r.id), label(r), r.trigger, report.local(r.start or r.created, zone),
-             report.duration(r.duration), r.status + (f" x{r.slots}" if r.slots > 1 else ""),
+    rows = [[str(r.id), label(r), r.trigger, times.local(r.start or r.created, zone),
+             times.duration(r.duration), r.status + (f" x{r.slots}" if r.slots > 1 else ""),
              report.shorten(report.first_error_line(r) or "", 70)] for r in runs]
     sys.stdout.write(_table(rows, ["RUN", "TASK", "TRIGGER", "START", "DURATION", "STATUS",
                                    "ERROR"]) if rows else "no runs yet\n")
@@ -242,7 +242,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 def _shown(key: str, value: Any) -> str:
     """One field of a run for people: seconds rounded, data as JSON."""
     if key in ("duration", "lateness"):
-        return report.duration(value)
+        return times.duration(value)
     if isinstance(value, str):
         return value
     return json.dumps(value)

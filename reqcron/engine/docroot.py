@@ -381,7 +381,7 @@ class Docroot:
         if tell:
             from ..alerts import notify_in_thread
 
-            notify_in_thread(self.settings, self.store, tell)
+            notify_in_thread(self.settings, self.store, self.zone, tell)
 
     def close(self) -> None:
         """Close the state's connection (a later use opens it again)."""

@@ -182,7 +182,8 @@ def _tell(docroot: Docroot, task: Task, run_id: int, ok: bool, output: str,
     alerts.ping_end(task.ping, ok, output, pinged)
     run = docroot.store.get_run(run_id)
     if run is not None:
-        alerts.notify_run(docroot.settings, docroot.store, run, alerts.targets(task.notify))
+        alerts.notify_run(docroot.settings, docroot.store, run, alerts.targets(task.notify),
+                          docroot.zone)
 
 
 def _record_not_run(
