@@ -20,7 +20,8 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from typing import Any
 
-    from .calls.delay import Result, delay, set_eager
+    from .calls.delay import delay, set_eager
+    from .calls.result import Result
     from .engine.docroot import Docroot
     from .functions import cron, every
     from .records import Status, Trigger
@@ -49,7 +50,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Docroot": "engine.docroot",
     "ReqCron": "web.wsgi",
-    "Result": "calls.delay",
+    "Result": "calls.result",
     "delay": "calls.delay",
     "set_eager": "calls.delay",
     "Status": "records",

@@ -12,7 +12,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from typing import Any
 
-    from .calls.delay import Result
+    from .calls.result import Result
 
 
 class Task(TaskBase):
@@ -21,7 +21,7 @@ class Task(TaskBase):
     abstract = True
 
     @classmethod
-    def delay(cls, *args: Any, **kwargs: Any) -> Result:
+    def delay(cls, *args: Any, **kwargs: Any) -> Result[Any]:
         """Run this task with these arguments (JSON) in a task process, soon; see ``@delay``.
 
         For a task whose ``run()`` takes arguments; returns a Result at once.

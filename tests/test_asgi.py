@@ -380,7 +380,7 @@ from django.http import HttpResponse, JsonResponse
 from django.urls import path
 
 import jobs
-from reqcron.calls.delay import _engine
+from reqcron.calls.result import engine_of as _engine
 
 DOCROOT = {docroot!r}
 

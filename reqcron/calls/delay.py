@@ -22,14 +22,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from datetime import datetime, timedelta
-from pathlib import Path
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from ..engine.stored_calls import HOLD, TASKS_MODULE, Call, new_run
 from ..logonce import LogOnce
-from ..records import FINAL, Status, now
+from ..records import now
 from . import serving
+from .result import Result, engine_of
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -37,9 +37,11 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..engine.docroot import Docroot
-    from ..records import Run
 
 log = logging.getLogger("reqcron")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _log_once = LogOnce()
 _eager = os.environ.get("REQCRON_EAGER", "") not in ("", "0")
@@ -52,10 +54,10 @@ def set_eager(enabled: bool = True) -> bool:
     return previous
 
 
-class Deferred:
+class Deferred(Generic[P, R]):
     """A function marked with ``@delay``: calling it queues the call and returns a Result."""
 
-    def __init__(self, function: Callable[..., Any], *, delay: float = 0.0,
+    def __init__(self, function: Callable[P, R], *, delay: float = 0.0,
                  at: datetime | None = None, retries: int = 0, timeout: float | None = None,
                  docroot: str | os.PathLike[str] | None = None):
         self.function = function
@@ -68,7 +70,7 @@ class Deferred:
         self.__wrapped__ = function
         serving.note_use()
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Result:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Result[R]:
         call = Call(self.target, list(args), kwargs, retries=self.retries,
                     timeout=self.timeout, path=_import_path())
         return defer(call, lambda: self.function(*args, **kwargs), _when(self.delay, self.at),
@@ -78,10 +80,23 @@ class Deferred:
         return f"<deferred function {self.target}>"
 
 
-def delay(function: Callable[..., Any] | None = None, *, minutes: float = 0, hours: float = 0,
+@overload
+def delay(function: Callable[P, R], /) -> Deferred[P, R]: ...
+
+
+@overload
+def delay(function: None = None, /, *, minutes: float = 0, hours: float = 0, days: float = 0,
+          weeks: float = 0, at: datetime | None = None, retries: int = 0,
+          timeout: float | timedelta | None = None,
+          docroot: str | os.PathLike[str] | None = None,
+          ) -> Callable[[Callable[P, R]], Deferred[P, R]]: ...
+
+
+def delay(function: Callable[P, R] | None = None, /, *, minutes: float = 0, hours: float = 0,
           days: float = 0, weeks: float = 0, at: datetime | None = None, retries: int = 0,
           timeout: float | timedelta | None = None,
-          docroot: str | os.PathLike[str] | None = None) -> Any:
+          docroot: str | os.PathLike[str] | None = None,
+          ) -> Deferred[P, R] | Callable[[Callable[P, R]], Deferred[P, R]]:
     """Mark a module-level function so that calling it runs it later, in a task process.
 
     ``@delay`` or ``@delay(minutes=5, retries=3, timeout=60)``; the call
@@ -98,7 +113,7 @@ def delay(function: Callable[..., Any] | None = None, *, minutes: float = 0, hou
     if limit is not None and limit <= 0:
         raise ValueError(f"timeout must be positive, not {timeout!r}")
 
-    def mark(fn: Callable[..., Any]) -> Deferred:
+    def mark(fn: Callable[P, R]) -> Deferred[P, R]:
         return Deferred(fn, delay=seconds, at=at, retries=retries, timeout=limit, docroot=docroot)
 
     return mark(function) if function is not None else mark
@@ -123,15 +138,15 @@ def import_name(function: Callable[..., Any]) -> str:
     return f"{module}:{qualname}"
 
 
-def defer_task(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Result:
+def defer_task(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Result[Any]:
     """``SomeTask.delay(...)``: queue a run of the task with these arguments."""
     name = str(getattr(cls, "name", cls.__name__))
     call = Call(name, list(args), kwargs, task=True)
     return defer(call, lambda: cls().run(*args, **kwargs), None, None)
 
 
-def defer(call: Call, inline: Callable[[], Any], at: float | None,
-          docroot: str | None) -> Result:
+def defer(call: Call, inline: Callable[[], R], at: float | None,
+          docroot: str | None) -> Result[R]:
     """Queue ``call`` in its DOCROOT's state, or run it inline where there is none."""
     serving.note_use()
     middleware, key, root = serving.where(docroot)
@@ -141,7 +156,7 @@ def defer(call: Call, inline: Callable[[], Any], at: float | None,
             _log_once(logging.WARNING, "reqcron: no DOCROOT in this process (no ReqCron "
                       "middleware, no REQCRON_DOCROOT): deferred calls run inline")
         return Result.inline(inline)
-    engine = _engine(root)
+    engine = engine_of(root)
     created = now()
     due = created if at is None else max(at, created)
     held = middleware is not None and due < created + HOLD
@@ -158,12 +173,6 @@ def release(engine: Docroot, ids: list[int]) -> None:
     engine.store.release_calls(ids, HOLD)
 
 
-def _engine(root: str) -> Docroot:
-    from ..engine import registry  # the engine machinery only once a call is stored
-
-    return registry.engine(root, log_load_errors=False)
-
-
 def _when(delay: float, at: datetime | None) -> float | None:
     if at is not None:
         return at.timestamp()
@@ -174,99 +183,3 @@ def _import_path() -> list[str]:
     # Absolute: the task process starts in the DOCROOT, not in the server's
     # working directory (uvicorn puts "." on sys.path).
     return [os.path.abspath(p) for p in sys.path if p]
-
-
-class Result:
-    """What became of a deferred call: read from the state, from any process."""
-
-    def __init__(self, docroot: str | os.PathLike[str] | None, id: int | None):
-        self.docroot = Path(docroot) if docroot is not None else None
-        self.id = id
-        self._run: Run | None = None
-        self._inline: tuple[bool, Any, str | None] | None = None
-
-    @classmethod
-    def get(cls, docroot: str | os.PathLike[str], id: int) -> Result:
-        """The Result of call ``id`` of ``docroot``; LookupError if there is no such call."""
-        result = cls(docroot, id)
-        run = result._read()
-        if run is None or run.call is None:
-            raise LookupError(f"no deferred call with id {id} in {docroot}")
-        return result
-
-    @classmethod
-    def inline(cls, function: Callable[[], Any]) -> Result:
-        """Run ``function`` now, here, and keep what came of it."""
-        result = cls(None, None)
-        try:
-            result._inline = (True, function(), None)
-        except Exception as exc:
-            result._inline = (False, None, f"{type(exc).__name__}: {exc}")
-        return result
-
-    def _read(self) -> Run | None:
-        if self._inline is None and self.id is not None and self.docroot is not None:
-            if self._run is None or self._run.status not in FINAL:
-                self._run = _engine(os.fspath(self.docroot)).store.get_run(self.id)
-        return self._run
-
-    @property
-    def status(self) -> str:
-        """queued, running, ok, failed, timeout or lost (``ok``/``failed`` inline)."""
-        if self._inline is not None:
-            return Status.OK if self._inline[0] else Status.FAILED
-        run = self._read()
-        if run is None:
-            raise LookupError(f"deferred call {self.id} is no longer in the state of "
-                              f"{self.docroot} (finished calls are kept result_days days)")
-        return run.status
-
-    def is_ready(self) -> bool:
-        """True once the call has run, well or not (never blocks)."""
-        return self.status in FINAL
-
-    def wait(self, timeout: float | None = None) -> Result:
-        """Block until the call is ready; TimeoutError after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.002
-        while not self.is_ready():
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"deferred call {self.id} is still {self.status} after "
-                                   f"{timeout:g} s")
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.1)
-        return self
-
-    @property
-    def has_error(self) -> bool:
-        return self.is_ready() and self.status != Status.OK
-
-    @property
-    def error_message(self) -> str | None:
-        """The error's first line (``Type: message``), once ready; None if it went well."""
-        if self._inline is not None:
-            return self._inline[2]
-        if not self.has_error:
-            return None
-        run = self._read()
-        return (run.error if run is not None else None) or f"the call ended {self.status}"
-
-    @property
-    def traceback(self) -> str | None:
-        run = self._read()
-        return run.traceback if run is not None and self.has_error else None
-
-    @property
-    def result(self) -> Any:
-        """What the function returned (JSON), once it ran well; else None."""
-        if self._inline is not None:
-            return self._inline[1]
-        run = self._read()
-        if run is None or run.status != Status.OK or run.return_value is None:
-            return None
-        import json
-
-        return json.loads(run.return_value)
-
-    def __repr__(self) -> str:
-        return f"<Result {self.id} {self.status}>"
