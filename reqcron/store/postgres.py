@@ -91,14 +91,6 @@ class PostgresStore(AdvisoryLocks, SQLStore):
             self._conn = self._connect()
         return self._conn
 
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and self._pid == os.getpid():
-            try:
-                conn.close()
-            except Exception:
-                pass
-
     @contextmanager
     def _session_cursor(self, write: bool = False,
                         snapshot: bool = False) -> Iterator[psycopg.Cursor[Any]]:

@@ -69,6 +69,8 @@ class SQLStore(Store):
 
     dialect: sql.Dialect
     site: str | None = None
+    _conn: Any  # this process's connection, or None
+    _pid: int  # the process that opened it
     #: What restore() says when the state already holds something.
     not_empty = "it is not empty; nothing was copied"
 
@@ -81,6 +83,15 @@ class SQLStore(Store):
     def _session(self, write: bool = False,
                  snapshot: bool = False) -> AbstractContextManager[Session]:
         """This process's connection: autocommit, a write transaction, or a read-only snapshot."""
+
+    def _drop(self) -> None:
+        """Forget a connection that failed; the next use opens a new one."""
+        conn, self._conn = self._conn, None
+        if conn is not None and self._pid == os.getpid():  # never the parent's, after fork()
+            try:
+                conn.close()
+            except Exception:
+                pass
 
     def _text(self, column: str, value: Any) -> Any:
         return capped_field(column, self.dialect.text(value))

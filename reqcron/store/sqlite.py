@@ -59,15 +59,6 @@ class SQLiteStore(SQLStore):
         conn, self._ident = open_file(self.path, self.busy_timeout)
         return conn
 
-    def _drop(self) -> None:
-        """Forget a connection that failed; the next use opens the file afresh."""
-        conn, self._conn = self._conn, None
-        if conn is not None and self._pid == os.getpid():
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
-
     @contextmanager
     def _session(self, write: bool = False, snapshot: bool = False) -> Iterator[Session]:
         # BEGIN IMMEDIATE takes the write lock up front (waiting the busy
