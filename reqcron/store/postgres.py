@@ -31,7 +31,8 @@ from .postgres_conn import (
     unreachable,
 )
 from .postgres_locks import AdvisoryLocks, PgLock
-from .sql_store import Session, SQLStore
+from .sql import Session
+from .sql_store import SQLStore
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:

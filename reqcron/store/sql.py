@@ -18,7 +18,19 @@ from ..records import OPEN, RUN_COLUMNS, Run, TaskState
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from collections.abc import Iterable
-    from typing import Any
+    from typing import Any, Protocol
+
+    class Rows(Protocol):
+        @property
+        def rowcount(self) -> int: ...
+
+        def fetchone(self) -> Any: ...
+
+        def fetchall(self) -> list[Any]: ...
+
+    class Executor(Protocol):
+        def execute(self, query: str, params: dict[str, Any], /) -> Rows: ...
+
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
@@ -68,6 +80,25 @@ SQLITE = Dialect(prefix="", site=False, distinct="IS NOT", same="IS", skip="", p
 POSTGRES = Dialect(prefix="reqcron_", site=True, distinct="IS DISTINCT FROM",
                    same="IS NOT DISTINCT FROM", skip=" FOR UPDATE SKIP LOCKED", pyformat=True,
                    nul=False)
+
+
+class Session:
+    """A connection (or cursor) that takes the shared statements, with the site bound."""
+
+    def __init__(self, db: Executor, dialect: Dialect, site: str | None):
+        self.db = db
+        self.dialect = dialect
+        self.site = site
+
+    def run(self, template: str, params: dict[str, Any] | None = None, /, **more: Any) -> Rows:
+        """Execute ``template``, in this database's spelling, with named parameters."""
+        return self.db.execute(self.dialect.sql(template),
+                               {"site": self.site, **(params or {}), **more})
+
+    def one(self, template: str, params: dict[str, Any] | None = None, /, **more: Any) -> Any:
+        """The first column of the first row (None for none)."""
+        row = self.run(template, params, **more).fetchone()
+        return row[0] if row else None
 
 
 class Schema:

@@ -19,41 +19,11 @@ from ..records import RUN_COLUMNS, Run, TaskState
 from . import sql
 from .base import CLOCK_KEY, REMOVED, Store
 from .rows import CatalogRow, Dump, Pulse, RunStats, TaskSync
-from .sql import check_run_fields, run_from_row, task_from_row
+from .sql import Session, check_run_fields, run_from_row, task_from_row
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
-    from typing import Any, Protocol
-
-    class Rows(Protocol):
-        @property
-        def rowcount(self) -> int: ...
-
-        def fetchone(self) -> Any: ...
-
-        def fetchall(self) -> list[Any]: ...
-
-    class Executor(Protocol):
-        def execute(self, query: str, params: dict[str, Any], /) -> Rows: ...
-
-
-class Session:
-    """A connection (or cursor) that takes the shared statements, with the site bound."""
-
-    def __init__(self, db: Executor, dialect: sql.Dialect, site: str | None):
-        self.db = db
-        self.dialect = dialect
-        self.site = site
-
-    def run(self, template: str, params: dict[str, Any] | None = None, /, **more: Any) -> Rows:
-        """Execute ``template``, in this database's spelling, with named parameters."""
-        return self.db.execute(self.dialect.sql(template),
-                               {"site": self.site, **(params or {}), **more})
-
-    def one(self, template: str, params: dict[str, Any] | None = None, /, **more: Any) -> Any:
-        """The first column of the first row (None for none)."""
-        row = self.run(template, params, **more).fetchone()
-        return row[0] if row else None
+    from typing import Any
 
 
 def _renew_lock(ref: weakref.ref[SQLStore]) -> None:

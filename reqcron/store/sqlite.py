@@ -21,8 +21,8 @@ from pathlib import Path
 from ..errors import StateError
 from . import locks, sql
 from .base import Lock
-from .sql import SQLITE
-from .sql_store import Session, SQLStore
+from .sql import SQLITE, Session
+from .sql_store import SQLStore
 from .sqlite_file import busy, open_file, reason, set_aside
 
 
