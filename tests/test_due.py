@@ -7,14 +7,11 @@ import sys
 import textwrap
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from conftest import write
 
 from reqcron import Docroot
-from reqcron.records import Status
-from reqcron.store import SQLiteStore, TaskSync
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -173,114 +170,6 @@ def test_eight_processes_racing_due_claim_each_slot_exactly_once(make_docroot, t
     assert len(minute) >= slots - 1
     assert len(fast) == len(set(fast)) and len(fast) >= slots * 5
     assert len(claimed) == len(runs)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request, tmp_path: Path):
-    """Every store backend; a new backend adds itself here and inherits these tests."""
-    if request.param == "postgres":
-        from reqcron.store.postgres import PostgresStore
-
-        backend = PostgresStore(request.getfixturevalue("pg_url"), site="s")
-    else:
-        backend = SQLiteStore(tmp_path / "s" / "state.db")
-    yield backend
-    backend.close()
-
-
-def sync(store, name, signature, next_due, now=1.0, key=None):
-    """Save a catalog holding one task, as the process that read the files does."""
-    key = key or f"{name}:{signature}:{next_due}"
-    assert store.begin_read(key, now, now + 10)
-    return store.save_catalog(key, "{}", [TaskSync(name, signature, next_due, None, True)], [],
-                              now)
-
-
-def test_store_claims_are_compare_and_swap(store):
-    from reqcron.records import Run
-
-    sync(store, "a", "sig", 100.0)
-    run = Run(task="a", trigger="request", status=Status.PENDING, created=101.0)
-    assert store.claim_slot("a", 100.0, "sig", 160.0, run) is not None
-    assert store.claim_slot("a", 100.0, "sig", 160.0, run) is None
-    assert store.states()["a"].next_due == 160.0
-
-
-def test_store_claims_only_with_the_current_schedule(store):
-    from reqcron.records import Run
-
-    sync(store, "a", "old", 100.0)
-    sync(store, "a", "new", 100.0)  # a process that has not re-read yet still says "old"
-    run = Run(task="a", trigger="request", status=Status.PENDING, created=101.0)
-    assert store.claim_slot("a", 100.0, "old", 160.0, run) is None
-    assert store.claim_slot("a", 100.0, "new", 160.0, run) is not None
-
-
-def test_store_resyncs_only_on_a_new_signature(store):
-    sync(store, "a", "sig", 100.0)
-    sync(store, "a", "sig", 999.0)
-    assert store.states()["a"].next_due == 100.0
-    sync(store, "a", "sig2", 999.0)
-    assert store.states()["a"].next_due == 999.0
-
-
-def test_store_lets_one_reader_at_a_time_read_a_change(store):
-    assert store.begin_read("k1", 1.0, 11.0)
-    assert not store.begin_read("k1", 2.0, 12.0)  # being read
-    assert store.begin_read("k1", 12.0, 22.0)  # its reader's lease ran out
-    assert store.save_catalog("k1", "{}", [], [], 13.0) == 1
-    assert not store.begin_read("k1", 14.0, 24.0)  # already read
-    assert store.catalog().key == "k1"
-
-
-def test_store_prunes_finished_runs_only(store):
-    from reqcron.records import Run
-
-    for i in range(10):
-        store.add_run(Run(task="a", trigger="manual", status=Status.OK, created=float(i)))
-    store.add_run(Run(task="a", trigger="manual", status=Status.RUNNING, created=0.0))
-    store.prune("a", 3)
-    statuses = [r.status for r in store.runs("a")]
-    assert statuses.count("ok") == 3 and statuses.count("running") == 1
-
-
-def test_store_pages_runs_before_and_after_an_id(store):
-    from reqcron.records import Run
-
-    ids = [store.add_run(Run(task="ab"[i % 2], trigger="manual", status=Status.OK,
-                             created=float(i))) for i in range(10)]
-    assert [r.id for r in store.runs(None, 3)] == ids[:-4:-1]
-    assert [r.id for r in store.runs(None, 3, before=ids[7])] == [ids[6], ids[5], ids[4]]
-    # After: the runs just newer than the id, still newest first.
-    assert [r.id for r in store.runs(None, 3, after=ids[1])] == [ids[4], ids[3], ids[2]]
-    assert [r.id for r in store.runs("a", 2, before=ids[6])] == [ids[4], ids[2]]
-    assert [r.id for r in store.runs("b", 9, after=ids[6])] == [ids[9], ids[7]]
-
-
-def test_store_caps_output(store):
-    from reqcron.limits import OUTPUT_LIMIT
-    from reqcron.records import Run
-
-    run_id = store.add_run(Run(task="a", trigger="manual", status=Status.OK, created=0.0))
-    store.update_run(run_id, output="x" * (OUTPUT_LIMIT + 10) + "END")
-    out = store.get_run(run_id).output
-    assert len(out) <= OUTPUT_LIMIT and out.endswith("END") and "truncated" in out
-
-
-def test_store_reopens_after_fork(store):
-    import os
-
-    sync(store, "a", "sig", 100.0)
-    pid = os.fork()
-    if pid == 0:  # the child must not use the parent's connection
-        try:
-            store.set_enabled("a", False)
-            os._exit(0)
-        except BaseException:
-            os._exit(1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert store.states()["a"].enabled is False
 
 
 def test_a_docroot_timestamp_is_what_due_uses(make_docroot):

@@ -119,7 +119,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def test_only_the_store_imports_a_database_driver_and_only_the_page_webob():
-    owners = {"psycopg": {"reqcron.store.postgres"}, "webob": {"reqcron.web.status"},
+    owners = {"psycopg": {"reqcron.store.postgres_conn"}, "webob": {"reqcron.web.status"},
               "croniter": {"reqcron.schedule.forms"}, "watchdog": {"reqcron.web.watch"}}
     for path in PACKAGE.rglob("*.py"):
         name = module_name(path)

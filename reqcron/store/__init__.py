@@ -1,7 +1,11 @@
 """The state store: the interface the engine talks to, and its implementations.
 
-``Store`` (base.py) is what the engine needs; ``SQLiteStore`` (sqlite.py)
-keeps it in one SQLite file for the processes of one host.
+``Store`` (base.py) is what the engine needs.  ``SQLStore`` (sql_store.py)
+implements it once over the statements of sql.py; ``SQLiteStore``
+(sqlite.py) keeps it in one SQLite file for the processes of one host,
+``PostgresStore`` (postgres.py, its connection and locks beside it) in
+PostgreSQL for every host of a site.  They differ only where their
+databases do: parameter style, locks, SKIP LOCKED, connections.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from ..errors import StateError
 from ..paths import ensure_private_dir
+from .sql import Schema
 
-SCHEMA_VERSION = 3
-_SCHEMA = """
+SCHEMA = Schema(3, """
 CREATE TABLE IF NOT EXISTS tasks (
     name TEXT PRIMARY KEY,
     next_due REAL,
@@ -54,16 +54,14 @@ CREATE TABLE IF NOT EXISTS catalog (
     reading_key TEXT, reading_until REAL
 );
 INSERT OR IGNORE INTO catalog (id, version) VALUES (1, 0)
-"""
-#: What brings a state of each older version to the next one.
-_MIGRATIONS = {
+""", {
+    # What brings a state of each older version to the next one.
     1: ["ALTER TABLE tasks DROP COLUMN last_slot"],
     2: ["ALTER TABLE runs ADD COLUMN call TEXT",
         "ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE runs ADD COLUMN due REAL",
         "ALTER TABLE runs ADD COLUMN notified TEXT"],
-}
-
+})
 
 
 def open_file(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection, tuple[int, int]]:
@@ -100,7 +98,7 @@ def open_file(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection, tupl
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version != SCHEMA_VERSION:
+            if version != SCHEMA.version:
                 create_schema(conn)
             return conn, (st.st_dev, st.st_ino)
         except sqlite3.OperationalError as exc:
@@ -154,19 +152,15 @@ def create_schema(conn: sqlite3.Connection) -> None:
     # BEGIN IMMEDIATE waits for the write lock (busy timeout); bare DDL
     # could fail at once on a stale read snapshot.
     conn.execute("BEGIN IMMEDIATE")
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version != SCHEMA_VERSION:
-        if version > SCHEMA_VERSION:
-            conn.execute("ROLLBACK")
-            raise sqlite3.DatabaseError(
-                f"its schema is version {version}, newer than this reqcron knows"
-            )
-        for step in range(version, SCHEMA_VERSION) if version else ():
-            for statement in _MIGRATIONS.get(step, ()):
-                conn.execute(statement)
-        for statement in _SCHEMA.split(";"):
+    try:
+        steps = SCHEMA.steps(conn.execute("PRAGMA user_version").fetchone()[0])
+    except ValueError as exc:
+        conn.execute("ROLLBACK")
+        raise sqlite3.DatabaseError(str(exc)) from None
+    if steps:
+        for statement in steps:
             conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA.version}")
     conn.execute("COMMIT")
 
 
