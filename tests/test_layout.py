@@ -129,3 +129,13 @@ def test_only_the_store_imports_a_database_driver_and_only_the_page_webob():
             for library, allowed in owners.items():
                 if any(i == library or i.startswith(library + ".") for i in imported):
                     assert name in allowed, f"{name} imports {library}"
+
+
+def test_no_surface_reaches_into_a_store():
+    """The web and command surfaces go through the engine (Docroot), never its store."""
+    surfaces = [*(PACKAGE / "web").glob("*.py"), *(PACKAGE / "cli").glob("*.py"),
+                PACKAGE / "report.py"]
+    for path in surfaces:
+        reaching = [node.lineno for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, ast.Attribute) and node.attr in ("store", "_store")]
+        assert reaching == [], f"{module_name(path)} reaches into a store at lines {reaching}"
