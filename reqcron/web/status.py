@@ -45,12 +45,20 @@ class StatusPage:
                  metrics_token: str | None = None):
         self.root = docroot
         self.path = path.rstrip("/") or "/"
+        # Only a metrics token: the page stays off, its path the app's.
+        self._metrics_only = not token
         self._gate = Gate(token, metrics_token)
         self._doc: Docroot | None = None
         self._pid = 0
         self._lock = threading.Lock()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+
+    def serves(self, path: str) -> bool:
+        """Whether a request for ``path`` (a PATH_INFO) is this page's to answer."""
+        if self._metrics_only:
+            return path.rstrip("/") == self.path.rstrip("/") + "/metrics"
+        return path == self.path or path.startswith(self.path + "/")
 
     def _docroot(self) -> Docroot:
         # One engine per process (the worker thread keeps its own); re-made
