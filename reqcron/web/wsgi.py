@@ -13,13 +13,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..calls import serving
 from .tender import Tender, is_async_app
-
-if TYPE_CHECKING:
-    from .status import StatusPage
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -45,20 +42,6 @@ class _ThenRelease:
             self._then()
 
 
-class _StatusFirst:
-    """The status page for its own paths, the app for every other."""
-
-    def __init__(self, page: StatusPage, app: WSGIApp):
-        self._page, self._app = page, app
-
-    def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
-        if self._page.serves(environ.get("PATH_INFO", "")):
-            return self._page(environ, start_response)
-        return self._app(environ, start_response)
-
-
 class ReqCron(Tender[WSGIApp]):
     """Wrap a WSGI application to run the tasks of a DOCROOT as requests come.
 
@@ -71,8 +54,10 @@ class ReqCron(Tender[WSGIApp]):
     ) -> Iterable[bytes]:
         if _mono() >= self._wake_at:
             self._wake(self._fixed or environ.get("DOCUMENT_ROOT"))
+        if self._status is not None and self._status.serves(environ.get("PATH_INFO", "")):
+            return self._status(environ, start_response)
         try:
-            result = self._serve(environ, start_response)
+            result = self.app(environ, start_response)
         except BaseException:
             self._release_this_thread()
             raise
@@ -82,10 +67,6 @@ class ReqCron(Tender[WSGIApp]):
         if is_async_app(app):
             raise TypeError(f"ReqCron wraps WSGI applications, and {app!r} is an ASGI one "
                             "(it is async): wrap it with reqcron.asgi.ReqCronASGI instead")
-
-    def _ready(self) -> None:
-        # The app, or the status page in front of it: decided once, not per request.
-        self._serve = self.app if self._status is None else _StatusFirst(self._status, self.app)
 
     def docroot_for(self, environ: dict[str, Any]) -> str | None:
         """The DOCROOT this middleware serves ``environ``'s request for."""
