@@ -1,10 +1,10 @@
 """ReqCronASGI: the middleware for ASGI 3 apps (Starlette, FastAPI, Django's ASGI handler).
 
-The same engine as ReqCron (tending.py) behind an ASGI hot path: a
+The same engine as ReqCron (tender.py) behind an ASGI hot path: a
 monotonic clock read and a compare per HTTP request, nothing awaited but
 the app.  Lifespan and websocket scopes go to the app untouched and never
 wake the worker.  The status page is the WSGI one, run in a thread
-(bridge.py).
+(asgi_bridge.py).
 
 Deferred calls made during a request are held until its response body has
 been sent (the last ``http.response.body``), at the latest until the app
@@ -60,21 +60,14 @@ class _Request:
         return self.middleware, id(self.scope), self.middleware.fixed_docroot
 
 
-class ReqCronASGI(Tender):
-    """Wrap an ASGI 3 application to run the tasks of a DOCROOT as requests come."""
+class ReqCronASGI(Tender[ASGIApp]):
+    """Wrap an ASGI 3 application to run the tasks of a DOCROOT as requests come.
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        docroot: str | os.PathLike[str] | None = None,
-        *,
-        # The same options as ReqCron, with the same meaning.
-        poll: float = 1.0,
-        watch: bool = True,
-        status_path: str | None = None,
-        status_token: str | None = None,
-        metrics_token: str | None = None,
-    ):
+    The DOCROOT is needed; the options are the Tender's constructor's,
+    documented there (tender.py).
+    """
+
+    def _accept(self, app: ASGIApp, docroot: str | os.PathLike[str] | None) -> None:
         if not is_async_app(app):
             raise TypeError(f"ReqCronASGI wraps ASGI 3 applications (async def app(scope, "
                             f"receive, send)), and {app!r} is not one: wrap a WSGI "
@@ -82,19 +75,18 @@ class ReqCronASGI(Tender):
         if docroot is None:
             raise ValueError("ReqCronASGI needs a DOCROOT, as ASGI has no DOCUMENT_ROOT to "
                              "take it from: ReqCronASGI(app, '/srv/www')")
-        self.app = app
+
+    def _ready(self) -> None:
         self._track = False  # set per request the ContextVar calls.serving reads
-        self._slow = False  # the status page, or the ContextVar: not the fast path
-        super().__init__(docroot, poll=poll, watch=watch, status_path=status_path,
-                         status_token=status_token, metrics_token=metrics_token)
-        self._slow = self._track or self._status is not None
+        # The status page, or the ContextVar (track_calls): not the fast path.
+        self._slow = self._status is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if _mono() >= self._wake_at and scope["type"] == "http":
             self._wake(self._fixed)
         request = None
         if self._slow and scope["type"] == "http":  # inline: another coroutine costs ~100 ns
-            if self._status is not None and self._is_status(path_info(scope)):
+            if self._status is not None and self._status.serves(path_info(scope)):
                 return await serve_wsgi(self._status, scope, receive, send)
             if self._track:
                 request = _Request(self, scope, send)

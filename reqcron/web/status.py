@@ -8,7 +8,7 @@ without shared state.  Without either: 401 and a login form that names
 nothing (JSON for ``?format=json``).  Wrong tokens are throttled per client
 address and per process (429).  Every POST is refused from another origin;
 actions and sign-out also carry a CSRF token derived from the session.
-Every response forbids framing.  Every piece of text is escaped.
+Every response forbids framing.  The HTML itself is status_html.py's.
 """
 
 from __future__ import annotations
@@ -23,21 +23,21 @@ import re
 import threading
 import weakref
 from collections.abc import Callable, Iterable
-from datetime import datetime
-from html import escape
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from webob import Request, Response
 
 from .. import report
 from ..engine.docroot import Docroot
 from ..errors import ReqCronError, TaskLookupError
-from ..records import RAN, Run, now
+from . import status_html as html
 from .gate import SESSION_SECONDS, Gate
 
 COOKIE = "reqcron_session"
 ACTIONS = ("run", "enable", "disable")
+
+
 class StatusPage:
     """A WSGI app serving the status page of one DOCROOT under ``path``."""
 
@@ -45,12 +45,20 @@ class StatusPage:
                  metrics_token: str | None = None):
         self.root = docroot
         self.path = path.rstrip("/") or "/"
+        # Only a metrics token: the page stays off, its path the app's.
+        self._metrics_only = not token
         self._gate = Gate(token, metrics_token)
         self._doc: Docroot | None = None
         self._pid = 0
         self._lock = threading.Lock()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+
+    def serves(self, path: str) -> bool:
+        """Whether a request for ``path`` (a PATH_INFO) is this page's to answer."""
+        if self._metrics_only:
+            return path.rstrip("/") == self.path.rstrip("/") + "/metrics"
+        return path == self.path or path.startswith(self.path + "/")
 
     def _docroot(self) -> Docroot:
         # One engine per process (the worker thread keeps its own); re-made
@@ -184,7 +192,7 @@ class StatusPage:
         if request.GET.get("format") == "json":
             data["csrf"] = csrf
             return Response(json.dumps(data, indent=2).encode(), content_type="application/json")
-        return Response(_render(data, runs, csrf, self.path),
+        return Response(html.status_page(data, runs, csrf, self.path),
                         content_type="text/html", charset="utf-8")
 
     def _refuse(self, request: Request, status: int, message: str) -> Response:
@@ -198,15 +206,8 @@ class StatusPage:
         return response
 
     def _login_form(self, status: int, message: str, note: str = "bad") -> Response:
-        shown = f'<p class="{note}">{escape(message)}</p>' if message else ""
-        body = f"""<!doctype html><html lang="en"><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>reqcron: sign in</title><style>{_CSS}</style>
-<main><h1>reqcron</h1>{shown}
-<form method="post" action="{escape(self.path)}/login">
-<label>Status token <input type="password" name="token" autofocus required></label>
-<button>Sign in</button></form></main></html>"""
-        return Response(body, status=status, content_type="text/html", charset="utf-8")
+        return Response(html.login_page(self.path, message, note), status=status,
+                        content_type="text/html", charset="utf-8")
 
 
 def _after_fork(ref: weakref.ref[StatusPage]) -> None:
@@ -276,163 +277,6 @@ def _plain(status: int, text: str, **headers: str) -> Response:
     return response
 
 
-def _when(value: str | None) -> str:
-    """An ISO time for people: local wall time and how long ago or ahead."""
-    if not value:
-        return "-"
-    moment = datetime.fromisoformat(value)
-    return (f'<time datetime="{escape(value)}">{moment:%Y-%m-%d %H:%M:%S}</time> '
-            f"<small>({escape(report.relative(moment.timestamp()))})</small>")
-
-
-# The strip of a task's latest runs, in SVG units (= CSS pixels).
-BAR_W, BAR_GAP, STRIP_H, BAR_MIN = 6, 2, 24, 3
-# Slots that did not run have no duration: a fixed height tells them apart.
-NOT_RUN_H = 10
-BAR_CLASS = {"ok": "ok", "failed": "bad", "timeout": "bad", "lost": "bad", "skipped": "skip",
-             "missed": "miss", "running": "run"}
-
-
-def _strip(recent: list[dict[str, Any]], href: str) -> str:
-    """A task's latest runs as bars, oldest on the left: colour for status, height for time."""
-    runs = recent[::-1]
-    longest = max((r["duration"] or 0.0 for r in runs), default=0.0)
-    bars = []
-    for i, r in enumerate(runs):
-        status, seconds = r["status"], r["duration"]
-        if status == "running" and r["start"]:  # so far
-            seconds = max(0.0, now() - datetime.fromisoformat(r["start"]).timestamp())
-        if status in ("skipped", "missed", "queued", "pending"):
-            height = NOT_RUN_H
-        elif longest > 0 and seconds:
-            height = max(BAR_MIN, round(STRIP_H * min(seconds / longest, 1.0)))
-        else:
-            height = BAR_MIN
-        when = (datetime.fromisoformat(r["start"]).strftime("%Y-%m-%d %H:%M:%S")
-                if r["start"] else "-")
-        tip = f"{when} · {status}" + (f" x{r['slots']}" if r["slots"] > 1 else "")
-        if status in RAN or status == "running":
-            tip += f" · {report.duration(seconds)}" + (" so far" if status == "running" else "")
-        x, y = i * (BAR_W + BAR_GAP), STRIP_H - height
-        kind = BAR_CLASS.get(status, "wait")
-        bars.append(f'<rect class="bar b-{kind}" x="{x}.5" y="{y}.5" width="{BAR_W - 1}" '
-                    f'height="{height - 1}"><title>{escape(tip)}</title></rect>')
-    width = report.STRIP_RUNS * (BAR_W + BAR_GAP)
-    counts: dict[str, int] = {}
-    for r in runs:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    label = (f"last {len(runs)} runs: " + ", ".join(f"{n} {k}" for k, n in counts.items())
-             if runs else "no runs yet")
-    return (f'<a href="{escape(href)}" class="strip"><svg xmlns="http://www.w3.org/2000/svg" '
-            f'width="{width}" height="{STRIP_H + 1}" viewBox="0 0 {width} {STRIP_H + 1}" '
-            f'role="img" aria-label="{escape(label)}"><title>{escape(label)}</title>'
-            f'<line x1="0" y1="{STRIP_H + .5}" x2="{width}" y2="{STRIP_H + .5}"/>'
-            f'{"".join(bars)}</svg></a>')
-
-
-def _render(data: dict[str, Any], runs: list[Run], csrf: str, path: str) -> str:
-    def button(action: str, task: str, label: str) -> str:
-        return (f'<form method="post" action="{escape(path)}/action">'
-                f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
-                f'<input type="hidden" name="action" value="{action}">'
-                f'<input type="hidden" name="task" value="{escape(task)}">'
-                f'<button>{label}</button></form>')
-
-    def page(**params: Any) -> str:
-        """The page's URL with these query parameters (None: left out)."""
-        query = urlencode({k: v for k, v in params.items() if v is not None})
-        return f"{path}/" + (f"?{query}" if query else "")
-
-    task = data["task"]
-    rows = []
-    for t in data["tasks"]:
-        last = t["last_run"]
-        last_text = "never"
-        if last:
-            last_text = (f'<span class="s-{escape(last["status"])}">{escape(last["status"])}'
-                         f'</span> {_when(last["start"] or last["end"])}'
-                         f' ({escape(report.duration(last["duration"]))})')
-        marks = " ".join(f'<span class="mark">{escape(m)}</span>' for m in t["marks"])
-        toggle = (button("disable", t["name"], "Disable") if t["enabled"]
-                  else button("enable", t["name"], "Enable"))
-        rows.append(
-            f'<tr><td><b>{escape(t["name"])}</b> {marks}</td><td>{escape(t["schedule"])}</td>'
-            f'<td>{_when(t["next_run"])}</td><td>{last_text}</td>'
-            f'<td>{_strip(t["recent"], page(task=t["name"]) + "#runs")}</td>'
-            f'<td>{"yes" if t["enabled"] else "no"}</td>'
-            f'<td class="actions">{button("run", t["name"], "Run now")}{toggle}</td></tr>')
-    errors = "".join(f"<li><code>{escape(e)}</code></li>" for e in data["load_errors"])
-    history = []
-    for run, h in zip(runs, data["history"], strict=True):
-        detail = ""
-        if run.output or run.traceback or run.error:
-            parts = [escape(run.error or ""), escape(report.output_without_traceback(run)),
-                     escape(run.traceback or "")]
-            detail = ("<details><summary>output</summary><pre>"
-                      + "\n".join(p for p in parts if p) + "</pre></details>")
-        times = f" x{h['slots']}" if h["slots"] > 1 else ""
-        history.append(
-            f'<tr><td>{h["id"]}</td><td><a href="{escape(page(task=h["task"]))}#runs">'
-            f'{escape(h.get("call", {}).get("label") or h["task"])}</a>'
-            f'</td><td>{escape(h["trigger"])}</td>'
-            f'<td>{_when(h["start"] or h["end"])}</td>'
-            f'<td>{escape(report.duration(h["duration"]))}</td>'
-            f'<td class="s-{escape(h["status"])}">{escape(h["status"])}{times}</td>'
-            f'<td>{escape(h["error"] or "")}{detail}</td></tr>')
-    options = "".join(
-        f'<option value="{escape(t["name"])}"{" selected" if t["name"] == task else ""}>'
-        f'{escape(t["name"])}</option>' for t in data["tasks"])
-    if task and task not in {t["name"] for t in data["tasks"]}:  # a call's function
-        options += f'<option value="{escape(task)}" selected>{escape(task)}</option>'
-    links = [f'<a href="{escape(page(task=task, after=data["newer"]))}#runs" rel="prev">'
-             "← newer</a>" if data["newer"] else "",
-             f'<a href="{escape(page(task=task))}#runs">newest</a>'
-             if data["newer"] or data["next"] else "",
-             f'<a href="{escape(page(task=task, before=data["next"]))}#runs" rel="next">'
-             "older →</a>" if data["next"] else ""]
-    nav = " · ".join(link for link in links if link)
-    title = f"Runs of {escape(task)}" if task else "Recent runs"
-    return f"""<!doctype html><html lang="en"><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>reqcron: {escape(data["docroot"])}</title><style>{_CSS}</style>
-<main><h1>reqcron <small>{escape(data["docroot"])}</small></h1>
-<p>Times in {escape(data["timezone"])}.
-<a href="{escape(path)}/">Refresh</a> · <a href="{escape(page(format="json", task=task))}">JSON</a>
-</p>
-<form method="post" action="{escape(path)}/logout" class="signout">
-<input type="hidden" name="csrf" value="{escape(csrf)}"><button>Sign out</button></form>
-{f'<h2>Load errors</h2><ul class="bad">{errors}</ul>' if errors else ""}
-<h2>Tasks</h2>
-<table><tr><th>Task</th><th>Schedule</th><th>Next run</th><th>Last run</th><th>Latest runs</th>
-<th>Enabled</th><th></th></tr>{"".join(rows)}</table>
-<h2 id="runs">{title}</h2>
-<form method="get" action="{escape(path)}/" class="filter"><label>Task
-<select name="task"><option value="">all tasks and calls</option>{options}</select></label>
-<button>Show</button></form>
-<table id="history"><tr><th>Run</th><th>Task</th><th>Trigger</th><th>Start</th><th>Duration</th>
-<th>Status</th><th>Result</th></tr>{"".join(history)}</table>
-{f'<p class="pages">{nav}</p>' if nav else ""}
-{"" if history else "<p>No runs yet.</p>"}</main>
-<script>{_SCRIPT}</script></html>"""
-
-
-_CSS = """body{font:15px/1.4 system-ui,sans-serif;margin:0;background:#f6f6f4;color:#222}
-main{max-width:72rem;margin:auto;padding:1rem 1.5rem}h1 small{font-weight:normal;color:#666;
-font-size:60%}table{border-collapse:collapse;width:100%;background:#fff}th,td{padding:.35rem .5rem;
-border-bottom:1px solid #ddd;text-align:left;vertical-align:top}th{background:#eee}
-.actions form{display:inline;margin-right:.25rem}button{cursor:pointer}pre{white-space:pre-wrap;
-max-height:20rem;overflow:auto;background:#f0f0f0;padding:.5rem}.mark{font-size:75%;
-background:#fde68a;padding:0 .3rem;border-radius:3px;text-transform:uppercase}.bad,.s-failed,
-.s-timeout,.s-lost,.s-missed{color:#b91c1c}.s-ok,.good{color:#15803d}.s-skipped{color:#92400e}
-.signout{float:right;margin-top:-2.6rem}.strip svg{display:block}.strip line{stroke:#ccc}
-.bar{stroke-width:1}.b-ok{fill:#16a34a}.b-bad{fill:#dc2626}.b-skip{fill:#f59e0b}
-.b-miss{fill:none;stroke:#9ca3af}.b-run{fill:#2563eb}.b-wait{fill:none;stroke:#2563eb}
-.filter{margin:.5rem 0}.pages{text-align:center}"""
-_SCRIPT = """/* refresh while nobody reads an opened output */
-setTimeout(function r() { if (document.querySelector("details[open]")) setTimeout(r, 5000);
-else location.reload(); }, 5000);"""
-
-
 def _sha256(text: str) -> str:
     return "sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
 
@@ -441,8 +285,8 @@ def _sha256(text: str) -> str:
 # script (by hash), forms posting back to it.
 HEADERS = {
     "Content-Security-Policy": (
-        f"default-src 'none'; img-src 'self'; style-src '{_sha256(_CSS)}'; "
-        f"script-src '{_sha256(_SCRIPT)}'; form-action 'self'; base-uri 'none'; "
+        f"default-src 'none'; img-src 'self'; style-src '{_sha256(html.CSS)}'; "
+        f"script-src '{_sha256(html.SCRIPT)}'; form-action 'self'; base-uri 'none'; "
         "frame-ancestors 'none'"
     ),
     "X-Frame-Options": "DENY",

@@ -7,7 +7,7 @@ to date (``Docroot.pulse()``: one small query, and a read of
 (``Docroot.due()``) and spawns them.  Deferred calls made during a request
 are held under a key of the request (its thread under WSGI, its scope under
 ASGI) until its response has been sent.  Scheduling never raises into a
-request.  The subclasses (``middleware.ReqCron``, ``asgi.ReqCronASGI``) own
+request.  The subclasses (``wsgi.ReqCron``, ``asgi.ReqCronASGI``) own
 only the per-request check, so each can keep it as cheap as its protocol
 allows: they read ``_wake_at`` and ``_held`` as plain attributes of self.
 """
@@ -21,7 +21,7 @@ import time
 import weakref
 from collections.abc import Hashable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..calls import delay as deferred
 from ..calls import serving
@@ -56,7 +56,7 @@ class _Site:
         self.reaped = 0.0  # when this process last looked for dead runs
 
 
-def _reset_if_alive(ref: weakref.ref[Tender]) -> None:
+def _reset_if_alive(ref: weakref.ref[Tender[Any]]) -> None:
     tender = ref()
     if tender is not None:
         tender._reset()
@@ -72,19 +72,40 @@ def is_async_app(app: object) -> bool:
     return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call)
 
 
-class Tender:
-    """The engine of the DOCROOTs a middleware serves: wake, tend, spawn, hold calls."""
+App = TypeVar("App")
+
+
+class Tender(Generic[App]):
+    """The engine of the DOCROOTs a middleware serves: wake, tend, spawn, hold calls.
+
+    The constructor, and with it every option, is the two middlewares' own;
+    each refuses an app of the other protocol (``_accept``) and sets up its
+    hot path (``_ready``).
+    """
 
     def __init__(
         self,
-        docroot: str | os.PathLike[str] | None,
+        app: App,
+        docroot: str | os.PathLike[str] | None = None,
         *,
-        poll: float,
-        watch: bool,
-        status_path: str | None,
-        status_token: str | None,
+        # Seconds between looks at the shared state while requests come: how
+        # soon a run_now() or a change made by another process is seen.
+        poll: float = 1.0,
+        # Reload __tasks__.py and reqcron.toml as soon as they change, through
+        # watchdog.  Off, or where no observer can start, a cheap stat at each
+        # look (at most once per ``poll``) still picks changes up.
+        watch: bool = True,
+        # Serve the status page at this path (e.g. "/_reqcron"); off unless
+        # both this and status_token are given.  Needs a fixed DOCROOT.
+        status_path: str | None = None,
+        # The secret that opens the status page (Bearer header or login form).
+        status_token: str | None = None,
+        # A secret that opens {status_path}/metrics (Prometheus text) and
+        # nothing else, for a scraper; status_token opens the metrics too.
         metrics_token: str | None = None,
     ):
+        self._accept(app, docroot)
+        self.app = app
         self._fixed = os.fspath(docroot) if docroot is not None else None
         self._poll = poll
         self._watch = watch
@@ -92,8 +113,6 @@ class Tender:
         self._log_once = LogOnce(again_after=_RELOG)
         self._wake_at = 0.0
         self._status: StatusPage | None = None
-        self._status_path = ""
-        self._metrics_only = False
         if status_path and not status_path.startswith("/"):
             raise ValueError(f"status_path must start with '/', like '/_reqcron', not "
                              f"{status_path!r}")
@@ -108,16 +127,20 @@ class Tender:
 
             self._status = StatusPage(os.fspath(docroot), status_path, status_token,
                                       metrics_token)
-            self._status_path = self._status.path
-            # Only a metrics token: the page stays off, its path the app's.
-            self._metrics_only = not status_token
         # Deferred calls made during a request, per request key, until its response is sent.
         self._held: dict[Hashable, Held] = {}
         self._held_lock = threading.Lock()
         self._reset()
+        self._ready()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _reset_if_alive(ref))
         serving.register(self)
+
+    def _accept(self, app: App, docroot: str | os.PathLike[str] | None) -> None:
+        """Raise if this middleware cannot wrap ``app`` (an app of the other protocol)."""
+
+    def _ready(self) -> None:
+        """Set up the hot path once the rest is, before calls can be followed."""
 
     # -- what calls/serving.py asks ----------------------------------------------
 
@@ -181,11 +204,6 @@ class Tender:
         self._event.set()
 
     # -- the worker --------------------------------------------------------------
-
-    def _is_status(self, path: str) -> bool:
-        if self._metrics_only:
-            return path.rstrip("/") == self._status_path.rstrip("/") + "/metrics"
-        return path == self._status_path or path.startswith(self._status_path + "/")
 
     @property
     def docroot(self) -> Docroot | None:

@@ -42,63 +42,47 @@ class _ThenRelease:
             self._then()
 
 
-class ReqCron(Tender):
-    """Wrap a WSGI application to run the tasks of a DOCROOT as requests come."""
+class ReqCron(Tender[WSGIApp]):
+    """Wrap a WSGI application to run the tasks of a DOCROOT as requests come.
 
-    def __init__(
-        self,
-        app: WSGIApp,
-        docroot: str | os.PathLike[str] | None = None,
-        *,
-        # Seconds between looks at the shared state while requests come: how
-        # soon a run_now() or a change made by another process is seen.
-        poll: float = 1.0,
-        # Reload __tasks__.py and reqcron.toml as soon as they change, through
-        # watchdog.  Off, or where no observer can start, a cheap stat at each
-        # look (at most once per ``poll``) still picks changes up.
-        watch: bool = True,
-        # Serve the status page at this path (e.g. "/_reqcron"); off unless
-        # both this and status_token are given.  Needs a fixed DOCROOT.
-        status_path: str | None = None,
-        # The secret that opens the status page (Bearer header or login form).
-        status_token: str | None = None,
-        # A secret that opens {status_path}/metrics (Prometheus text) and
-        # nothing else, for a scraper; status_token opens the metrics too.
-        metrics_token: str | None = None,
-    ):
-        if is_async_app(app):
-            raise TypeError(f"ReqCron wraps WSGI applications, and {app!r} is an ASGI one "
-                            "(it is async): wrap it with reqcron.asgi.ReqCronASGI instead")
-        self.app = app
-        super().__init__(docroot, poll=poll, watch=watch, status_path=status_path,
-                         status_token=status_token, metrics_token=metrics_token)
+    The DOCROOT, else each request's ``DOCUMENT_ROOT``; the options are the
+    Tender's constructor's, documented there (tender.py).
+    """
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         if _mono() >= self._wake_at:
             self._wake(self._fixed or environ.get("DOCUMENT_ROOT"))
-        if self._status is not None and self._is_status(environ.get("PATH_INFO", "")):
+        if self._status is not None and self._status.serves(environ.get("PATH_INFO", "")):
             return self._status(environ, start_response)
         try:
             result = self.app(environ, start_response)
         except BaseException:
-            if self._held:
-                self._release(threading.get_ident())
+            self._release_this_thread()
             raise
-        if self._held:  # a call was deferred, in this request or another thread's
-            return self._after_response(result)
-        return result
+        return self._after_response(result) if self._held else result
+
+    def _accept(self, app: WSGIApp, docroot: str | os.PathLike[str] | None) -> None:
+        if is_async_app(app):
+            raise TypeError(f"ReqCron wraps WSGI applications, and {app!r} is an ASGI one "
+                            "(it is async): wrap it with reqcron.asgi.ReqCronASGI instead")
 
     def docroot_for(self, environ: dict[str, Any]) -> str | None:
         """The DOCROOT this middleware serves ``environ``'s request for."""
         return self._fixed or environ.get("DOCUMENT_ROOT") or None
 
     def _after_response(self, result: Iterable[bytes]) -> Iterable[bytes]:
+        """``result``, releasing this thread's held calls once it has been sent, if any."""
         thread = threading.get_ident()
-        if thread not in self._held:
+        if thread not in self._held:  # another thread's, or none left
             return result
         return _ThenRelease(result, lambda: self._release(thread))
+
+    def _release_this_thread(self) -> None:
+        """The app raised: let the calls it deferred go now."""
+        if self._held:
+            self._release(threading.get_ident())
 
 
 def _serving(local: dict[str, Any]) -> serving.Serving:
