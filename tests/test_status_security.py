@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import ast
 import base64
 import hashlib
 import hmac
-import importlib
 import json
 import os
 import re
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from conftest import wait_for
@@ -298,11 +295,3 @@ def test_a_fork_while_another_thread_holds_the_lock_leaves_the_child_a_working_p
     finally:
         release.set()
         thread.join()
-
-
-@pytest.mark.parametrize("surface", ["status", "report", "commands", "middleware", "spawn"])
-def test_the_surfaces_never_reach_into_the_engines_store(surface):
-    module = importlib.import_module(f"reqcron.{surface}")
-    tree = ast.parse(Path(module.__file__).read_text())
-    assert not [node.lineno for node in ast.walk(tree)
-                if isinstance(node, ast.Attribute) and node.attr in ("store", "_store")]
