@@ -144,8 +144,8 @@ def test_wheel_holds_the_package_and_nothing_else(dists):
     assert any(r.startswith("watchdog") for r in requires)
     assert any(r.startswith("psycopg") and 'extra == "postgres"' in r for r in requires)
     assert "\nProvides-Extra: postgres\n" in metadata
-    assert "reqcron = reqcron.cli.main:main" in entry_points
-    assert "runtask = reqcron.cli.main:runtask_main" in entry_points
+    assert "reqcron = reqcron.cli:main" in entry_points
+    assert "runtask = reqcron.cli:runtask_main" in entry_points
 
 
 def test_sdist_holds_the_source_and_its_tests(dists):

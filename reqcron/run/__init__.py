@@ -1,1 +1,1 @@
-"""run"""
+"""A task process: runtask's bookkeeping, the supervised child, spawning detached processes."""

@@ -1,1 +1,1 @@
-"""web"""
+"""The web surfaces: WSGI and ASGI middlewares over one Tender, the status page, metrics."""
