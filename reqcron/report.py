@@ -16,10 +16,7 @@ from .engine.docroot import Docroot
 from .records import FAILING, RAN, Run, Status, now
 from .schedule.forms import Cron, Every
 from .schedule.zones import local_zone, zone_name
-from .times import duration as duration  # re-exported for the status page, until it
 from .times import iso
-from .times import local as local  # imports them from times.py itself
-from .times import relative as relative
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from webob import Request, Response
 
 from .. import report
+from ..engine import registry
 from ..engine.docroot import Docroot
 from ..errors import ReqCronError, TaskLookupError
 from . import status_html as html
@@ -49,7 +50,6 @@ class StatusPage:
         self._metrics_only = not token
         self._gate = Gate(token, metrics_token)
         self._doc: Docroot | None = None
-        self._pid = 0
         self._lock = threading.Lock()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
@@ -61,12 +61,18 @@ class StatusPage:
         return path == self.path or path.startswith(self.path + "/")
 
     def _docroot(self) -> Docroot:
-        # One engine per process (the worker thread keeps its own); re-made
-        # after fork so no connection crosses it.
-        if self._doc is None or self._pid != os.getpid():
-            self._doc = Docroot(self.root, busy_timeout=1.0)
-            self._pid = os.getpid()
+        # The process's engine for the DOCROOT, shared with the worker thread
+        # and @delay; its store re-opens its connection in a child after fork.
+        if self._doc is None:
+            self._doc = registry.hold(self.root)
         return self._doc
+
+    def close(self) -> None:
+        """Let go of the engine (the middleware's close() calls this)."""
+        with self._lock:
+            doc, self._doc = self._doc, None
+        if doc is not None:
+            registry.let_go(doc)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
                  ) -> Iterable[bytes]:

@@ -12,7 +12,7 @@ from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
-from .. import report
+from .. import report, times
 from ..records import RAN, Run, now
 
 
@@ -34,7 +34,7 @@ def _when(value: str | None) -> str:
         return "-"
     moment = datetime.fromisoformat(value)
     return (f'<time datetime="{escape(value)}">{moment:%Y-%m-%d %H:%M:%S}</time> '
-            f"<small>({escape(report.relative(moment.timestamp()))})</small>")
+            f"<small>({escape(times.relative(moment.timestamp()))})</small>")
 
 
 # The strip of a task's latest runs, in SVG units (= CSS pixels).
@@ -64,7 +64,7 @@ def _strip(recent: list[dict[str, Any]], href: str) -> str:
                 if r["start"] else "-")
         tip = f"{when} · {status}" + (f" x{r['slots']}" if r["slots"] > 1 else "")
         if status in RAN or status == "running":
-            tip += f" · {report.duration(seconds)}" + (" so far" if status == "running" else "")
+            tip += f" · {times.duration(seconds)}" + (" so far" if status == "running" else "")
         x, y = i * (BAR_W + BAR_GAP), STRIP_H - height
         kind = BAR_CLASS.get(status, "wait")
         bars.append(f'<rect class="bar b-{kind}" x="{x}.5" y="{y}.5" width="{BAR_W - 1}" '
@@ -104,7 +104,7 @@ def status_page(data: dict[str, Any], runs: list[Run], csrf: str, path: str) -> 
         if last:
             last_text = (f'<span class="s-{escape(last["status"])}">{escape(last["status"])}'
                          f'</span> {_when(last["start"] or last["end"])}'
-                         f' ({escape(report.duration(last["duration"]))})')
+                         f' ({escape(times.duration(last["duration"]))})')
         marks = " ".join(f'<span class="mark">{escape(m)}</span>' for m in t["marks"])
         toggle = (button("disable", t["name"], "Disable") if t["enabled"]
                   else button("enable", t["name"], "Enable"))
@@ -123,14 +123,14 @@ def status_page(data: dict[str, Any], runs: list[Run], csrf: str, path: str) -> 
                      escape(run.traceback or "")]
             detail = ("<details><summary>output</summary><pre>"
                       + "\n".join(p for p in parts if p) + "</pre></details>")
-        times = f" x{h['slots']}" if h["slots"] > 1 else ""
+        repeated = f" x{h['slots']}" if h["slots"] > 1 else ""
         history.append(
             f'<tr><td>{h["id"]}</td><td><a href="{escape(page(task=h["task"]))}#runs">'
             f'{escape(h.get("call", {}).get("label") or h["task"])}</a>'
             f'</td><td>{escape(h["trigger"])}</td>'
             f'<td>{_when(h["start"] or h["end"])}</td>'
-            f'<td>{escape(report.duration(h["duration"]))}</td>'
-            f'<td class="s-{escape(h["status"])}">{escape(h["status"])}{times}</td>'
+            f'<td>{escape(times.duration(h["duration"]))}</td>'
+            f'<td class="s-{escape(h["status"])}">{escape(h["status"])}{repeated}</td>'
             f'<td>{escape(h["error"] or "")}{detail}</td></tr>')
     options = "".join(
         f'<option value="{escape(t["name"])}"{" selected" if t["name"] == task else ""}>'

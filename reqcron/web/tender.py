@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..calls import delay as deferred
 from ..calls import serving
+from ..engine import registry
 from ..engine.docroot import Docroot
 from ..logonce import LogOnce
 from ..records import Trigger
@@ -39,7 +40,6 @@ _time = time.time
 _mono = time.monotonic
 _QUIET = 0.15  # seconds without file events before reloading: saves arrive in bursts
 _RELOG = 600.0  # seconds before the same problem is logged again
-_REQUEST_BUSY_TIMEOUT = 0.1  # on a locked database, skip: the next check retries
 _MIN_GAP = 0.05  # seconds between two wakes, even while a claim keeps failing
 _REAP_EVERY = 30.0  # seconds between looks for runs whose process died (on any host)
 
@@ -129,7 +129,6 @@ class Tender(Generic[App]):
                                       metrics_token)
         # Deferred calls made during a request, per request key, until its response is sent.
         self._held: dict[Hashable, Held] = {}
-        self._held_lock = threading.Lock()
         self._reset()
         self._ready()
         ref = weakref.ref(self)
@@ -226,6 +225,8 @@ class Tender(Generic[App]):
         self._spawner = Spawner()
         self._stopping = False
         self._releasing: Held = []
+        # A lock another thread held at fork() would never be released in the child.
+        self._held_lock = threading.Lock()
         for site in self._sites.values():
             site.watched = False
 
@@ -283,7 +284,7 @@ class Tender(Generic[App]):
         """Refresh, claim and spawn for one DOCROOT; return when to look again."""
         try:
             if site.docroot is None:
-                site.docroot = Docroot(site.path, busy_timeout=_REQUEST_BUSY_TIMEOUT)
+                site.docroot = registry.hold(site.path)
             doc = site.docroot
             if self._watch and not site.watched:
                 if self._watcher is None:
@@ -326,4 +327,7 @@ class Tender(Generic[App]):
             time.sleep(0.02)
         for site in self._sites.values():
             if site.docroot is not None:
-                site.docroot.close()
+                registry.let_go(site.docroot)
+                site.docroot = None
+        if self._status is not None:
+            self._status.close()
