@@ -139,3 +139,36 @@ def test_no_surface_reaches_into_a_store():
         reaching = [node.lineno for node in ast.walk(ast.parse(path.read_text()))
                     if isinstance(node, ast.Attribute) and node.attr in ("store", "_store")]
         assert reaching == [], f"{module_name(path)} reaches into a store at lines {reaching}"
+
+
+#: The layers, lowest first, as README's package map shows them: a module may
+#: import from its own layer and the ones before it, never from a later one.
+LAYERS = [
+    {"errors", "records", "limits", "logonce", "paths", "times"},
+    {"schedule"},
+    {"config", "alerts"},
+    {"task_base"},
+    {"loading"},
+    {"store"},
+    {"engine"},
+    {"run"},
+    {"calls"},
+    {"task", "functions", "report"},
+    {"web"},
+    {"cli", "asgi", "runtask", "__main__", "reqcron"},
+]
+
+
+def test_each_layer_imports_only_from_itself_and_the_layers_below():
+    rank = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+    upward = []
+    for module, targets in import_graph().items():
+        for target in targets:
+            if rank[layer_of(target)] > rank[layer_of(module)]:
+                upward.append(f"{module} -> {target}")
+    assert upward == []
+
+
+def test_every_layer_has_its_place():
+    placed = {name for layer in LAYERS for name in layer}
+    assert {layer_of(m) for m in import_graph()} <= placed
