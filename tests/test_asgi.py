@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import textwrap
 import time
 import urllib.error
@@ -16,13 +15,12 @@ from typing import Any
 import httpx
 import pytest
 from conftest import wait_for
-from test_servers import TASKS, assert_each_slot_ran_once
+from realserver import BIN, SLOT_TASKS, assert_each_slot_ran_once
 
 from reqcron import Docroot, ReqCron, Result
 from reqcron.calls import serving
 from reqcron.web.asgi import ReqCronASGI
 
-BIN = Path(sys.executable).parent
 TOKEN = "s3cret"
 
 JOBS = """\
@@ -73,17 +71,9 @@ def is_held(root: Path, run_id: int) -> bool:
 
 
 @pytest.fixture
-def jobs(tmp_path, monkeypatch):
+def jobs(app_module):
     """The app's module of deferred functions, importable by task processes too."""
-    folder = tmp_path / "app"
-    folder.mkdir()
-    name = f"asgi_jobs_{tmp_path.name.replace('-', '_')}"
-    (folder / f"{name}.py").write_text(JOBS)
-    monkeypatch.syspath_prepend(str(folder))
-    import importlib
-
-    importlib.invalidate_caches()
-    return importlib.import_module(name)
+    return app_module(JOBS)
 
 
 @pytest.fixture(params=["fast", "following"])
@@ -115,7 +105,7 @@ def test_each_middleware_refuses_the_other_kind_of_app_in_one_sentence(make_docr
 
     from reqcron.web.tender import is_async_app
 
-    root = make_docroot(TASKS)
+    root = make_docroot(SLOT_TASKS)
 
     def wsgi_app(environ, start_response):
         return []
@@ -141,7 +131,7 @@ def test_lifespan_and_websocket_scopes_reach_the_app_untouched_and_wake_nothing(
     async def app(scope, receive, send):
         seen.append((scope, receive, send))
 
-    mw = asgi(app, make_docroot(TASKS))
+    mw = asgi(app, make_docroot(SLOT_TASKS))
 
     async def receive():
         return {}
@@ -170,13 +160,13 @@ def test_a_streaming_response_passes_through_message_by_message(make_docroot, as
             await send(message)
             await asyncio.sleep(0)
 
-    sent = call(asgi(app, make_docroot(TASKS)), http_scope())
+    sent = call(asgi(app, make_docroot(SLOT_TASKS)), http_scope())
     assert len(sent) == len(messages) and all(a is b for a, b in zip(sent, messages, strict=True))
 
 
 def test_an_app_that_raises_raises_unchanged_and_its_call_is_released(
         make_docroot, asgi, jobs):
-    root = make_docroot(TASKS)
+    root = make_docroot(SLOT_TASKS)
     results = []
 
     async def app(scope, receive, send):
@@ -191,7 +181,7 @@ def test_an_app_that_raises_raises_unchanged_and_its_call_is_released(
 
 def test_a_call_deferred_in_an_async_view_is_held_until_the_body_is_sent(
         make_docroot, asgi, jobs, tmp_path):
-    root = make_docroot(TASKS)
+    root = make_docroot(SLOT_TASKS)
     log = tmp_path / "log"
     seen: dict[str, Any] = {}
 
@@ -215,7 +205,7 @@ def test_a_call_deferred_in_an_async_view_is_held_until_the_body_is_sent(
 
 
 def test_a_call_deferred_in_a_websocket_goes_to_the_docroot_unheld(make_docroot, asgi, jobs):
-    root = make_docroot(TASKS)
+    root = make_docroot(SLOT_TASKS)
     results = []
 
     async def app(scope, receive, send):
@@ -237,7 +227,7 @@ def test_a_call_deferred_in_a_sync_view_in_a_threadpool_is_held_until_the_respon
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    root = make_docroot(TASKS)
+    root = make_docroot(SLOT_TASKS)
 
     def view(request):  # a worker thread: no middleware on its stack
         result = jobs.add(2, 3)
@@ -255,7 +245,7 @@ def test_a_call_deferred_in_a_sync_view_in_a_threadpool_is_held_until_the_respon
 
 
 def test_the_status_page_signs_in_answers_json_and_takes_a_posted_action(make_docroot, asgi):
-    root = make_docroot(TASKS)
+    root = make_docroot(SLOT_TASKS)
 
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -417,7 +407,7 @@ def asgi_site(make_docroot, tmp_path):
     """A DOCROOT with the one-second Tick, and a folder for the app's marks."""
     marks = tmp_path / "marks"
     marks.mkdir()
-    root = make_docroot(TASKS)
+    root = make_docroot(SLOT_TASKS)
     return root, marks
 
 
@@ -498,20 +488,3 @@ def test_uvicorn_workers_with_django_asgi(asgi_site, serve, tmp_path):
         answer = json.loads(resp.read())
     assert answer["held"], "a call deferred in a Django view was not held for its response"
     assert Result(root, answer["id"]).wait(30).result == 42
-
-
-@pytest.fixture
-def serve(tmp_path):
-    from test_servers import Server, free_port
-
-    servers = []
-
-    def start(*command: str) -> Server:
-        port = free_port()
-        server = Server([c.replace("{port}", str(port)) for c in command], tmp_path, port)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
