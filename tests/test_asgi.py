@@ -286,14 +286,11 @@ def test_the_status_page_signs_in_answers_json_and_takes_a_posted_action(make_do
 # -- real servers ----------------------------------------------------------------------
 
 
-STARLETTE = """
+# The head of the Starlette and FastAPI apps: a lifespan that leaves a mark per worker.
+LIFESPAN = """
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
-
-from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route, WebSocketRoute
 
 from reqcron.asgi import ReqCronASGI
 
@@ -305,6 +302,12 @@ async def lifespan(app):
     (MARKS / f"startup-{{os.getpid()}}").touch()
     yield
     (MARKS / f"shutdown-{{os.getpid()}}").touch()
+"""
+
+STARLETTE = LIFESPAN + """
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
 
 
 async def index(request):
@@ -321,24 +324,9 @@ app = Starlette(routes=[Route("/", index), WebSocketRoute("/ws", echo)], lifespa
 application = ReqCronASGI(app, {docroot!r}, status_path="/_reqcron", status_token="s3cret")
 """
 
-FASTAPI = """
-import os
-from contextlib import asynccontextmanager
-from pathlib import Path
-
+FASTAPI = LIFESPAN + """
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
-
-from reqcron.asgi import ReqCronASGI
-
-MARKS = Path({marks!r})
-
-
-@asynccontextmanager
-async def lifespan(app):
-    (MARKS / f"startup-{{os.getpid()}}").touch()
-    yield
-    (MARKS / f"shutdown-{{os.getpid()}}").touch()
 
 
 app = FastAPI(lifespan=lifespan)
@@ -431,17 +419,29 @@ def marks(folder: Path, kind: str) -> set[str]:
     return {p.name.split("-")[1] for p in folder.glob(f"{kind}-*")}
 
 
+def uvicorn(serve: Any, module: str, workers: int) -> Any:
+    """``uvicorn --workers N module:application`` on a free port, started by ``serve``."""
+    return serve(str(BIN / "uvicorn"), "--workers", str(workers), "--host", "127.0.0.1",
+                 "--port", "{port}", "--log-level", "warning", f"{module}:application")
+
+
+def load_reaches_workers_and_runs_each_slot_once(server: Any, root: Path, clients: int
+                                                 ) -> set[bytes]:
+    """Four seconds of load from ``clients`` threads; return the bodies (worker pids) seen."""
+    seconds = 4
+    pids = server.load(seconds, clients=clients)
+    assert len(pids) >= 2, "the load did not reach several workers"
+    assert_each_slot_ran_once(root, seconds)
+    return pids
+
+
 def test_uvicorn_three_workers_with_starlette(asgi_site, serve, tmp_path):
     from websockets.sync.client import connect
 
     root, folder = asgi_site
     write_app(tmp_path, "app_starlette", STARLETTE, docroot=str(root), marks=str(folder))
-    server = serve(str(BIN / "uvicorn"), "--workers", "3", "--host", "127.0.0.1", "--port",
-                   "{port}", "--log-level", "warning", "app_starlette:application")
-    seconds = 4
-    pids = server.load(seconds, clients=6)
-    assert len(pids) >= 2, "the load did not reach several workers"
-    assert_each_slot_ran_once(root, seconds)
+    server = uvicorn(serve, "app_starlette", workers=3)
+    pids = load_reaches_workers_and_runs_each_slot_once(server, root, clients=6)
     with connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=10) as ws:
         ws.send("over the socket")
         assert ws.recv(timeout=10) == "over the socket"
@@ -459,10 +459,7 @@ def test_gunicorn_with_uvicorn_workers_and_fastapi(asgi_site, serve, tmp_path):
     server = serve(str(BIN / "gunicorn"), "-k", "uvicorn_worker.UvicornWorker", "--workers", "2",
                    "--bind", "127.0.0.1:{port}", "--graceful-timeout", "5",
                    "app_fastapi:application")
-    seconds = 4
-    pids = server.load(seconds, clients=4)
-    assert len(pids) >= 2, "the load did not reach several workers"
-    assert_each_slot_ran_once(root, seconds)
+    pids = load_reaches_workers_and_runs_each_slot_once(server, root, clients=4)
     status_page_answers(server.url)
     assert {p.decode() for p in pids} <= marks(folder, "startup")
     server.stop()
@@ -477,12 +474,8 @@ def test_uvicorn_workers_with_django_asgi(asgi_site, serve, tmp_path):
     write_app(tmp_path / "djsite", "urls", DJANGO_URLS, docroot=str(root))
     (tmp_path / "jobs.py").write_text(JOBS)
     write_app(tmp_path, "app_django", DJANGO_ASGI, docroot=str(root))
-    server = serve(str(BIN / "uvicorn"), "--workers", "2", "--host", "127.0.0.1", "--port",
-                   "{port}", "--log-level", "warning", "app_django:application")
-    seconds = 4
-    pids = server.load(seconds, clients=4)
-    assert len(pids) >= 2, "the load did not reach several workers"
-    assert_each_slot_ran_once(root, seconds)
+    server = uvicorn(serve, "app_django", workers=2)
+    load_reaches_workers_and_runs_each_slot_once(server, root, clients=4)
     status_page_answers(server.url)
     with urllib.request.urlopen(server.url + "defer", timeout=10) as resp:
         answer = json.loads(resp.read())

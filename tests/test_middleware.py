@@ -159,24 +159,15 @@ def test_hot_reload_adds_changes_and_removes_tasks(make_docroot, middleware, doc
     app = middleware(hello, root)
     doc = docroot(root)
     drive(app, lambda: doc.store.runs("A"), message="A to run")
-    write(
-        root / "__tasks__.py",
-        "from reqcron import Task\n"
-        "class A(Task):\n    every = 3600\n"
-        "class B(Task):\n    every = 1\n",
-    )
+    hourly_a = "from reqcron import Task\nclass A(Task):\n    every = 3600\n"
+    write(root / "__tasks__.py", hourly_a + "class B(Task):\n    every = 1\n")
     first_b = drive(app, lambda: doc.store.runs("B"), message="B, added while serving, to run")[-1]
     # The anchor: B ran two more one-second slots, which the old A had too.
     drive(app, lambda: [r for r in doc.store.runs("B") if r.slot >= first_b.slot + 1.5],
           message="two more slots of B")
     # A's change was stored with B's arrival: no claim of A came after B's first.
     assert not [r for r in doc.store.runs("A") if r.id > first_b.id]
-    write(
-        root / "__tasks__.py",
-        "from reqcron import Task\n"
-        "class A(Task):\n    every = 3600\n"
-        "class C(Task):\n    every = 1\n",
-    )
+    write(root / "__tasks__.py", hourly_a + "class C(Task):\n    every = 1\n")
     first_c = drive(app, lambda: doc.store.runs("C"), message="C, added as B went, to run")[-1]
     drive(app, lambda: [r for r in doc.store.runs("C") if r.slot >= first_c.slot + 1.5],
           message="two more slots of C")
