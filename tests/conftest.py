@@ -29,6 +29,31 @@ def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+#: The subprocesses `popen` started during the current test.
+_started: list[subprocess.Popen[Any]] = []
+
+
+def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen``, whose process is killed (if still running) and reaped, and whose
+    pipes are closed, when the test ends, however it ends."""
+    proc = subprocess.Popen(*args, **kwargs)
+    _started.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _end_started() -> Iterator[None]:
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.returncode is None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
 @pytest.fixture
 def make_docroot(tmp_path: Path) -> Callable[..., Path]:
     """Write a DOCROOT with the given __tasks__.py (and reqcron.toml) source."""
@@ -133,7 +158,8 @@ def runtask(
 
 
 def start_runtask(docroot: Path | str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    """Start the real `python -m reqcron.runtask` (ended with the test at the latest)."""
+    return popen(
         [sys.executable, "-m", "reqcron.runtask", str(docroot), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

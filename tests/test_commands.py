@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import reqcron_cmd, wait_for
+from conftest import popen, reqcron_cmd, wait_for
 
 TASKS = """
 from datetime import timedelta
@@ -134,7 +134,7 @@ def test_many_concurrent_due_calls_start_each_slot_once(make_docroot, tmp_path, 
     root = make_docroot("from reqcron import Task\nclass Tick(Task):\n    every = 1\n")
     docroot(root).states()
     seconds = 5
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(root), str(seconds)])
+    procs = [popen([sys.executable, "-c", RACER, str(root), str(seconds)])
              for _ in range(4)]
     for proc in procs:
         assert proc.wait(timeout=60) == 0

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import hello, processes, reqcron_cmd, request, wait_for
+from conftest import hello, popen, processes, reqcron_cmd, request, wait_for
 
 import reqcron
 from reqcron import Result, StateError
@@ -325,7 +325,7 @@ def test_sigkill_of_the_process_running_a_call_retries_or_loses_it(site, app_mod
     mod = app_module(JOBS)
     log = tmp_path / "log"
     result = (mod.slow_retried if retries else mod.slow)(str(log), 3)
-    drainer = subprocess.Popen([sys.executable, "-P", "-m", "reqcron.runtask", "--calls",
+    drainer = popen([sys.executable, "-P", "-m", "reqcron.runtask", "--calls",
                                 str(root)])
     wait_for(lambda: log.exists() and "start" in log.read_text(), timeout=15,
              message="the call to start")
@@ -423,7 +423,7 @@ def test_max_processes_caps_the_processes_running_calls(site, app_module, tmp_pa
     mod = app_module(JOBS)
     log = tmp_path / "log"
     results = [mod.slow(str(log), 0.3) for _ in range(6)]
-    drainers = [subprocess.Popen([sys.executable, "-P", "-m", "reqcron.runtask", "--calls",
+    drainers = [popen([sys.executable, "-P", "-m", "reqcron.runtask", "--calls",
                                   str(root)]) for _ in range(4)]
     for d in drainers:
         d.wait(60)

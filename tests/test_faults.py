@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import drive, hello, processes, reqcron_cmd, request, wait_for
+from conftest import drive, hello, popen, processes, reqcron_cmd, request, wait_for
 from realserver import BIN, Server
 
 from reqcron import Docroot, ReqCron
@@ -439,7 +439,7 @@ def test_a_state_made_by_many_processes_at_once_is_never_seen_half_made(tmp_path
         store.pulse()
         store.close()
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    procs = [popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
              for _ in range(8)]
     wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == len(procs), timeout=20,
              message="every process to wait for the signal")
