@@ -85,11 +85,11 @@ def test_actions_need_post_and_csrf(status_app, site, docroot):
     assert no_csrf.status_int == 403
     assert docroot(site).is_enabled("Reindex")
     ok = authed(status_app, "/_reqcron/action", POST={"action": "disable", "task": "Reindex",
-                                                "csrf": csrf})
+                                                       "csrf": csrf})
     assert ok.status_int == 303
     assert not docroot(site).is_enabled("Reindex")
     unknown = authed(status_app, "/_reqcron/action", POST={"action": "run", "task": "../x",
-                                                     "csrf": csrf})
+                                                            "csrf": csrf})
     assert unknown.status_int == 404 and b"known tasks" in unknown.body
 
 

@@ -241,7 +241,7 @@ def test_posts_from_the_page_itself_pass_where_another_origin_is_refused(status_
         assert done.status_int == 303
         assert docroot(site).is_enabled("Reindex") == (action == "enable")
     refused = get(status_app, "/_reqcron/action", headers={"Cookie": cookie,
-                                                     "Origin": "http://localhost:81"},
+                                                            "Origin": "http://localhost:81"},
                   POST={"action": "disable", "task": "Reindex", "csrf": csrf})
     assert refused.status_int == 403 and docroot(site).is_enabled("Reindex")
 
