@@ -1,4 +1,7 @@
-"""Shared fixtures: isolated state, DOCROOTs made on the fly, real runtask processes."""
+"""Shared fixtures: isolated state, DOCROOTs made on the fly, real runtask processes.
+
+Every fixture here closes what it opens (Docroots, middlewares, servers) at teardown.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from wsgiref.util import setup_testing_defaults
@@ -26,6 +29,31 @@ def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+#: The subprocesses `popen` started during the current test.
+_started: list[subprocess.Popen[Any]] = []
+
+
+def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen``, whose process is killed (if still running) and reaped, and whose
+    pipes are closed, when the test ends, however it ends."""
+    proc = subprocess.Popen(*args, **kwargs)
+    _started.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _end_started() -> Iterator[None]:
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.returncode is None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
 @pytest.fixture
 def make_docroot(tmp_path: Path) -> Callable[..., Path]:
     """Write a DOCROOT with the given __tasks__.py (and reqcron.toml) source."""
@@ -40,6 +68,70 @@ def make_docroot(tmp_path: Path) -> Callable[..., Path]:
         if toml is not None:
             (root / "reqcron.toml").write_text(textwrap.dedent(toml))
         return root
+
+    return make
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_site(request: pytest.FixtureRequest, make_docroot: Callable[..., Path]
+              ) -> Callable[..., Path]:
+    """Write DOCROOTs on each store: SQLite, and PostgreSQL (a fresh database) as one site."""
+
+    def make(tasks: str, toml: str = "[reqcron]\n") -> Path:
+        if request.param == "postgres":
+            url = request.getfixturevalue("pg_url")
+            toml += f'state = "{url}"\nsite = "shop"\n'
+        return make_docroot(tasks, toml)
+
+    return make
+
+
+@pytest.fixture
+def docroot() -> Iterator[Callable[..., Any]]:
+    """Open ``reqcron.Docroot``s (same arguments) that are all closed after the test."""
+    from reqcron import Docroot
+
+    opened: list[Docroot] = []
+
+    def open_docroot(path: Path | str, **kwargs: Any) -> Docroot:
+        doc = Docroot(path, **kwargs)
+        opened.append(doc)
+        return doc
+
+    yield open_docroot
+    for doc in opened:
+        doc.close()
+
+
+def read_history(root: Path | str, *args: Any, **kwargs: Any) -> Any:
+    """``Docroot(root).history(...)`` read by a Docroot of its own, closed after (for polls)."""
+    from reqcron import Docroot
+
+    with Docroot(root) as doc:
+        return doc.history(*args, **kwargs)
+
+
+def last_run(root: Path | str, name: str) -> Any:
+    """The newest run of task ``name`` in ``root``'s history."""
+    return read_history(root, name, limit=1)[0]
+
+
+@pytest.fixture
+def app_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Any]:
+    """Import a module of the app's own from ``source`` (a fresh name each time), from a
+    folder on sys.path that task processes import it from too (a deferred call's path)."""
+    import importlib
+    import uuid
+
+    folder = tmp_path / "app"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+
+    def make(source: str) -> Any:
+        name = f"jobs_{uuid.uuid4().hex[:8]}"
+        (folder / f"{name}.py").write_text(textwrap.dedent(source))
+        importlib.invalidate_caches()
+        return importlib.import_module(name)
 
     return make
 
@@ -66,7 +158,8 @@ def runtask(
 
 
 def start_runtask(docroot: Path | str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    """Start the real `python -m reqcron.runtask` (ended with the test at the latest)."""
+    return popen(
         [sys.executable, "-m", "reqcron.runtask", str(docroot), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -148,6 +241,41 @@ def middleware() -> Any:
     yield make
     for mw in made:
         mw.close()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start real servers (``{port}`` in the command becomes a free port), in ``cwd`` or
+    tmp_path, each polled until it answers; all stopped after the test."""
+    from realserver import Server, free_port
+
+    servers: list[Server] = []
+
+    def start(*command: str, cwd: Path | None = None) -> Server:
+        port = free_port()
+        server = Server([c.replace("{port}", str(port)) for c in command], cwd or tmp_path, port)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+#: The token of the status page that `status_app` serves.
+STATUS_TOKEN = "s3cret-token"
+
+
+def the_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """The app under the status page's middleware in tests."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"the app"]
+
+
+@pytest.fixture
+def status_app(site: Path, middleware: Any) -> Any:
+    """`the_app` behind ReqCron on the test module's ``site``, its status page at /_reqcron."""
+    return middleware(the_app, site, status_path="/_reqcron", status_token=STATUS_TOKEN)
 
 
 #: The PostgreSQL server the PostgreSQL tests use (they create and drop their own databases).

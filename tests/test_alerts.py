@@ -11,9 +11,7 @@ from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import reqcron_cmd, runtask, start_runtask, wait_for, write
-
-from reqcron import Docroot
+from conftest import read_history, reqcron_cmd, runtask, start_runtask, wait_for, write
 
 
 class Mailbox:
@@ -99,7 +97,8 @@ class Report(Task):
 """
 
 
-def test_a_failing_task_mails_once_then_once_when_it_recovers(make_docroot, mailbox, tmp_path):
+def test_a_failing_task_mails_once_then_once_when_it_recovers(
+        make_docroot, mailbox, tmp_path, docroot):
     flag = tmp_path / "broken"
     flag.write_text("")
     root = make_docroot(FLAKY.format(notify="mailto:ops@example.org", ping=None, flag=str(flag)),
@@ -110,7 +109,7 @@ def test_a_failing_task_mails_once_then_once_when_it_recovers(make_docroot, mail
     mail = mailbox.messages[0]
     assert mail["To"] == "ops@example.org" and "Report failed" in mail["Subject"]
     body = mail.get_payload(decode=True).decode()
-    first = Docroot(root).history("Report")[-1]
+    first = docroot(root).history("Report")[-1]
     assert f"reqcron history {root} Report --run {first.id}" in body
     assert "RuntimeError: the report database is gone" in body
     assert socket.gethostname() in body and str(root) in body
@@ -161,7 +160,7 @@ def test_ping_follows_the_healthchecks_convention(make_docroot, hooks, tmp_path)
 
 
 def test_an_endpoint_that_hangs_or_refuses_costs_only_its_timeout(make_docroot, tmp_path,
-                                                                  monkeypatch):
+                                                                  monkeypatch, docroot):
     flag = tmp_path / "broken"
     flag.write_text("")
     hang = socket.socket()
@@ -181,7 +180,7 @@ def test_an_endpoint_that_hangs_or_refuses_costs_only_its_timeout(make_docroot, 
         assert time.monotonic() - begun < 8
     finally:
         hang.close()
-    (run,) = Docroot(root).history("Report")
+    (run,) = docroot(root).history("Report")
     assert run.status == "failed"  # the run's own status is untouched
     assert run.notified.count("NOT sent") == 2, run.notified
     assert "timed out" in run.notified and "refused" in run.notified.lower()
@@ -190,7 +189,8 @@ def test_an_endpoint_that_hangs_or_refuses_costs_only_its_timeout(make_docroot, 
 @pytest.mark.parametrize("attribute, value", [("notify", "bogus"), ("notify", 42),
                                               ("notify", "nosuchmodule:send"),
                                               ("ping", "ftp://example.org")])
-def test_a_bad_notify_or_ping_is_a_load_error_naming_the_task(make_docroot, attribute, value):
+def test_a_bad_notify_or_ping_is_a_load_error_naming_the_task(
+        make_docroot, attribute, value, docroot):
     root = make_docroot(f"from reqcron import Task\nclass Report(Task):\n"
                         f"    cron = '@daily'\n    {attribute} = {value!r}\n"
                         "class Other(Task):\n    cron = '@daily'\n")
@@ -198,7 +198,7 @@ def test_a_bad_notify_or_ping_is_a_load_error_naming_the_task(make_docroot, attr
     assert checked.returncode == 2
     assert "Report" in checked.stderr and attribute in checked.stderr, checked.stderr
     assert "__tasks__.py:4:" in checked.stderr  # the line that sets it
-    assert "Other" in Docroot(root).catalog().tasks
+    assert "Other" in docroot(root).catalog().tasks
 
 
 def test_a_bad_notify_setting_is_a_config_error(make_docroot):
@@ -207,7 +207,7 @@ def test_a_bad_notify_setting_is_a_config_error(make_docroot):
     assert checked.returncode == 2 and "notify" in checked.stderr
 
 
-def test_a_run_whose_process_was_killed_notifies_that_it_died(make_docroot, hooks):
+def test_a_run_whose_process_was_killed_notifies_that_it_died(make_docroot, hooks, docroot):
     root = make_docroot(f"""
         import time
         from reqcron import Task
@@ -218,7 +218,7 @@ def test_a_run_whose_process_was_killed_notifies_that_it_died(make_docroot, hook
                 time.sleep(60)
     """)
     proc = start_runtask(root, "Stuck")
-    wait_for(lambda: any(r.status == "running" for r in Docroot(root).history("Stuck")),
+    wait_for(lambda: any(r.status == "running" for r in read_history(root, "Stuck")),
              message="the run to start")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=10)
@@ -239,7 +239,7 @@ def test_a_fixed_file_that_keeps_failing_sends_nothing_more(make_docroot, hooks,
     assert len(hooks.seen) == 1
 
 
-def test_a_slot_recorded_failed_because_the_file_broke_notifies(make_docroot, hooks):
+def test_a_slot_recorded_failed_because_the_file_broke_notifies(make_docroot, hooks, docroot):
     source = f"""
         from reqcron import Task
 
@@ -248,10 +248,10 @@ def test_a_slot_recorded_failed_because_the_file_broke_notifies(make_docroot, ho
             notify = "{hooks.url}/hook"
     """
     root = make_docroot(source)
-    doc = Docroot(root)
+    doc = docroot(root)
     doc.due()  # the task is seen: its first slot is a second away
     write(root / "__tasks__.py", source + "\nthis is not python\n")
-    wait_for(lambda: reqcron_cmd("due", str(root)) and Docroot(root).history("Tick"),
+    wait_for(lambda: reqcron_cmd("due", str(root)) and read_history(root, "Tick"),
              timeout=15, message="a slot recorded while the file is broken")
     wait_for(lambda: hooks.seen, timeout=15, message="the notification")
     data = json.loads(hooks.seen[0][2])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import textwrap
 import time
 import urllib.error
@@ -16,13 +15,12 @@ from typing import Any
 import httpx
 import pytest
 from conftest import wait_for
-from test_servers import TASKS, assert_each_slot_ran_once
+from realserver import BIN, SLOT_TASKS, assert_each_slot_ran_once
 
 from reqcron import Docroot, ReqCron, Result
 from reqcron.calls import serving
 from reqcron.web.asgi import ReqCronASGI
 
-BIN = Path(sys.executable).parent
 TOKEN = "s3cret"
 
 JOBS = """\
@@ -73,17 +71,9 @@ def is_held(root: Path, run_id: int) -> bool:
 
 
 @pytest.fixture
-def jobs(tmp_path, monkeypatch):
+def jobs(app_module):
     """The app's module of deferred functions, importable by task processes too."""
-    folder = tmp_path / "app"
-    folder.mkdir()
-    name = f"asgi_jobs_{tmp_path.name.replace('-', '_')}"
-    (folder / f"{name}.py").write_text(JOBS)
-    monkeypatch.syspath_prepend(str(folder))
-    import importlib
-
-    importlib.invalidate_caches()
-    return importlib.import_module(name)
+    return app_module(JOBS)
 
 
 @pytest.fixture(params=["fast", "following"])
@@ -115,7 +105,7 @@ def test_each_middleware_refuses_the_other_kind_of_app_in_one_sentence(make_docr
 
     from reqcron.web.tender import is_async_app
 
-    root = make_docroot(TASKS)
+    root = make_docroot(SLOT_TASKS)
 
     def wsgi_app(environ, start_response):
         return []
@@ -141,7 +131,7 @@ def test_lifespan_and_websocket_scopes_reach_the_app_untouched_and_wake_nothing(
     async def app(scope, receive, send):
         seen.append((scope, receive, send))
 
-    mw = asgi(app, make_docroot(TASKS))
+    mw = asgi(app, make_docroot(SLOT_TASKS))
 
     async def receive():
         return {}
@@ -170,13 +160,13 @@ def test_a_streaming_response_passes_through_message_by_message(make_docroot, as
             await send(message)
             await asyncio.sleep(0)
 
-    sent = call(asgi(app, make_docroot(TASKS)), http_scope())
+    sent = call(asgi(app, make_docroot(SLOT_TASKS)), http_scope())
     assert len(sent) == len(messages) and all(a is b for a, b in zip(sent, messages, strict=True))
 
 
 def test_an_app_that_raises_raises_unchanged_and_its_call_is_released(
         make_docroot, asgi, jobs):
-    root = make_docroot(TASKS)
+    root = make_docroot(SLOT_TASKS)
     results = []
 
     async def app(scope, receive, send):
@@ -191,7 +181,7 @@ def test_an_app_that_raises_raises_unchanged_and_its_call_is_released(
 
 def test_a_call_deferred_in_an_async_view_is_held_until_the_body_is_sent(
         make_docroot, asgi, jobs, tmp_path):
-    root = make_docroot(TASKS)
+    root = make_docroot(SLOT_TASKS)
     log = tmp_path / "log"
     seen: dict[str, Any] = {}
 
@@ -215,7 +205,7 @@ def test_a_call_deferred_in_an_async_view_is_held_until_the_body_is_sent(
 
 
 def test_a_call_deferred_in_a_websocket_goes_to_the_docroot_unheld(make_docroot, asgi, jobs):
-    root = make_docroot(TASKS)
+    root = make_docroot(SLOT_TASKS)
     results = []
 
     async def app(scope, receive, send):
@@ -237,7 +227,7 @@ def test_a_call_deferred_in_a_sync_view_in_a_threadpool_is_held_until_the_respon
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    root = make_docroot(TASKS)
+    root = make_docroot(SLOT_TASKS)
 
     def view(request):  # a worker thread: no middleware on its stack
         result = jobs.add(2, 3)
@@ -255,7 +245,7 @@ def test_a_call_deferred_in_a_sync_view_in_a_threadpool_is_held_until_the_respon
 
 
 def test_the_status_page_signs_in_answers_json_and_takes_a_posted_action(make_docroot, asgi):
-    root = make_docroot(TASKS)
+    root = make_docroot(SLOT_TASKS)
 
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -296,14 +286,11 @@ def test_the_status_page_signs_in_answers_json_and_takes_a_posted_action(make_do
 # -- real servers ----------------------------------------------------------------------
 
 
-STARLETTE = """
+# The head of the Starlette and FastAPI apps: a lifespan that leaves a mark per worker.
+LIFESPAN = """
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
-
-from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route, WebSocketRoute
 
 from reqcron.asgi import ReqCronASGI
 
@@ -315,6 +302,12 @@ async def lifespan(app):
     (MARKS / f"startup-{{os.getpid()}}").touch()
     yield
     (MARKS / f"shutdown-{{os.getpid()}}").touch()
+"""
+
+STARLETTE = LIFESPAN + """
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
 
 
 async def index(request):
@@ -331,24 +324,9 @@ app = Starlette(routes=[Route("/", index), WebSocketRoute("/ws", echo)], lifespa
 application = ReqCronASGI(app, {docroot!r}, status_path="/_reqcron", status_token="s3cret")
 """
 
-FASTAPI = """
-import os
-from contextlib import asynccontextmanager
-from pathlib import Path
-
+FASTAPI = LIFESPAN + """
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
-
-from reqcron.asgi import ReqCronASGI
-
-MARKS = Path({marks!r})
-
-
-@asynccontextmanager
-async def lifespan(app):
-    (MARKS / f"startup-{{os.getpid()}}").touch()
-    yield
-    (MARKS / f"shutdown-{{os.getpid()}}").touch()
 
 
 app = FastAPI(lifespan=lifespan)
@@ -417,7 +395,7 @@ def asgi_site(make_docroot, tmp_path):
     """A DOCROOT with the one-second Tick, and a folder for the app's marks."""
     marks = tmp_path / "marks"
     marks.mkdir()
-    root = make_docroot(TASKS)
+    root = make_docroot(SLOT_TASKS)
     return root, marks
 
 
@@ -441,17 +419,29 @@ def marks(folder: Path, kind: str) -> set[str]:
     return {p.name.split("-")[1] for p in folder.glob(f"{kind}-*")}
 
 
+def uvicorn(serve: Any, module: str, workers: int) -> Any:
+    """``uvicorn --workers N module:application`` on a free port, started by ``serve``."""
+    return serve(str(BIN / "uvicorn"), "--workers", str(workers), "--host", "127.0.0.1",
+                 "--port", "{port}", "--log-level", "warning", f"{module}:application")
+
+
+def load_reaches_workers_and_runs_each_slot_once(server: Any, root: Path, clients: int
+                                                 ) -> set[bytes]:
+    """Four seconds of load from ``clients`` threads; return the bodies (worker pids) seen."""
+    seconds = 4
+    pids = server.load(seconds, clients=clients)
+    assert len(pids) >= 2, "the load did not reach several workers"
+    assert_each_slot_ran_once(root, seconds)
+    return pids
+
+
 def test_uvicorn_three_workers_with_starlette(asgi_site, serve, tmp_path):
     from websockets.sync.client import connect
 
     root, folder = asgi_site
     write_app(tmp_path, "app_starlette", STARLETTE, docroot=str(root), marks=str(folder))
-    server = serve(str(BIN / "uvicorn"), "--workers", "3", "--host", "127.0.0.1", "--port",
-                   "{port}", "--log-level", "warning", "app_starlette:application")
-    seconds = 4
-    pids = server.load(seconds, clients=6)
-    assert len(pids) >= 2, "the load did not reach several workers"
-    assert_each_slot_ran_once(root, seconds)
+    server = uvicorn(serve, "app_starlette", workers=3)
+    pids = load_reaches_workers_and_runs_each_slot_once(server, root, clients=6)
     with connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=10) as ws:
         ws.send("over the socket")
         assert ws.recv(timeout=10) == "over the socket"
@@ -469,10 +459,7 @@ def test_gunicorn_with_uvicorn_workers_and_fastapi(asgi_site, serve, tmp_path):
     server = serve(str(BIN / "gunicorn"), "-k", "uvicorn_worker.UvicornWorker", "--workers", "2",
                    "--bind", "127.0.0.1:{port}", "--graceful-timeout", "5",
                    "app_fastapi:application")
-    seconds = 4
-    pids = server.load(seconds, clients=4)
-    assert len(pids) >= 2, "the load did not reach several workers"
-    assert_each_slot_ran_once(root, seconds)
+    pids = load_reaches_workers_and_runs_each_slot_once(server, root, clients=4)
     status_page_answers(server.url)
     assert {p.decode() for p in pids} <= marks(folder, "startup")
     server.stop()
@@ -487,31 +474,10 @@ def test_uvicorn_workers_with_django_asgi(asgi_site, serve, tmp_path):
     write_app(tmp_path / "djsite", "urls", DJANGO_URLS, docroot=str(root))
     (tmp_path / "jobs.py").write_text(JOBS)
     write_app(tmp_path, "app_django", DJANGO_ASGI, docroot=str(root))
-    server = serve(str(BIN / "uvicorn"), "--workers", "2", "--host", "127.0.0.1", "--port",
-                   "{port}", "--log-level", "warning", "app_django:application")
-    seconds = 4
-    pids = server.load(seconds, clients=4)
-    assert len(pids) >= 2, "the load did not reach several workers"
-    assert_each_slot_ran_once(root, seconds)
+    server = uvicorn(serve, "app_django", workers=2)
+    load_reaches_workers_and_runs_each_slot_once(server, root, clients=4)
     status_page_answers(server.url)
     with urllib.request.urlopen(server.url + "defer", timeout=10) as resp:
         answer = json.loads(resp.read())
     assert answer["held"], "a call deferred in a Django view was not held for its response"
     assert Result(root, answer["id"]).wait(30).result == 42
-
-
-@pytest.fixture
-def serve(tmp_path):
-    from test_servers import Server, free_port
-
-    servers = []
-
-    def start(*command: str) -> Server:
-        port = free_port()
-        server = Server([c.replace("{port}", str(port)) for c in command], tmp_path, port)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()

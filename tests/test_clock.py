@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import reqcron_cmd, wait_for
+from conftest import popen, reqcron_cmd, wait_for
 
 from reqcron import Docroot
 
@@ -67,7 +67,7 @@ class Server:
         port_file = workdir / "port"
         self.log = workdir / "server.log"
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
+            self.proc = popen(
                 [sys.executable, str(SHIM / "serve.py"), str(root), str(port_file)],
                 cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )

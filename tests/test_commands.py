@@ -8,9 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import reqcron_cmd, wait_for
-
-from reqcron import Docroot
+from conftest import popen, reqcron_cmd, wait_for
 
 TASKS = """
 from datetime import timedelta
@@ -90,7 +88,7 @@ def test_run_history_and_one_run_in_full(site):
     assert reqcron_cmd("list", str(site)).returncode == 1  # a failure is reported
 
 
-def test_a_disabled_task_is_listed_and_not_run_by_hand_or_run_now(site):
+def test_a_disabled_task_is_listed_and_not_run_by_hand_or_run_now(site, docroot):
     # Every trigger of a schedule: tests/test_middleware.py's disable test.
     assert reqcron_cmd("disable", str(site), "Reindex").returncode == 0
     from conftest import runtask
@@ -98,7 +96,7 @@ def test_a_disabled_task_is_listed_and_not_run_by_hand_or_run_now(site):
     proc = runtask(site, "Reindex")
     assert proc.returncode == 75
     assert "DISABLED" in reqcron_cmd("list", str(site)).stdout
-    doc = Docroot(site)
+    doc = docroot(site)
     doc.run_now("Reindex")
     # Beat (every second) may be due too on a slow machine: only Reindex is looked at.
     (claim,) = [c for c in doc.due() if c.task == "Reindex"]
@@ -107,13 +105,12 @@ def test_a_disabled_task_is_listed_and_not_run_by_hand_or_run_now(site):
     assert subprocess.run(spawned, capture_output=True).returncode == 75
     run = doc.get_run(claim.run_id)
     assert (run.status, run.error) == ("skipped", "disabled")
-    doc.close()
     assert reqcron_cmd("enable", str(site), "Reindex").returncode == 0
     assert runtask(site, "Reindex").returncode == 0
 
 
-def test_due_wait_starts_due_tasks_and_returns_the_worst_code(site):
-    doc = Docroot(site)
+def test_due_wait_starts_due_tasks_and_returns_the_worst_code(site, docroot):
+    doc = docroot(site)
     doc.run_now("Broken")
     doc.run_now("Reindex")
     proc = reqcron_cmd("due", str(site), "--wait")
@@ -122,7 +119,6 @@ def test_due_wait_starts_due_tasks_and_returns_the_worst_code(site):
     statuses = {r.task: r.status for r in doc.history()}
     assert statuses["Broken"] == "failed" and statuses["Reindex"] == "ok"
     assert all(r.trigger == "run_now" for r in doc.history() if r.task != "Beat")
-    doc.close()
 
 
 RACER = """
@@ -134,21 +130,20 @@ while time.monotonic() < deadline:
 """
 
 
-def test_many_concurrent_due_calls_start_each_slot_once(make_docroot, tmp_path):
+def test_many_concurrent_due_calls_start_each_slot_once(make_docroot, tmp_path, docroot):
     root = make_docroot("from reqcron import Task\nclass Tick(Task):\n    every = 1\n")
-    Docroot(root).states()
+    docroot(root).states()
     seconds = 5
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(root), str(seconds)])
+    procs = [popen([sys.executable, "-c", RACER, str(root), str(seconds)])
              for _ in range(4)]
     for proc in procs:
         assert proc.wait(timeout=60) == 0
-    doc = Docroot(root)
+    doc = docroot(root)
     wait_for(lambda: not doc.store.runs("Tick", 1000, ("pending", "running")), timeout=20)
     runs = doc.store.runs("Tick", 1000)
     slots = [r.slot for r in runs]
     assert len(slots) == len(set(slots)) and len(slots) >= seconds - 2
     assert all(r.status == "ok" and r.trigger == "due" for r in runs)
-    doc.close()
 
 
 def test_crontab_lines_are_valid_cron(site):
@@ -199,11 +194,10 @@ def test_check_reports_problems_and_exits_2(make_docroot, tasks, toml, needle):
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_a_starved_task_is_marked_with_the_fixing_crontab_line(make_docroot):
+def test_a_starved_task_is_marked_with_the_fixing_crontab_line(make_docroot, docroot):
     root = make_docroot("from reqcron import Task\nclass Minutely(Task):\n    cron = '* * * * *'\n")
-    doc = Docroot(root)
+    doc = docroot(root)
     doc.due(at=time.time() - 3600)  # first seen an hour ago, never triggered since
-    doc.close()
     proc = reqcron_cmd("list", str(root))
     assert "STARVED" in proc.stdout and "Minutely is starved" in proc.stdout
     assert f"reqcron due {root}" in proc.stdout

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-from conftest import hello, processes, reqcron_cmd, request, wait_for
+from conftest import hello, popen, processes, reqcron_cmd, request, wait_for
 
 import reqcron
-from reqcron import Docroot, Result, StateError
+from reqcron import Result, StateError
 from reqcron.engine.stored_calls import Call, new_run
 from reqcron.records import now
 
@@ -34,33 +32,13 @@ def double(x):
 """
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def site(request, make_docroot, monkeypatch):
+@pytest.fixture
+def site(make_site, monkeypatch):
     """A DOCROOT on each store, made the process's DOCROOT for deferred calls."""
     def make(tasks: str = TASKS, settings: str = "") -> Path:
-        toml = "[reqcron]\n" + settings
-        if request.param == "postgres":
-            url = request.getfixturevalue("pg_url")
-            toml += f'state = "{url}"\nsite = "calls"\n'
-        root = make_docroot(tasks, toml)
+        root = make_site(tasks, "[reqcron]\n" + settings)
         monkeypatch.setenv("REQCRON_DOCROOT", str(root))
         return root
-
-    return make
-
-
-@pytest.fixture
-def jobs(tmp_path, monkeypatch):
-    """Import a module of the app's own (a fresh name each time) from ``source``."""
-    folder = tmp_path / "app"
-    folder.mkdir()
-    monkeypatch.syspath_prepend(str(folder))
-
-    def make(source: str):
-        name = f"jobs_{uuid.uuid4().hex[:8]}"
-        (folder / f"{name}.py").write_text(textwrap.dedent(source))
-        importlib.invalidate_caches()
-        return importlib.import_module(name)
 
     return make
 
@@ -135,9 +113,9 @@ def drain(root: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 # -- the call, the queue and the Result -------------------------------------------------
 
 
-def test_a_call_runs_in_a_task_process_and_its_result_is_read_back(site, jobs):
+def test_a_call_runs_in_a_task_process_and_its_result_is_read_back(site, app_module):
     root = site()
-    mod = jobs(JOBS)
+    mod = app_module(JOBS)
     result = mod.add(2, 3)
     assert isinstance(result, Result) and isinstance(result.id, int)
     assert not result.is_ready() and result.status == "queued" and result.result is None
@@ -153,18 +131,18 @@ def test_a_call_runs_in_a_task_process_and_its_result_is_read_back(site, jobs):
     assert other.stdout.split() == ["ok", "5"], other.stderr
 
 
-def test_arguments_that_are_not_json_are_a_type_error_in_the_caller(site, jobs):
+def test_arguments_that_are_not_json_are_a_type_error_in_the_caller(site, app_module, docroot):
     root = site()
-    mod = jobs(JOBS)
+    mod = app_module(JOBS)
     for bad in (object(), {1: "int key"}, float("nan"), b"bytes"):
         with pytest.raises(TypeError, match="JSON"):
             mod.add(bad, 1)
-    assert Docroot(root).history() == []  # nothing was queued
+    assert docroot(root).history() == []  # nothing was queued
 
 
-def test_a_function_that_raises_has_its_traceback_in_the_result_and_the_history(site, jobs):
+def test_a_function_that_raises_has_its_traceback_in_the_result_and_the_history(site, app_module):
     root = site()
-    result = jobs(JOBS).fail()
+    result = app_module(JOBS).fail()
     drain(root)
     assert result.wait(5).has_error and result.status == "failed"
     assert result.error_message == "ValueError: the mail server said no"
@@ -173,9 +151,9 @@ def test_a_function_that_raises_has_its_traceback_in_the_result_and_the_history(
     assert "fail()" in shown.stdout and "ValueError: the mail server said no" in shown.stdout
 
 
-def test_a_call_past_its_timeout_is_stopped_and_recorded(site, jobs):
+def test_a_call_past_its_timeout_is_stopped_and_recorded(site, app_module):
     root = site()
-    result = jobs(JOBS).hang()
+    result = app_module(JOBS).hang()
     begun = time.monotonic()
     drain(root)
     assert result.wait(5).status == "timeout"
@@ -183,44 +161,44 @@ def test_a_call_past_its_timeout_is_stopped_and_recorded(site, jobs):
     assert time.monotonic() - begun < 20
 
 
-def test_a_failed_call_is_tried_again_after_a_back_off(site, jobs, tmp_path):
+def test_a_failed_call_is_tried_again_after_a_back_off(site, app_module, tmp_path, docroot):
     root = site()
     tries = tmp_path / "tries"
-    result = jobs(JOBS).flaky(str(tries))
+    result = app_module(JOBS).flaky(str(tries))
     drain(root)
-    run = Docroot(root).get_run(result.id)
+    run = docroot(root).get_run(result.id)
     assert (run.status, run.attempts) == ("queued", 1)  # back in the queue, with its error
     assert "first try fails" in run.error and run.due > now()
     wait_for(lambda: drain(root) and result.is_ready(), timeout=20,
              message="the second attempt")
     assert (result.status, result.result) == ("ok", "done")
     assert tries.read_text().count("try") == 2
-    assert Docroot(root).get_run(result.id).attempts == 2
+    assert docroot(root).get_run(result.id).attempts == 2
 
 
-def test_a_return_value_that_is_not_json_fails_the_call_without_retrying_it(site, jobs,
-                                                                           tmp_path):
+def test_a_return_value_that_is_not_json_fails_the_call_without_retrying_it(site, app_module,
+                                                                           tmp_path, docroot):
     root = site()
     log = tmp_path / "log"
-    result = jobs(JOBS).returns_a_set(str(log))
+    result = app_module(JOBS).returns_a_set(str(log))
     drain(root)
     assert result.wait(5).status == "failed"
     assert result.error_message.startswith("TypeError: the return value is a set")
     assert log.read_text() == "mailed\n"  # once: trying again would mail again
-    assert Docroot(root).get_run(result.id).attempts == 1
+    assert docroot(root).get_run(result.id).attempts == 1
 
 
-def test_only_functions_marked_with_delay_run_from_the_queue(site, jobs, tmp_path):
+def test_only_functions_marked_with_delay_run_from_the_queue(site, app_module, tmp_path, docroot):
     root = site()
-    jobs(JOBS)
+    app_module(JOBS)
     witness = tmp_path / "pwned"
-    store = Docroot(root).store
+    store = docroot(root).store
     ids = [store.add_run(new_run(Call(target, [f"touch {witness}"], {}, path=sys.path),
                                  now(), now()))
-           for target in ("os:system", f"{jobs(JOBS).__name__}:plain", "json:nothing")]
+           for target in ("os:system", f"{app_module(JOBS).__name__}:plain", "json:nothing")]
     drain(root)
     for run_id in ids:
-        run = Docroot(root).get_run(run_id)
+        run = docroot(root).get_run(run_id)
         assert run.status == "failed" and run.error.startswith("refused: "), run.error
     assert not witness.exists()
 
@@ -240,9 +218,9 @@ def test_a_function_a_task_process_cannot_import_is_refused_at_decoration():
         reqcron.delay(main.job)
 
 
-def test_without_a_docroot_a_call_runs_inline_and_says_so_once(jobs, monkeypatch, caplog):
+def test_without_a_docroot_a_call_runs_inline_and_says_so_once(app_module, monkeypatch, caplog):
     monkeypatch.delenv("REQCRON_DOCROOT", raising=False)
-    mod = jobs(JOBS)
+    mod = app_module(JOBS)
     with caplog.at_level(logging.INFO, logger="reqcron"):
         result = mod.add(1, 2)
         failed = mod.fail()
@@ -253,28 +231,28 @@ def test_without_a_docroot_a_call_runs_inline_and_says_so_once(jobs, monkeypatch
         mod.add(object(), 1)  # the same contract as a queued call
 
 
-def test_the_eager_switch_runs_calls_inline_even_with_a_docroot(site, jobs):
+def test_the_eager_switch_runs_calls_inline_even_with_a_docroot(site, app_module, docroot):
     root = site()
-    mod = jobs(JOBS)
+    mod = app_module(JOBS)
     previous = reqcron.set_eager(True)
     try:
         assert mod.add(20, 22).result == 42
     finally:
         reqcron.set_eager(previous)
-    assert Docroot(root).history() == []
+    assert docroot(root).history() == []
 
 
-def test_a_state_that_cannot_be_written_fails_the_call_in_the_caller(make_docroot, jobs,
+def test_a_state_that_cannot_be_written_fails_the_call_in_the_caller(make_docroot, app_module,
                                                                       monkeypatch, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     root = make_docroot(TASKS, f'[reqcron]\nstate_dir = "{blocker}/state"\n')
     monkeypatch.setenv("REQCRON_DOCROOT", str(root))
     with pytest.raises(StateError):
-        jobs(JOBS).add(1, 2)
+        app_module(JOBS).add(1, 2)
 
 
-def test_task_delay_runs_the_task_with_arguments(site):
+def test_task_delay_runs_the_task_with_arguments(site, docroot):
     root = site()
     sys.path.insert(0, str(root))
     try:
@@ -286,11 +264,11 @@ def test_task_delay_runs_the_task_with_arguments(site):
         sys.path.remove(str(root))
     drain(root)
     assert result.wait(5).result == {"to": "a@example.org", "copies": 2}
-    (run,) = Docroot(root).history("Mail")
+    (run,) = docroot(root).history("Mail")
     assert run.trigger == "call" and "mail to a@example.org" in run.output
 
 
-def test_a_call_deferred_by_a_task_goes_to_its_docroot(site):
+def test_a_call_deferred_by_a_task_goes_to_its_docroot(site, docroot):
     root = site(TASKS + textwrap.dedent("""
         class Kick(Task):
             def run(self):
@@ -299,16 +277,16 @@ def test_a_call_deferred_by_a_task_goes_to_its_docroot(site):
     from conftest import runtask
 
     assert runtask(root, "Kick").returncode == 0
-    (kick,) = Docroot(root).history("Kick")
+    (kick,) = docroot(root).history("Kick")
     call_id = json.loads(kick.return_value)
     drain(root)
     assert Result.get(root, call_id).wait(5).result == 42
-    assert Docroot(root).get_run(call_id).task == "__tasks__:double"
+    assert docroot(root).get_run(call_id).task == "__tasks__:double"
 
 
-def test_finished_calls_are_pruned_after_result_days(site, jobs):
+def test_finished_calls_are_pruned_after_result_days(site, app_module):
     root = site(settings="result_days = 0.00004\n")  # 3.5 s
-    mod = jobs(JOBS)
+    mod = app_module(JOBS)
     first = mod.add(1, 1)
     drain(root)
     assert first.wait(5).result == 2
@@ -322,12 +300,12 @@ def test_finished_calls_are_pruned_after_result_days(site, jobs):
         Result(root, first.id).is_ready()
 
 
-def test_calls_that_share_a_process_keep_their_own_output_and_failures(site, jobs):
+def test_calls_that_share_a_process_keep_their_own_output_and_failures(site, app_module, docroot):
     root = site(settings="max_processes = 1\n")
-    mod = jobs(JOBS)
+    mod = app_module(JOBS)
     first, dead, hung, last = mod.say("first words"), mod.die(), mod.hang(), mod.say("last")
     drain(root)
-    runs = {r.id: r for r in Docroot(root).history(limit=10)}
+    runs = {r.id: r for r in docroot(root).history(limit=10)}
     assert runs[first.id].output.strip() == "first words" and first.status == "ok"
     assert runs[dead.id].status == "failed" and "code 3" in runs[dead.id].error
     assert runs[dead.id].output.strip() == "about to die"
@@ -341,13 +319,13 @@ def test_calls_that_share_a_process_keep_their_own_output_and_failures(site, job
 
 
 @pytest.mark.parametrize("retries", [0, 1])
-def test_sigkill_of_the_process_running_a_call_retries_or_loses_it(site, jobs, tmp_path,
-                                                                   retries):
+def test_sigkill_of_the_process_running_a_call_retries_or_loses_it(site, app_module, tmp_path,
+                                                                   retries, docroot):
     root = site()
-    mod = jobs(JOBS)
+    mod = app_module(JOBS)
     log = tmp_path / "log"
     result = (mod.slow_retried if retries else mod.slow)(str(log), 3)
-    drainer = subprocess.Popen([sys.executable, "-P", "-m", "reqcron.runtask", "--calls",
+    drainer = popen([sys.executable, "-P", "-m", "reqcron.runtask", "--calls",
                                 str(root)])
     wait_for(lambda: log.exists() and "start" in log.read_text(), timeout=15,
              message="the call to start")
@@ -355,12 +333,12 @@ def test_sigkill_of_the_process_running_a_call_retries_or_loses_it(site, jobs, t
     drainer.wait(10)
     wait_for(lambda: not processes("reqcron.runtask", "--calls", str(root)), timeout=10,
              message="the call's process to die with its supervisor")
-    Docroot(root).reap()
+    docroot(root).reap()
     if not retries:
         assert result.is_ready() and result.status == "lost"
         assert "died" in result.error_message
         return
-    run = Docroot(root).get_run(result.id)
+    run = docroot(root).get_run(result.id)
     assert run.status == "queued" and run.attempts == 1
     wait_for(lambda: drain(root) and result.is_ready(), timeout=30, message="the retry")
     assert result.status == "ok"
@@ -374,9 +352,9 @@ def test_sigkill_of_the_process_running_a_call_retries_or_loses_it(site, jobs, t
 
 
 def test_a_call_deferred_in_a_request_runs_after_its_response_without_another_request(
-        site, jobs, middleware, tmp_path):
+        site, app_module, middleware, tmp_path):
     root = site()
-    mod = jobs(JOBS)
+    mod = app_module(JOBS)
     log = tmp_path / "log"
     closed: list[float] = []
     results: list[Result] = []
@@ -410,9 +388,9 @@ def test_a_call_deferred_in_a_request_runs_after_its_response_without_another_re
     assert len(starts) == 2 and starts[1] >= closed[1]
 
 
-def test_a_call_with_a_delay_waits_for_its_time(site, jobs, middleware):
+def test_a_call_with_a_delay_waits_for_its_time(site, app_module, middleware, docroot):
     root = site()
-    mod = jobs(JOBS)
+    mod = app_module(JOBS)
     mw = middleware(hello, root)
     results = []
 
@@ -424,28 +402,28 @@ def test_a_call_with_a_delay_waits_for_its_time(site, jobs, middleware):
     begun = time.time()
     request(mw)
     mw.app = hello
-    run = Docroot(root).get_run(results[0].id)
+    run = docroot(root).get_run(results[0].id)
     assert run.due >= begun + 2 - 0.01
     wait_for(lambda: request(mw) and results[0].is_ready(), timeout=20,
              message="the delayed call")
-    assert Docroot(root).get_run(results[0].id).start >= begun + 2 - 0.01
+    assert docroot(root).get_run(results[0].id).start >= begun + 2 - 0.01
     assert results[0].result == 3
 
 
-def test_reqcron_due_runs_pending_calls(site, jobs):
+def test_reqcron_due_runs_pending_calls(site, app_module):
     root = site()
-    result = jobs(JOBS).add(4, 5)
+    result = app_module(JOBS).add(4, 5)
     out = reqcron_cmd("due", str(root), "--wait")
     assert "deferred calls" in out.stdout, out.stdout + out.stderr
     assert result.wait(5).result == 9
 
 
-def test_max_processes_caps_the_processes_running_calls(site, jobs, tmp_path):
+def test_max_processes_caps_the_processes_running_calls(site, app_module, tmp_path):
     root = site(settings="max_processes = 2\n")
-    mod = jobs(JOBS)
+    mod = app_module(JOBS)
     log = tmp_path / "log"
     results = [mod.slow(str(log), 0.3) for _ in range(6)]
-    drainers = [subprocess.Popen([sys.executable, "-P", "-m", "reqcron.runtask", "--calls",
+    drainers = [popen([sys.executable, "-P", "-m", "reqcron.runtask", "--calls",
                                   str(root)]) for _ in range(4)]
     for d in drainers:
         d.wait(60)
@@ -491,16 +469,15 @@ def note(i):
 
 
 def test_a_burst_of_1000_calls_under_gunicorn_runs_each_once_in_few_processes(
-        make_docroot, tmp_path):
-    from test_servers import BIN, Server, free_port
+        make_docroot, tmp_path, serve, docroot):
+    from realserver import BIN
 
     root = make_docroot(TASKS, "[reqcron]\nmax_processes = 2\n")
     log = tmp_path / "notes"
     (tmp_path / "burstjobs.py").write_text(BURST_JOBS.format(log=str(log)))
     (tmp_path / "app.py").write_text(BURST_APP.format(here=str(tmp_path), docroot=str(root)))
-    port = free_port()
-    server = Server([str(BIN / "gunicorn"), "--workers", "3", "--bind", f"127.0.0.1:{port}",
-                     "app:application"], tmp_path, port)
+    server = serve(str(BIN / "gunicorn"), "--workers", "3", "--bind", "127.0.0.1:{port}",
+                   "app:application")
     try:
         import urllib.request
 
@@ -521,7 +498,7 @@ def test_a_burst_of_1000_calls_under_gunicorn_runs_each_once_in_few_processes(
         assert slowest < 1.0, f"a request took {slowest:.2f} s while the calls ran"
         written = sorted(int(n) for n in log.read_text().split())
         assert written == list(range(1000)), "a call ran twice or not at all"
-        doc = Docroot(root)
+        doc = docroot(root)
         wait_for(lambda: all(r.status == "ok" for r in doc.store.runs(None, 2000)),
                  timeout=20, message="every call to be recorded ok")
         runs = doc.store.runs(None, 2000)
@@ -543,9 +520,10 @@ def test_a_burst_of_1000_calls_under_gunicorn_runs_each_once_in_few_processes(
                  message="the task processes to end")
 
 
-def test_calls_show_on_the_status_page_with_their_function_and_arguments(site, jobs, middleware):
+def test_calls_show_on_the_status_page_with_their_function_and_arguments(
+        site, app_module, middleware):
     root = site()
-    result = jobs(JOBS).add(40, 2)
+    result = app_module(JOBS).add(40, 2)
     drain(root)
     result.wait(5)
     mw = middleware(hello, root, status_path="/_reqcron", status_token="s3cret")
@@ -559,9 +537,9 @@ def test_calls_show_on_the_status_page_with_their_function_and_arguments(site, j
     assert b"add(40, 2)" in page
 
 
-def test_reqcron_list_shows_the_queue(site, jobs):
+def test_reqcron_list_shows_the_queue(site, app_module):
     root = site()
-    mod = jobs(JOBS)
+    mod = app_module(JOBS)
     for n in range(3):
         mod.add(n, n)
     listed = reqcron_cmd("list", str(root))

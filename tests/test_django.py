@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import reqcron_cmd, runtask, wait_for
-from test_servers import BIN, Server, free_port
-
-from reqcron import Docroot
+from realserver import BIN
 
 pytest.importorskip("django")
 
@@ -153,12 +151,10 @@ def test_runtask_sets_django_up_and_the_task_writes_through_the_orm(project):
 
 
 def test_gunicorn_runs_orm_tasks_and_a_broken_settings_module_fails_runs_not_the_site(
-        project, tmp_path):
-    port = free_port()
-    server = Server([str(BIN / "gunicorn"), "--workers", "2", "--bind", f"127.0.0.1:{port}",
-                     "--graceful-timeout", "5", "--chdir", str(project), "mysite.wsgi:application"],
-                    tmp_path, port)
-    doc = Docroot(project)
+        project, serve, docroot):
+    server = serve(str(BIN / "gunicorn"), "--workers", "2", "--bind", "127.0.0.1:{port}",
+                   "--graceful-timeout", "5", "--chdir", str(project), "mysite.wsgi:application")
+    doc = docroot(project)
     try:
         def ticked() -> bool:
             assert get(server.url) == "jobs imported: False"

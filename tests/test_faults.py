@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import drive, hello, processes, reqcron_cmd, request, wait_for
-from test_servers import BIN, Server, free_port
+from conftest import drive, hello, popen, processes, reqcron_cmd, request, wait_for
+from realserver import BIN, Server
 
 from reqcron import Docroot, ReqCron
 from reqcron.errors import StateError
@@ -161,21 +161,13 @@ def serve_for(app: ReqCron, seconds: float, force: bool = False) -> int:
 
 
 @pytest.fixture
-def gunicorn(tmp_path: Path) -> Iterator[Callable[[Path], Server]]:
-    servers: list[Server] = []
-
+def gunicorn(tmp_path: Path, serve: Callable[..., Server]) -> Callable[..., Server]:
     def start(root: Path, workers: int = 3) -> Server:
         (tmp_path / "app.py").write_text(textwrap.dedent(APP.format(docroot=str(root))))
-        port = free_port()
-        command = [str(BIN / "gunicorn"), "--workers", str(workers), "--bind",
-                   f"127.0.0.1:{port}", "--graceful-timeout", "5", "app:application"]
-        server = Server(command, tmp_path, port)
-        servers.append(server)
-        return server
+        return serve(str(BIN / "gunicorn"), "--workers", str(workers), "--bind",
+                     "127.0.0.1:{port}", "--graceful-timeout", "5", "app:application")
 
-    yield start
-    for server in servers:
-        server.stop()
+    return start
 
 
 @pytest.fixture
@@ -447,7 +439,7 @@ def test_a_state_made_by_many_processes_at_once_is_never_seen_half_made(tmp_path
         store.pulse()
         store.close()
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    procs = [popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
              for _ in range(8)]
     wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == len(procs), timeout=20,
              message="every process to wait for the signal")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import wait_for
 
-from reqcron import Docroot, ReqCron
+from reqcron import Docroot
 
 TASKS = (
     "from reqcron import Task\nclass Tick(Task):\n    every = 1\n    def run(self):\n"
@@ -21,7 +21,7 @@ def ran(root):
         doc.close()
 
 
-def test_flask(make_docroot):
+def test_flask(make_docroot, middleware):
     flask = pytest.importorskip("flask")
     root = make_docroot(TASKS)
     app = flask.Flask(__name__)
@@ -30,7 +30,7 @@ def test_flask(make_docroot):
     def index():
         return "hello from flask"
 
-    app.wsgi_app = ReqCron(app.wsgi_app, root)
+    app.wsgi_app = middleware(app.wsgi_app, root)
     client = app.test_client()
 
     def step():
@@ -39,7 +39,6 @@ def test_flask(make_docroot):
         return ran(root)
 
     wait_for(step, timeout=15, message="a run driven by Flask requests")
-    app.wsgi_app.close()
 
 
 def wsgi_get(app, path="/"):
@@ -70,7 +69,7 @@ def wsgi_get(app, path="/"):
         body.close()
 
 
-def test_django(make_docroot):
+def test_django(make_docroot, middleware):
     django = pytest.importorskip("django")
     from django.conf import settings
 
@@ -86,7 +85,7 @@ def test_django(make_docroot):
     django.setup()
     from django.core.wsgi import get_wsgi_application
 
-    application = ReqCron(get_wsgi_application(), root)  # what wsgi.py does
+    application = middleware(get_wsgi_application(), root)  # what wsgi.py does
 
     def step():
         status, body = wsgi_get(application)
@@ -94,7 +93,6 @@ def test_django(make_docroot):
         return ran(root)
 
     wait_for(step, timeout=15, message="a run driven by Django requests")
-    application.close()
 
 
 def hello_view(request):
@@ -114,7 +112,7 @@ def _urls():
 urlpatterns = _urls()
 
 
-def test_flask_deferred_call_as_in_the_readme(make_docroot, tmp_path, monkeypatch):
+def test_flask_deferred_call_as_in_the_readme(make_docroot, tmp_path, monkeypatch, middleware):
     """README, "Deferred calls": a receipt sent after the response, its status on a later page."""
     flask = pytest.importorskip("flask")
     import importlib
@@ -147,7 +145,7 @@ def test_flask_deferred_call_as_in_the_readme(make_docroot, tmp_path, monkeypatc
             return {"status": result.status}
         return {"status": result.status, "error": result.error_message, "value": result.result}
 
-    app.wsgi_app = ReqCron(app.wsgi_app, str(root))
+    app.wsgi_app = middleware(app.wsgi_app, str(root))
     client = app.test_client()
     posted = client.post("/orders/7/receipt")
     assert posted.status_code == 202
@@ -157,4 +155,3 @@ def test_flask_deferred_call_as_in_the_readme(make_docroot, tmp_path, monkeypatc
                      and r, timeout=30, message="the receipt call to run")
     assert shown == {"status": "ok", "error": None, "value": "sent"}
     assert client.get("/calls/999").status_code == 404
-    app.wsgi_app.close()

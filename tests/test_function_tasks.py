@@ -8,9 +8,9 @@ import sys
 from datetime import UTC, datetime
 
 import pytest
-from conftest import drive, hello, reqcron_cmd, runtask, write
+from conftest import drive, hello, last_run, reqcron_cmd, runtask, write
 
-from reqcron import Docroot, Task, cron, every
+from reqcron import Task, cron, every
 
 TASKS = """
 import time
@@ -46,14 +46,6 @@ def site(make_docroot):
     return make_docroot(TASKS, UTC_TOML)
 
 
-def last_run(root, name):
-    doc = Docroot(root)
-    try:
-        return doc.history(name, limit=1)[0]
-    finally:
-        doc.close()
-
-
 def runs_from(task: Task, after: datetime, count: int) -> list[datetime]:
     out: list[datetime] = []
     for _ in range(count):
@@ -64,19 +56,18 @@ def runs_from(task: Task, after: datetime, count: int) -> list[datetime]:
     return out
 
 
-def test_decorated_functions_are_tasks_named_after_them(site):
-    doc = Docroot(site)
+def test_decorated_functions_are_tasks_named_after_them(site, docroot):
+    doc = docroot(site)
     assert sorted(doc.tasks()) == ["Classic", "hangs", "heart-beat", "newsletter",
                                    "newsletter_kw"]
     assert doc.load_errors() == []
     listed = json.loads(reqcron_cmd("list", str(site), "--json").stdout)
     assert {"newsletter", "newsletter_kw", "heart-beat", "hangs"} <= {
         t["name"] for t in listed["tasks"]}
-    doc.close()
 
 
-def test_the_string_and_keyword_forms_give_the_same_runs(site):
-    tasks = Docroot(site).tasks()
+def test_the_string_and_keyword_forms_give_the_same_runs(site, docroot):
+    tasks = docroot(site).tasks()
     expected = [datetime(2024, 1, 1, 9, 30, tzinfo=UTC), datetime(2024, 1, 3, 9, 30, tzinfo=UTC),
                 datetime(2024, 1, 8, 9, 30, tzinfo=UTC)]
     assert runs_from(tasks["newsletter"], MONDAY, 3) == expected
@@ -97,25 +88,25 @@ def test_the_string_and_keyword_forms_give_the_same_runs(site):
     ("cron(days=1, months=[1, 7], hours=0, minutes=0)", "0 0 1 1,7 *"),
     ("cron()", "* * * * *"),
 ])
-def test_keyword_fields_follow_autocron(make_docroot, decorator, expr):
+def test_keyword_fields_follow_autocron(make_docroot, decorator, expr, docroot):
     root = make_docroot(f"from reqcron import cron\n@{decorator}\ndef job():\n    pass\n")
-    (task,) = Docroot(root).tasks().values()
+    (task,) = docroot(root).tasks().values()
     assert task.compiled_schedule().signature.split("@")[0] == f"cron:{expr}"
 
 
-def test_days_of_week_count_from_monday(make_docroot):
+def test_days_of_week_count_from_monday(make_docroot, docroot):
     root = make_docroot("""
         from reqcron import cron
         @cron(minutes=0, hours=12, days_of_week=6)
         def sunday():
             pass
     """, UTC_TOML)
-    (task,) = Docroot(root).tasks().values()
+    (task,) = docroot(root).tasks().values()
     assert runs_from(task, MONDAY, 2) == [datetime(2024, 1, 7, 12, tzinfo=UTC),
                                           datetime(2024, 1, 14, 12, tzinfo=UTC)]
 
 
-def test_every_runs_by_requests_through_the_middleware(make_docroot, middleware):
+def test_every_runs_by_requests_through_the_middleware(make_docroot, middleware, docroot):
     root = make_docroot("""
         from reqcron import every
 
@@ -124,12 +115,11 @@ def test_every_runs_by_requests_through_the_middleware(make_docroot, middleware)
             return {"ticked": True}
     """)
     app = middleware(hello, root)
-    doc = Docroot(root)
+    doc = docroot(root)
     (run, *_) = drive(app, lambda: doc.store.runs("tick", statuses=("ok",)),
                       message="a run of tick")
     assert run.trigger == "request" and run.exit_code == 0
     assert json.loads(run.return_value) == {"ticked": True}
-    doc.close()
 
 
 def test_runtask_runs_a_function_task_by_its_name(site):
@@ -144,12 +134,12 @@ def test_runtask_runs_a_function_task_by_its_name(site):
     assert last_run(site, "heart-beat").return_value == '"alive"'
 
 
-def test_attribute_keywords_apply_a_timeout_stops_a_hanging_function(site):
+def test_attribute_keywords_apply_a_timeout_stops_a_hanging_function(site, docroot):
     proc = runtask(site, "hangs")
     assert proc.returncode == 124
     run = last_run(site, "hangs")
     assert run.status == "timeout" and "timeout of 0.5 s" in run.error
-    info = Docroot(site).info("heart-beat")
+    info = docroot(site).info("heart-beat")
     assert info.timeout == 60
 
 
@@ -176,7 +166,7 @@ def test_an_unknown_keyword_in_the_tasks_file_names_its_line(make_docroot):
     assert f"{root / '__tasks__.py'}:3: TypeError" in proc.stderr and "'timout'" in proc.stderr
 
 
-def test_a_bad_schedule_in_one_function_leaves_the_others_working(make_docroot):
+def test_a_bad_schedule_in_one_function_leaves_the_others_working(make_docroot, docroot):
     root = make_docroot("""\
         from reqcron import Task, cron, every
 
@@ -209,7 +199,7 @@ def test_a_bad_schedule_in_one_function_leaves_the_others_working(make_docroot):
         def fine():
             pass
     """)
-    doc = Docroot(root)
+    doc = docroot(root)
     assert list(doc.tasks()) == ["fine"]  # 'good' is taken twice: neither registers
     errors = {e.task: (e.line, e.message) for e in doc.load_errors()}
     assert set(errors) == {"good", "bad_string", "bad_minute", "no_interval", "bad_zone"}
@@ -219,11 +209,10 @@ def test_a_bad_schedule_in_one_function_leaves_the_others_working(make_docroot):
     assert errors["no_interval"][0] == 17 and "every must be" in errors["no_interval"][1]
     assert errors["bad_zone"][0] == 21 and "Nowhere/Here" in errors["bad_zone"][1]
     assert "used by good and Other" in errors["good"][1]
-    doc.close()
 
     write(root / "__tasks__.py", "from reqcron import cron\n\n@cron('0 1 * * *')\n"
           "def good():\n    return 'fine'\n\n@cron('bad')\ndef bad():\n    pass\n")
-    doc = Docroot(root)
+    doc = docroot(root)
     assert list(doc.tasks()) == ["good"]
     proc = reqcron_cmd("check", str(root))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -231,18 +220,16 @@ def test_a_bad_schedule_in_one_function_leaves_the_others_working(make_docroot):
     assert runtask(root, "good").returncode == 0
     refused = runtask(root, "bad")
     assert refused.returncode == 2 and "task 'bad' has an invalid schedule" in refused.stderr
-    doc.close()
 
 
-def test_a_function_that_turns_bad_keeps_its_last_good_schedule(make_docroot):
+def test_a_function_that_turns_bad_keeps_its_last_good_schedule(make_docroot, docroot):
     root = make_docroot("from reqcron import cron\n@cron('0 1 * * *')\ndef job():\n    pass\n")
-    doc = Docroot(root)
+    doc = docroot(root)
     before = doc.catalog().tasks["job"].signature
     write(root / "__tasks__.py", "from reqcron import cron\n@cron('0 99 * * *')\n"
           "def job():\n    pass\n")
     assert doc.catalog().tasks["job"].signature == before
     assert "invalid schedule" in (doc.catalog().error_of("job") or "")
-    doc.close()
 
 
 @cron("15 4 * * *", timeout=30)

@@ -14,7 +14,7 @@ import time
 import pytest
 from conftest import reqcron_cmd, runtask, wait_for, write
 
-from reqcron import Docroot, ReqCron
+from reqcron import ReqCron
 from reqcron.records import Status
 
 T0 = 1795435230.0  # 2026-11-23 12:00:30 UTC
@@ -44,9 +44,9 @@ def test_triggers_in_different_local_zones_share_one_schedule(make_docroot):
     assert "local zone is Europe/Amsterdam" in check.stderr and "UTC" in check.stderr
 
 
-def test_a_task_with_a_bad_value_keeps_its_state_and_records_its_slots(make_docroot):
+def test_a_task_with_a_bad_value_keeps_its_state_and_records_its_slots(make_docroot, docroot):
     root = make_docroot(MINUTE_TASK + "class Other(Task):\n    cron = '* * * * *'\n")
-    doc = Docroot(root)
+    doc = docroot(root)
     doc.due(at=T0)
     write(root / "__tasks__.py", MINUTE_TASK.replace("* * * * *", "61 * * * *")
           + "class Other(Task):\n    cron = '* * * * *'\n")
@@ -60,7 +60,6 @@ def test_a_task_with_a_bad_value_keeps_its_state_and_records_its_slots(make_docr
     assert "broken" in tick["marks"] and tick["last_run"]["status"] == "failed"
     check = reqcron_cmd("check", str(root))
     assert check.returncode == 2 and "'Tick'" in check.stderr
-    doc.close()
 
 
 def test_list_shows_the_last_known_tasks_while_the_file_is_broken(make_docroot):
@@ -92,14 +91,14 @@ def test_a_world_writable_tasks_file_is_refused(make_docroot):
     assert run.returncode == 2 and "refusing to load tasks" in run.stderr
 
 
-def test_a_docroot_module_never_shadows_the_standard_library(make_docroot, tmp_path):
+def test_a_docroot_module_never_shadows_the_standard_library(make_docroot, tmp_path, docroot):
     marker = tmp_path / "shadowed"
     root = make_docroot("import json\nfrom reqcron import Task\nclass T(Task):\n"
                         "    def run(self):\n        return json.dumps([1])\n")
     (root / "json.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     command = [os.path.join(sys.prefix, "bin", "runtask"), str(root), "T"]
     assert subprocess.run(command, cwd=root, capture_output=True).returncode == 0
-    Docroot(root).run_now("T")
+    docroot(root).run_now("T")
     # The reqcron command, run from inside the DOCROOT, starts the task process there.
     proc = subprocess.run([os.path.join(sys.prefix, "bin", "reqcron"), "due", str(root), "--wait"],
                           cwd=root, capture_output=True, text=True)
@@ -115,8 +114,8 @@ def test_a_trigger_run_by_another_user_is_warned_about(make_docroot):
     assert "state is per user" in runtask(root, "Tick").stderr
 
 
-def test_a_fork_while_the_store_lock_is_held_does_not_deadlock_the_child(make_docroot):
-    doc = Docroot(make_docroot(MINUTE_TASK))
+def test_a_fork_while_the_store_lock_is_held_does_not_deadlock_the_child(make_docroot, docroot):
+    doc = docroot(make_docroot(MINUTE_TASK))
     store = doc.store
     store.pulse()
     held, release = threading.Event(), threading.Event()
@@ -146,10 +145,9 @@ def test_a_fork_while_the_store_lock_is_held_does_not_deadlock_the_child(make_do
         os.waitpid(pid, 0)
         pytest.fail("the forked child deadlocked on the store's lock")
     assert os.waitstatus_to_exitcode(done[1]) == 0
-    doc.close()
 
 
-def test_a_file_change_refreshes_but_only_a_request_starts_runs(make_docroot):
+def test_a_file_change_refreshes_but_only_a_request_starts_runs(make_docroot, docroot):
     root = make_docroot(MINUTE_TASK.replace("cron = '* * * * *'", "every = 1"))
     app = ReqCron(lambda e, s: s("200 OK", []) or [b""], root, poll=0.1)
     try:
@@ -163,7 +161,7 @@ def test_a_file_change_refreshes_but_only_a_request_starts_runs(make_docroot):
 
         wait_for(lambda: request() and app.docroot is not None
                  and app.docroot.store.runs("Tick"), message="a first run")
-        doc = Docroot(root)
+        doc = docroot(root)
         write(root / "__tasks__.py", MINUTE_TASK.replace("cron = '* * * * *'", "every = 1")
               + "class New(Task):\n    every = 1\n")
         # The watcher re-reads the file (the new task gets its row) with no request...
@@ -178,12 +176,11 @@ def test_a_file_change_refreshes_but_only_a_request_starts_runs(make_docroot):
         app.close()
 
 
-def test_a_catch_up_run_records_how_many_slots_it_stands_for(make_docroot):
-    doc = Docroot(make_docroot(MINUTE_TASK))
+def test_a_catch_up_run_records_how_many_slots_it_stands_for(make_docroot, docroot):
+    doc = docroot(make_docroot(MINUTE_TASK))
     doc.due(at=T0)
     (claim,) = doc.due(at=T0 + 600)
     assert doc.get_run(claim.run_id).slots == 10
-    doc.close()
 
 
 def test_an_interval_under_a_second_is_refused(make_docroot):
@@ -192,9 +189,9 @@ def test_an_interval_under_a_second_is_refused(make_docroot):
     assert proc.returncode == 2 and "every must be between 1 second" in proc.stderr
 
 
-def test_one_task_whose_schedule_fails_in_due_does_not_stop_the_others(make_docroot):
+def test_one_task_whose_schedule_fails_in_due_does_not_stop_the_others(make_docroot, docroot):
     root = make_docroot(MINUTE_TASK + "class Beat(Task):\n    every = 5\n")
-    doc = Docroot(root)
+    doc = docroot(root)
     doc.due(at=T0)
     # What `every = 1e-9` did before it was refused: a schedule that fails in the shared loop.
     with sqlite3.connect(doc.store.location) as db:
@@ -210,7 +207,6 @@ def test_one_task_whose_schedule_fails_in_due_does_not_stop_the_others(make_docr
     assert broke.status == "failed" and "ZeroDivisionError" in broke.error
     assert doc.due(at=T0 + 122) != []  # still going, and Beat is parked, not failing each time
     assert len(doc.history("Beat")) == 1
-    doc.close()
 
 
 def test_crontab_exits_non_zero_when_a_task_does_not_load(make_docroot):
@@ -220,18 +216,17 @@ def test_crontab_exits_non_zero_when_a_task_does_not_load(make_docroot):
     assert f"--if-due {root} Tick" in proc.stdout
 
 
-def test_a_cron_schedule_in_the_localtime_zone_round_trips(make_docroot):
+def test_a_cron_schedule_in_the_localtime_zone_round_trips(make_docroot, docroot):
     # /etc/localtime copied as a plain file has no IANA name: the zone is "localtime".
     root = make_docroot(MINUTE_TASK.replace("* * * * *", "0 * * * *"),
                         '[reqcron]\ntimezone = "localtime"\n')
-    doc = Docroot(root)
+    doc = docroot(root)
     doc.due(at=T0)
     assert doc.catalog().tasks["Tick"].signature == "cron:0 * * * *@localtime"
     (claim,) = doc.due(at=T0 + 3600)
     assert claim.slot == T0 - 30 + 3600
     listed = reqcron_cmd("list", str(root))  # starved (it ran in the past), not broken
     assert "every hour at :00" in listed.stdout and "load error" not in listed.stdout
-    doc.close()
 
 
 def test_fixing_a_world_writable_tasks_file_is_seen_without_a_content_change(make_docroot):

@@ -81,12 +81,11 @@ def test_a_good_run_after_the_failure_clears_failing_whatever_follows(site):
     assert slow["marks"] == [] and slow["last_run"]["status"] == "ok"
 
 
-def test_one_run_shows_rounded_seconds_and_its_traceback_once(site):
+def test_one_run_shows_rounded_seconds_and_its_traceback_once(site, docroot):
     assert reqcron_cmd("run", str(site), "Loud").returncode == 1
     (run,) = json.loads(reqcron_cmd("history", str(site), "Loud", "--json").stdout)
-    doc = Docroot(site)
+    doc = docroot(site)
     doc.store.update_run(run["id"], lateness=0.123456789)
-    doc.close()
     out = reqcron_cmd("history", str(site), "--run", str(run["id"])).stdout
     (duration,) = [line for line in out.splitlines() if line.startswith("duration: ")]
     assert duration.endswith(" s") and len(duration.split()[1]) == 4  # "0.02"

@@ -23,9 +23,7 @@ from typing import Any
 
 import pytest
 from conftest import processes, reqcron_cmd, wait_for
-from test_servers import BIN, Server, free_port
-
-from reqcron import Docroot
+from realserver import BIN, Server, free_port
 
 TASKS = """
 import os, time
@@ -297,7 +295,8 @@ def test_two_hosts_under_load_run_each_slot_once(site, tmp_path):
 # -- 2. a host killed whole ---------------------------------------------------------------
 
 
-def test_a_host_killed_whole_frees_its_lock_and_comes_back_without_duplicates(site, tmp_path):
+def test_a_host_killed_whole_frees_its_lock_and_comes_back_without_duplicates(
+        site, tmp_path, docroot):
     a, b = site(2)
     a.start()
     b.start()
@@ -305,8 +304,8 @@ def test_a_host_killed_whole_frees_its_lock_and_comes_back_without_duplicates(si
     slow_file = tmp_path / "runs.slow"
 
     # Slow, asked for by run_now, starts through host A's requests (B gets none yet).
-    doc_a = Docroot(a.root)
-    doc_b = Docroot(b.root)
+    doc_a = docroot(a.root)
+    doc_b = docroot(b.root)
     try:
         wait_for(lambda: doc_a.store.state("Slow") is not None, timeout=15,
                  message="the site's tasks to be known")

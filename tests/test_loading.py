@@ -8,10 +8,10 @@ import stat
 import pytest
 from conftest import write
 
-from reqcron import ConfigError, Docroot, DocrootError, TaskLookupError
+from reqcron import ConfigError, DocrootError, TaskLookupError
 
 
-def test_tasks_register_by_the_spec_rules(make_docroot):
+def test_tasks_register_by_the_spec_rules(make_docroot, docroot):
     root = make_docroot("""
         from reqcron import Task
 
@@ -28,16 +28,16 @@ def test_tasks_register_by_the_spec_rules(make_docroot):
         Alias = Cleanup               # the same class twice is one task
         NOT_A_TASK = 42
     """)
-    doc = Docroot(root)
+    doc = docroot(root)
     assert sorted(doc.tasks()) == ["Cleanup", "nightly-report"]
     assert doc.load_errors() == []
 
 
-def test_two_docroots_in_one_process_do_not_collide(make_docroot):
-    one = Docroot(
+def test_two_docroots_in_one_process_do_not_collide(make_docroot, docroot):
+    one = docroot(
         make_docroot("from reqcron import Task\nclass A(Task):\n    cron = '0 1 * * *'\n")
     )
-    two = Docroot(
+    two = docroot(
         make_docroot("from reqcron import Task\nclass A(Task):\n    cron = '0 2 * * *'\n")
     )
     assert one.tasks()["A"].compiled_schedule().signature.startswith("cron:0 1 ")
@@ -45,9 +45,9 @@ def test_two_docroots_in_one_process_do_not_collide(make_docroot):
     assert type(one.tasks()["A"]).__module__ != type(two.tasks()["A"]).__module__
 
 
-def test_a_reload_sees_new_classes_not_stale_ones(make_docroot):
+def test_a_reload_sees_new_classes_not_stale_ones(make_docroot, docroot):
     root = make_docroot("from reqcron import Task\nclass A(Task):\n    cron = '0 1 * * *'\n")
-    doc = Docroot(root)
+    doc = docroot(root)
     old = type(doc.tasks()["A"])
     assert sorted(doc.catalog().tasks) == ["A"]
     write(root / "__tasks__.py", "from reqcron import Task\nclass B(Task):\n    pass\n")
@@ -56,37 +56,37 @@ def test_a_reload_sees_new_classes_not_stale_ones(make_docroot):
     assert sorted(doc.catalog().tasks) == ["B"]  # the engine read the change too
 
 
-def test_loading_writes_no_bytecode_into_the_docroot(make_docroot):
+def test_loading_writes_no_bytecode_into_the_docroot(make_docroot, docroot):
     root = make_docroot("from reqcron import Task\nclass A(Task):\n    pass\n")
-    Docroot(root).tasks()
+    docroot(root).tasks()
     assert sorted(p.name for p in root.iterdir()) == ["__tasks__.py"]
 
 
-def test_tasks_can_import_modules_beside_them(make_docroot):
+def test_tasks_can_import_modules_beside_them(make_docroot, docroot):
     root = make_docroot(
         "from helpers import WHEN\nfrom reqcron import Task\nclass A(Task):\n    cron = WHEN\n"
     )
     (root / "helpers.py").write_text("WHEN = '5 4 * * *'\n")
-    assert Docroot(root).tasks()["A"].cron == "5 4 * * *"
+    assert docroot(root).tasks()["A"].cron == "5 4 * * *"
 
 
-def test_a_syntax_error_is_reported_with_file_and_line(make_docroot):
+def test_a_syntax_error_is_reported_with_file_and_line(make_docroot, docroot):
     root = make_docroot("from reqcron import Task\n\nclass A(Task)\n    pass\n")
-    errors = Docroot(root).load_errors()
+    errors = docroot(root).load_errors()
     assert len(errors) == 1
     assert str(errors[0]).startswith(f"{root / '__tasks__.py'}:3: SyntaxError")
 
 
-def test_an_import_error_is_reported_with_file_and_line(make_docroot):
+def test_an_import_error_is_reported_with_file_and_line(make_docroot, docroot):
     root = make_docroot("from reqcron import Task\nimport no_such_module_here\n")
-    (error,) = Docroot(root).load_errors()
+    (error,) = docroot(root).load_errors()
     assert error.line == 2
     assert "ModuleNotFoundError" in error.message and "no_such_module_here" in error.message
 
 
-def test_a_broken_reload_keeps_the_last_good_tasks(make_docroot):
+def test_a_broken_reload_keeps_the_last_good_tasks(make_docroot, docroot):
     root = make_docroot("from reqcron import Task\nclass A(Task):\n    cron = '0 1 * * *'\n")
-    doc = Docroot(root)
+    doc = docroot(root)
     assert list(doc.catalog().tasks) == ["A"]
     write(root / "__tasks__.py", "from reqcron import Task\nclass A(Task:\n")
     assert list(doc.catalog().tasks) == ["A"]
@@ -94,7 +94,7 @@ def test_a_broken_reload_keeps_the_last_good_tasks(make_docroot):
     assert "SyntaxError" in doc.catalog().error_of("A")
 
 
-def test_a_bad_task_does_not_stop_the_others(make_docroot):
+def test_a_bad_task_does_not_stop_the_others(make_docroot, docroot):
     root = make_docroot("""
         from datetime import datetime
         from reqcron import Task
@@ -126,7 +126,7 @@ def test_a_bad_task_does_not_stop_the_others(make_docroot):
         class Hostile(Task):
             name = "../etc/passwd"
     """)
-    doc = Docroot(root)
+    doc = docroot(root)
     assert list(doc.tasks()) == ["Good"]
     by_task = {e.task: str(e) for e in doc.load_errors()}
     assert set(by_task) == {"BadCron", "Naive", "Exploding", "Twice", "dup", "../etc/passwd"}
@@ -138,18 +138,18 @@ def test_a_bad_task_does_not_stop_the_others(make_docroot):
         assert text.startswith(str(root / "__tasks__.py") + ":")
 
 
-def test_a_missing_docroot_is_one_clear_error(tmp_path):
+def test_a_missing_docroot_is_one_clear_error(tmp_path, docroot):
     with pytest.raises(DocrootError, match="does not exist"):
-        Docroot(tmp_path / "nope")
+        docroot(tmp_path / "nope")
 
 
-def test_unknown_task_lists_the_known_ones(make_docroot):
-    doc = Docroot(make_docroot("from reqcron import Task\nclass A(Task):\n    pass\n"))
+def test_unknown_task_lists_the_known_ones(make_docroot, docroot):
+    doc = docroot(make_docroot("from reqcron import Task\nclass A(Task):\n    pass\n"))
     with pytest.raises(TaskLookupError, match="known tasks: A"):
         doc.info("os")
 
 
-def test_settings_come_from_reqcron_toml(make_docroot, tmp_path):
+def test_settings_come_from_reqcron_toml(make_docroot, tmp_path, docroot):
     root = make_docroot(
         "",
         """
@@ -163,7 +163,7 @@ def test_settings_come_from_reqcron_toml(make_docroot, tmp_path):
     """
         % (tmp_path / "mystate"),
     )
-    doc = Docroot(root)
+    doc = docroot(root)
     assert str(doc.zone) == "Europe/Amsterdam"
     assert doc.settings.state_dir == tmp_path / "mystate"
     assert doc.settings.history == 7
@@ -182,25 +182,24 @@ def test_settings_come_from_reqcron_toml(make_docroot, tmp_path):
         ("[reqcron]\n\ntimezone = \n", ":3: invalid TOML"),
     ],
 )
-def test_bad_settings_give_one_clear_error(make_docroot, toml, message):
+def test_bad_settings_give_one_clear_error(make_docroot, toml, message, docroot):
     with pytest.raises(ConfigError, match=message) as info:
-        Docroot(make_docroot("", toml))
+        docroot(make_docroot("", toml))
     assert "reqcron.toml" in str(info.value)
 
 
-def test_state_lives_outside_the_docroot_and_is_private(make_docroot, state_home):
+def test_state_lives_outside_the_docroot_and_is_private(make_docroot, state_home, docroot):
     root = make_docroot("from reqcron import Task\nclass A(Task):\n    cron = '0 1 * * *'\n")
-    doc = Docroot(root)
+    doc = docroot(root)
     doc.states()
     db = doc.settings.state_dir / "state.db"
     assert db.exists()
     assert state_home in db.parents and root not in db.parents
     assert stat.S_IMODE(os.stat(doc.settings.state_dir).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
-    doc.close()
 
 
-def test_a_schedule_error_names_the_line_at_fault(make_docroot):
+def test_a_schedule_error_names_the_line_at_fault(make_docroot, docroot):
     root = make_docroot("""\
         from reqcron import Task
 
@@ -216,5 +215,5 @@ def test_a_schedule_error_names_the_line_at_fault(make_docroot):
                 Task.__init__(self)
                 self.schedule(hour=25)
         """)
-    errors = {e.task: e.line for e in Docroot(root).load_errors()}
+    errors = {e.task: e.line for e in docroot(root).load_errors()}
     assert errors == {"A": 5, "B": 13}

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import ast
-import importlib
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
-from conftest import hello, request, runtask, start_runtask, wait_for, write
+from conftest import hello, read_history, request, runtask, start_runtask, wait_for, write
 from prometheus_client.parser import text_string_to_metric_families
 
 import reqcron
-from reqcron import Docroot
+import reqcron.web.metrics
 from reqcron.engine.stored_calls import Call, new_run
 from reqcron.records import Run, Status, now
 
@@ -58,18 +56,6 @@ def later(x):
 """
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def make_site(request, make_docroot):
-    """A DOCROOT on each store: SQLite, and PostgreSQL as one site."""
-    def make(tasks: str, toml: str = "[reqcron]\n") -> Path:
-        if request.param == "postgres":
-            url = request.getfixturevalue("pg_url")
-            toml += f'state = "{url}"\nsite = "metrics"\n'
-        return make_docroot(tasks, toml)
-
-    return make
-
-
 def scrape(app, token: str = TOKEN) -> tuple[str, bytes]:
     return request(app, PATH + "/metrics", HTTP_AUTHORIZATION=f"Bearer {token}")
 
@@ -89,11 +75,11 @@ def value(found: dict, name: str, **labels: str) -> float | None:
 
 
 def test_metrics_count_real_runs_calls_and_agree_between_workers(
-        make_site, middleware, tmp_path, monkeypatch):
+        make_site, middleware, tmp_path, monkeypatch, app_module, docroot):
     flag = tmp_path / "let-slow-end"
     at = now() + 3
     root = make_site(TASKS.format(at=at, flag=str(flag)))
-    Docroot(root).catalog()  # Once is seen before its moment, so its slot counts
+    docroot(root).catalog()  # Once is seen before its moment, so its slot counts
     assert runtask(root, "Report").returncode == 0
     assert runtask(root, "Report").returncode == 0
     assert runtask(root, "Crash").returncode == 1
@@ -101,17 +87,11 @@ def test_metrics_count_real_runs_calls_and_agree_between_workers(
     assert runtask(root, "--if-due", "Once").returncode == 0  # the crontab's way: a slot
     slow = start_runtask(root, "Slow")
     try:
-        wait_for(lambda: [r for r in Docroot(root).history("Slow") if r.status == "running"],
+        wait_for(lambda: [r for r in read_history(root, "Slow") if r.status == "running"],
                  timeout=30, message="Slow to be running")
         # A deferred call, queued in this DOCROOT's state through REQCRON_DOCROOT.
         monkeypatch.setenv("REQCRON_DOCROOT", str(root))
-        folder = tmp_path / "app"
-        folder.mkdir()
-        name = f"jobs_{uuid.uuid4().hex[:8]}"
-        (folder / f"{name}.py").write_text(JOBS)
-        monkeypatch.syspath_prepend(str(folder))
-        importlib.invalidate_caches()
-        assert importlib.import_module(name).later(1).status == "queued"
+        assert app_module(JOBS).later(1).status == "queued"
 
         # Two "workers" over the one state.
         one = middleware(hello, root, status_path=PATH, status_token=TOKEN)
@@ -121,7 +101,7 @@ def test_metrics_count_real_runs_calls_and_agree_between_workers(
         found = samples(body)
         assert samples(scrape(two)[1]) == found
 
-        history = Docroot(root).history(limit=100)
+        history = docroot(root).history(limit=100)
         reports = [r for r in history if r.task == "Report"]
         assert value(found, "reqcron_runs", task="Report", status="ok") == 2
         assert value(found, "reqcron_runs", task="Report", status="failed") == 0
@@ -164,7 +144,7 @@ def test_metrics_count_real_runs_calls_and_agree_between_workers(
     assert samples(scrape(two)[1]) == found
 
 
-def test_a_broken_task_and_a_starved_one_show(make_site, middleware):
+def test_a_broken_task_and_a_starved_one_show(make_site, middleware, docroot):
     root = make_site("""\
         from reqcron import Task
 
@@ -174,7 +154,7 @@ def test_a_broken_task_and_a_starved_one_show(make_site, middleware):
         class Fine(Task):
             pass
         """)
-    doc = Docroot(root)
+    doc = docroot(root)
     state = doc.states()["Minutely"]
     # Nothing triggered it for an hour: its first unclaimed slot is that old.
     assert doc.store.reposition("Minutely", state.next_due, state.signature, now() - 3600)
@@ -183,7 +163,7 @@ def test_a_broken_task_and_a_starved_one_show(make_site, middleware):
     from reqcron.web.metrics import DocrootCollector
 
     registry = CollectorRegistry()
-    registry.register(DocrootCollector(Docroot(root)))
+    registry.register(DocrootCollector(docroot(root)))
     found = samples(generate_latest(registry))
     assert value(found, "reqcron_task_starved", task="Minutely") == 1
     assert value(found, "reqcron_task_starved", task="Fine") == 0
@@ -205,8 +185,8 @@ def test_a_broken_task_and_a_starved_one_show(make_site, middleware):
     assert value(found, "reqcron_task_broken", task="Fine") == 0
 
 
-def test_run_stats_aggregates_the_kept_history_on_both_stores(make_site):
-    store = Docroot(make_site("from reqcron import Task\nclass A(Task): pass\n")).store
+def test_run_stats_aggregates_the_kept_history_on_both_stores(make_site, docroot):
+    store = docroot(make_site("from reqcron import Task\nclass A(Task): pass\n")).store
     t = now()
     store.add_run(Run("A", "cron", Status.OK, t, slot=t, lateness=2.0, start=t, end=t + 3))
     store.add_run(Run("A", "cron", Status.OK, t, slot=t, lateness=1.0, start=t, end=t + 5))

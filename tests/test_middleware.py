@@ -13,7 +13,7 @@ from wsgiref.validate import validator
 import pytest
 from conftest import drive, hello, reqcron_cmd, request, runtask, wait_for, write
 
-from reqcron import Docroot, ReqCron
+from reqcron import ReqCron
 
 PROBE = """
 import json, os, time
@@ -70,7 +70,7 @@ def test_streaming_close_and_exc_info_pass_through_unchanged(make_docroot, middl
     assert closed and seen[0][0] is ValueError
 
 
-def test_requests_run_a_one_second_task_in_detached_processes(make_docroot, middleware):
+def test_requests_run_a_one_second_task_in_detached_processes(make_docroot, middleware, docroot):
     root = make_docroot(PROBE)
     listener = socket.socket()  # an inheritable socket, like a server's listening one
     listener.set_inheritable(True)
@@ -78,7 +78,7 @@ def test_requests_run_a_one_second_task_in_detached_processes(make_docroot, midd
     listener.listen()
     try:
         app = middleware(hello, root)
-        doc = Docroot(root)
+        doc = docroot(root)
         started = time.monotonic()
         runs = drive(
             app,
@@ -100,7 +100,6 @@ def test_requests_run_a_one_second_task_in_detached_processes(make_docroot, midd
         assert seen["stdin"] == "/dev/null"
         assert not [t for t in seen["fds"].values() if t.startswith("socket:")]
         assert run.trigger == "request"
-    doc.close()
 
 
 def test_a_slow_task_does_not_slow_requests(make_docroot, middleware, tmp_path):
@@ -140,12 +139,11 @@ def test_no_docroot_passes_through_and_logs_once(middleware, caplog):
     assert sum("no DOCROOT" in r.message for r in caplog.records) == 1
 
 
-def test_docroot_from_the_environ(make_docroot, middleware):
+def test_docroot_from_the_environ(make_docroot, middleware, docroot):
     root = make_docroot(PROBE)
     app = middleware(hello)
-    doc = Docroot(root)
+    doc = docroot(root)
     drive(app_with_env(app, str(root)), lambda: doc.store.runs("Tick"), message="a run")
-    doc.close()
 
 
 def app_with_env(app, root):
@@ -156,43 +154,33 @@ def app_with_env(app, root):
     return call
 
 
-def test_hot_reload_adds_changes_and_removes_tasks(make_docroot, middleware):
+def test_hot_reload_adds_changes_and_removes_tasks(make_docroot, middleware, docroot):
     root = make_docroot("from reqcron import Task\nclass A(Task):\n    every = 1\n")
     app = middleware(hello, root)
-    doc = Docroot(root)
+    doc = docroot(root)
     drive(app, lambda: doc.store.runs("A"), message="A to run")
-    write(
-        root / "__tasks__.py",
-        "from reqcron import Task\n"
-        "class A(Task):\n    every = 3600\n"
-        "class B(Task):\n    every = 1\n",
-    )
+    hourly_a = "from reqcron import Task\nclass A(Task):\n    every = 3600\n"
+    write(root / "__tasks__.py", hourly_a + "class B(Task):\n    every = 1\n")
     first_b = drive(app, lambda: doc.store.runs("B"), message="B, added while serving, to run")[-1]
     # The anchor: B ran two more one-second slots, which the old A had too.
     drive(app, lambda: [r for r in doc.store.runs("B") if r.slot >= first_b.slot + 1.5],
           message="two more slots of B")
     # A's change was stored with B's arrival: no claim of A came after B's first.
     assert not [r for r in doc.store.runs("A") if r.id > first_b.id]
-    write(
-        root / "__tasks__.py",
-        "from reqcron import Task\n"
-        "class A(Task):\n    every = 3600\n"
-        "class C(Task):\n    every = 1\n",
-    )
+    write(root / "__tasks__.py", hourly_a + "class C(Task):\n    every = 1\n")
     first_c = drive(app, lambda: doc.store.runs("C"), message="C, added as B went, to run")[-1]
     drive(app, lambda: [r for r in doc.store.runs("C") if r.slot >= first_c.slot + 1.5],
           message="two more slots of C")
     assert "B" not in doc.catalog().tasks
     assert not [r for r in doc.store.runs("B") if r.id > first_c.id]  # only runs in flight
-    doc.close()
 
 
 def test_a_broken_tasks_file_is_survived_recorded_and_recovered(
-    make_docroot, middleware, caplog
+    make_docroot, middleware, caplog, docroot
 ):
     root = make_docroot("from reqcron import Task\nclass A(Task):\n    every = 1\n")
     app = middleware(hello, root)
-    doc = Docroot(root)
+    doc = docroot(root)
     drive(app, lambda: [r for r in doc.store.runs("A") if r.status == "ok"], message="A ok")
     write(
         root / "__tasks__.py",
@@ -220,10 +208,9 @@ def test_a_broken_tasks_file_is_survived_recorded_and_recovered(
         lambda: [r for r in doc.store.runs("A") if r.status == "ok" and r.id > newest],
         message="A to run again once fixed",
     )
-    doc.close()
 
 
-def test_an_unusable_state_dir_still_serves(make_docroot, middleware, tmp_path, caplog):
+def test_an_unusable_state_dir_still_serves(make_docroot, middleware, tmp_path, caplog, docroot):
     blocker = tmp_path / "file"
     blocker.write_text("")
     bad = make_docroot(PROBE, f'[reqcron]\nstate_dir = "{blocker / "x"}"\n')
@@ -236,7 +223,7 @@ def test_an_unusable_state_dir_still_serves(make_docroot, middleware, tmp_path, 
         environ["DOCUMENT_ROOT"] = str(bad if turn[0] % 2 else good)
         return app(environ, start_response)
 
-    doc = Docroot(good)
+    doc = docroot(good)
 
     def ticks():
         return [r for r in doc.store.runs("Tick") if r.status == "ok"]
@@ -251,7 +238,6 @@ def test_an_unusable_state_dir_still_serves(make_docroot, middleware, tmp_path, 
         # more checks of the bad one.
         drive(both, lambda: len(ticks()) >= seen + 2, timeout=30, message="two more checks")
     assert logged() == 1
-    doc.close()
 
 
 def test_a_bad_toml_still_serves(make_docroot, middleware, caplog):
@@ -262,17 +248,16 @@ def test_a_bad_toml_still_serves(make_docroot, middleware, caplog):
               message="the TOML error to be logged")
 
 
-def test_a_missing_task_interpreter_is_recorded(make_docroot, middleware):
+def test_a_missing_task_interpreter_is_recorded(make_docroot, middleware, docroot):
     root = make_docroot(PROBE, '[reqcron]\npython = "/nonexistent/python3"\n')
     app = middleware(hello, root)
-    doc = Docroot(root)
+    doc = docroot(root)
     drive(app, lambda: "/nonexistent/python3" in str(doc.load_errors()), message="the error")
     assert request(app) == ("200 OK", b"hello")
-    doc.close()
 
 
 def test_a_task_process_that_dies_before_its_run_is_recorded_lost_at_once(
-    make_docroot, middleware, tmp_path
+    make_docroot, middleware, tmp_path, docroot
 ):
     wrapper = tmp_path / "python"
     wrapper.write_text("#!/bin/sh\n"  # reads the tasks, but never starts a run
@@ -282,38 +267,35 @@ def test_a_task_process_that_dies_before_its_run_is_recorded_lost_at_once(
     wrapper.chmod(0o755)
     root = make_docroot(PROBE, f'[reqcron]\npython = "{wrapper}"\n')
     app = middleware(hello, root)
-    doc = Docroot(root)
+    doc = docroot(root)
     (run, *_) = drive(app, lambda: [r for r in doc.store.runs("Tick") if r.status == "lost"],
                       message="the lost run in the history")
     assert "exited with code 3 before starting the run" in run.error
     assert run.end - run.created < 10  # not after the pending timeout
-    doc.close()
 
 
-def test_run_now_starts_within_about_a_second(make_docroot, middleware):
+def test_run_now_starts_within_about_a_second(make_docroot, middleware, docroot):
     root = make_docroot("from reqcron import Task\nclass Reindex(Task):\n    pass\n")
     app = middleware(hello, root)
     request(app)
-    doc = Docroot(root)
+    doc = docroot(root)
     doc.run_now("Reindex")
     asked = time.monotonic()
     drive(app, lambda: [r for r in doc.store.runs("Reindex") if r.status == "ok"])
     assert time.monotonic() - asked < 5
-    doc.close()
 
 
-def test_without_watchdog_a_cheap_stat_still_picks_up_changes(make_docroot, middleware):
+def test_without_watchdog_a_cheap_stat_still_picks_up_changes(make_docroot, middleware, docroot):
     root = make_docroot("from reqcron import Task\nclass A(Task):\n    every = 3600\n")
     app = middleware(hello, root, watch=False)
-    doc = Docroot(root)
+    doc = docroot(root)
     drive(app, lambda: app.docroot is not None and "A" in app.docroot.tasks())
     write(root / "__tasks__.py", "from reqcron import Task\nclass B(Task):\n    every = 1\n")
     drive(app, lambda: [r for r in doc.store.runs("B") if r.status == "ok"],
           message="B, added with watch=False, to run")
-    doc.close()
 
 
-def test_disable_stops_every_trigger_while_other_tasks_run_on(make_docroot, middleware):
+def test_disable_stops_every_trigger_while_other_tasks_run_on(make_docroot, middleware, docroot):
     root = make_docroot("""
         from reqcron import Task
         class Tick(Task):  # the anchor: still enabled, on the same one-second slots
@@ -322,7 +304,7 @@ def test_disable_stops_every_trigger_while_other_tasks_run_on(make_docroot, midd
             every = 1
     """)
     assert reqcron_cmd("disable", str(root), "Off").returncode == 0
-    doc = Docroot(root)
+    doc = docroot(root)
 
     def ticked(trigger):
         return [r for r in doc.store.runs("Tick", 1000)
@@ -361,7 +343,6 @@ def test_disable_stops_every_trigger_while_other_tasks_run_on(make_docroot, midd
     assert [(r.status, r.error) for r in runs] == [("skipped", "disabled")] * len(runs)
     assert not [r for r in runs if r.start is not None]  # no process ran it
     assert "skipped" in reqcron_cmd("history", str(root), "Off").stdout
-    doc.close()
 
 
 def test_a_status_page_set_up_wrong_says_so_at_construction(make_docroot, middleware, caplog):

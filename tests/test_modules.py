@@ -63,8 +63,8 @@ def importers(tmp_path: Path) -> set[int]:
     return {int(p) for p in log.read_text().split()} if log.exists() else set()
 
 
-def test_module_tasks_are_registered_with_those_of_the_tasks_file(site, tmp_path):
-    doc = Docroot(site)
+def test_module_tasks_are_registered_with_those_of_the_tasks_file(site, tmp_path, docroot):
+    doc = docroot(site)
     tasks = doc.catalog().tasks
     assert sorted(tasks) == ["Nightly", "Reindex", "heartbeat"]
     assert tasks["Reindex"].source == "shop.jobs" and tasks["Nightly"].source is None
@@ -72,20 +72,19 @@ def test_module_tasks_are_registered_with_those_of_the_tasks_file(site, tmp_path
     assert doc.load_errors() == []
     assert "shop" not in sys.modules and os.getpid() not in importers(tmp_path)
     assert importers(tmp_path), "the catalog child imported the module"
-    doc.close()
 
 
-def test_runtask_runs_a_module_task_from_its_module(site):
+def test_runtask_runs_a_module_task_from_its_module(site, docroot):
     done = runtask(site, "Reindex")
     assert done.returncode == 0, done.stderr
-    (run,) = Docroot(site).history("Reindex")
+    (run,) = docroot(site).history("Reindex")
     assert run.status == "ok" and run.return_value == '"reindexed from shop.jobs"'
     assert runtask(site, "heartbeat").returncode == 0
 
 
-def test_a_change_to_a_module_is_picked_up_while_requests_come(site, middleware, tmp_path):
+def test_a_change_to_a_module_is_picked_up_while_requests_come(site, middleware, tmp_path, docroot):
     app = middleware(hello, site)
-    doc = Docroot(site)
+    doc = docroot(site)
     drive(app, lambda: "Reindex" in stored(doc).tasks, message="the first catalog")
     write(site / "shop" / "jobs.py", JOBS.replace("class Reindex", "class Rebuild"))
     changed = time.monotonic()
@@ -93,27 +92,26 @@ def test_a_change_to_a_module_is_picked_up_while_requests_come(site, middleware,
     assert time.monotonic() - changed < 5  # a poll (1 s) and a read, on a busy machine
     assert "Reindex" not in stored(doc).tasks
     assert "shop" not in sys.modules and os.getpid() not in importers(tmp_path)
-    doc.close()
 
 
-def test_an_edit_within_the_same_second_is_not_hidden_by_cached_bytecode(site, monkeypatch):
+def test_an_edit_within_the_same_second_is_not_hidden_by_cached_bytecode(
+        site, monkeypatch, docroot):
     # A .pyc is trusted when the source's whole-second mtime and size match.
     monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
     jobs = site / "shop" / "jobs.py"
     second = int(time.time()) * 1_000_000_000
     os.utime(jobs, ns=(second, second))
-    doc = Docroot(site)
+    doc = docroot(site)
     assert "Reindex" in doc.catalog().tasks
     jobs.write_text(jobs.read_text().replace("Reindex", "Rebuild"))  # the same size
     os.utime(jobs, ns=(second + 500_000_000, second + 500_000_000))
     assert "Rebuild" in doc.catalog().tasks
     done = runtask(site, "Rebuild")
     assert done.returncode == 0, done.stderr
-    doc.close()
 
 
-def test_a_module_that_does_not_import_keeps_its_tasks_and_spares_the_others(site):
-    doc = Docroot(site)
+def test_a_module_that_does_not_import_keeps_its_tasks_and_spares_the_others(site, docroot):
+    doc = docroot(site)
     assert "Reindex" in doc.catalog().tasks
     write(site / "shop" / "jobs.py", "from reqcron import Task\n\nimport no_such_module_here\n")
     (error,) = doc.load_errors()
@@ -135,22 +133,20 @@ def test_a_module_that_does_not_import_keeps_its_tasks_and_spares_the_others(sit
 
     write(site / "shop" / "jobs.py", JOBS)
     assert doc.load_errors() == [] and doc.catalog().error_of("Reindex") is None
-    doc.close()
 
 
-def test_a_task_name_used_in_the_tasks_file_and_a_module_is_an_error_naming_both(site):
+def test_a_task_name_used_in_the_tasks_file_and_a_module_is_an_error_naming_both(site, docroot):
     write(site / "shop" / "jobs.py", JOBS.replace("class Reindex", "class Nightly"))
-    doc = Docroot(site)
+    doc = docroot(site)
     (error,) = doc.load_errors()
     assert error.task == "Nightly" and error.file == str(site / "shop" / "jobs.py")
     assert "Nightly (in __tasks__.py) and Nightly (in shop.jobs)" in error.message
     assert sorted(doc.catalog().tasks) == ["heartbeat"]
-    doc.close()
 
 
-def test_a_missing_module_names_the_places_it_was_looked_for(site):
+def test_a_missing_module_names_the_places_it_was_looked_for(site, docroot):
     (site / "reqcron.toml").write_text('[reqcron]\nmodules = ["shop.jobs", "shop.mail"]\n')
-    doc = Docroot(site)
+    doc = docroot(site)
     (error,) = doc.load_errors()
     assert error.file == str(site / "reqcron.toml") and "'shop.mail'" in error.message
     assert f"{site}, {site.parent}" in error.message
@@ -158,11 +154,10 @@ def test_a_missing_module_names_the_places_it_was_looked_for(site):
     # Creating it is noticed: its file in the DOCROOT is watched before it exists.
     write(site / "shop" / "mail.py", "from reqcron import Task\nclass Mail(Task):\n    pass\n")
     assert doc.load_errors() == [] and "Mail" in doc.catalog().tasks
-    doc.close()
 
 
 def test_modules_are_found_in_the_docroots_parent_without_importing_them(make_docroot, tmp_path,
-                                                                           monkeypatch):
+                                                                           monkeypatch, docroot):
     # A project with its public DOCROOT inside: /project/public, /project/shop/jobs.py.
     monkeypatch.setenv("IMPORTS_LOG", str(tmp_path / "imports.log"))
     root = make_docroot(TASKS, '[reqcron]\nmodules = ["shop.jobs"]\n', name="public")
@@ -171,7 +166,7 @@ def test_modules_are_found_in_the_docroots_parent_without_importing_them(make_do
     write(tmp_path / "shop" / "jobs.py", JOBS)
     assert module_files(root, ["shop.jobs"]) == [tmp_path / "shop" / "jobs.py"]
     assert importers(tmp_path) == set()
-    assert "Reindex" in Docroot(root).catalog().tasks
+    assert "Reindex" in docroot(root).catalog().tasks
     done = runtask(root, "Reindex")
     assert done.returncode == 0, done.stderr
 
@@ -190,8 +185,8 @@ def test_modules_are_found_in_the_docroots_parent_without_importing_them(make_do
         ("django_settings = 1", "django_settings must be a non-empty string"),
     ],
 )
-def test_bad_module_settings_give_one_clear_error(make_docroot, toml, message):
+def test_bad_module_settings_give_one_clear_error(make_docroot, toml, message, docroot):
     root = make_docroot(TASKS, f"[reqcron]\n{toml}\n")
     with pytest.raises(ConfigError, match="reqcron.toml") as caught:
-        Docroot(root)
+        docroot(root)
     assert message in str(caught.value)

@@ -8,9 +8,7 @@ import sqlite3
 import time
 
 import pytest
-from conftest import runtask, start_runtask, wait_for
-
-from reqcron import Docroot
+from conftest import last_run, runtask, start_runtask, wait_for
 
 TASKS = """
 import os, signal, sys, time
@@ -90,14 +88,6 @@ def site(make_docroot, tmp_path, monkeypatch):
     return make_docroot(TASKS, TOML)
 
 
-def last_run(root, name):
-    doc = Docroot(root)
-    try:
-        return doc.history(name, limit=1)[0]
-    finally:
-        doc.close()
-
-
 def test_draco_example_runs_and_is_recorded(site):
     proc = runtask(site, "MyTask")
     assert proc.returncode == 0, proc.stderr
@@ -134,14 +124,13 @@ def test_a_task_whose_process_dies_exits_1(site, name, error):
 @pytest.mark.parametrize(
     "name", ["../x", "os", "__class__", "Task", "a;b", "MyTask; rm -rf /", "", "__builtins__"]
 )
-def test_a_hostile_task_name_gets_exit_2_and_nothing_runs(site, name):
+def test_a_hostile_task_name_gets_exit_2_and_nothing_runs(site, name, docroot):
     proc = runtask(site, name)
     assert proc.returncode == 2
     assert "known tasks: Context, Dies, Exits, Fails, MyTask, Polite, Slow, Stubborn" in proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    doc = Docroot(site)
+    doc = docroot(site)
     assert doc.history() == []
-    doc.close()
 
 
 def test_usage_errors_exit_2_with_one_sentence(site, tmp_path):
@@ -203,7 +192,7 @@ def test_two_concurrent_runs_one_gets_75(site, tmp_path):
     assert (tmp_path / "slow-stopped").exists()
 
 
-def test_sigkill_leaves_no_stuck_lock_and_the_dead_run_is_recorded(site, tmp_path):
+def test_sigkill_leaves_no_stuck_lock_and_the_dead_run_is_recorded(site, tmp_path, docroot):
     proc = start_runtask(site, "Slow")
     task_pid = int(
         wait_for(
@@ -222,9 +211,8 @@ def test_sigkill_leaves_no_stuck_lock_and_the_dead_run_is_recorded(site, tmp_pat
         second.send_signal(signal.SIGTERM)
         second.communicate(timeout=30)
     assert second.returncode == 0
-    doc = Docroot(site)
+    doc = docroot(site)
     newest, dead = doc.history("Slow", limit=2)
-    doc.close()
     assert newest.status == "ok"
     assert dead.status == "failed" and "died" in dead.error
 
@@ -268,26 +256,24 @@ def test_a_timeout_kills_a_task_that_ignores_sigterm(site):
     assert run.status == "timeout" and "killed" in run.error
 
 
-def test_a_disabled_task_is_not_run_and_exits_75(site):
-    doc = Docroot(site)
+def test_a_disabled_task_is_not_run_and_exits_75(site, docroot):
+    doc = docroot(site)
     doc.disable("MyTask")
     proc = runtask(site, "MyTask")
     assert proc.returncode == 75 and "disabled" in proc.stderr
     assert doc.history("MyTask")[0].status == "skipped"
     doc.enable("MyTask")
     assert runtask(site, "MyTask").returncode == 0
-    doc.close()
 
 
-def test_disabling_a_running_task_makes_proceed_false(site, tmp_path):
+def test_disabling_a_running_task_makes_proceed_false(site, tmp_path, docroot):
     proc = start_runtask(site, "Slow")
     wait_for(lambda: (tmp_path / "slow-started").exists())
-    doc = Docroot(site)
+    doc = docroot(site)
     doc.disable("Slow")
     wait_for(lambda: (tmp_path / "slow-stopped").exists(), message="Slow to see proceed() False")
     proc.communicate(timeout=10)
     assert proc.returncode == 0
-    doc.close()
 
 
 def test_the_run_context(site):
@@ -307,17 +293,16 @@ def test_the_run_context(site):
     db.close()
 
 
-def test_history_is_pruned_to_the_configured_size(site):
+def test_history_is_pruned_to_the_configured_size(site, docroot):
     for _ in range(7):
         assert runtask(site, "Fails").returncode == 1
-    doc = Docroot(site)
+    doc = docroot(site)
     assert len(doc.history("Fails", limit=100)) == 5
-    doc.close()
 
 
-def test_runtask_claims_a_due_slot_so_no_other_trigger_runs_it(make_docroot):
+def test_runtask_claims_a_due_slot_so_no_other_trigger_runs_it(make_docroot, docroot):
     root = make_docroot("from reqcron import Task\nclass Tick(Task):\n    every = 1\n")
-    doc = Docroot(root)
+    doc = docroot(root)
     doc.states()
     wait_for(lambda: doc.states()["Tick"].next_due <= time.time(), message="a slot to come due")
     proc = runtask(root, "Tick")
@@ -325,12 +310,11 @@ def test_runtask_claims_a_due_slot_so_no_other_trigger_runs_it(make_docroot):
     run = doc.history("Tick")[0]
     assert run.trigger == "cron" and run.slot is not None
     assert doc.states()["Tick"].next_due > run.slot
-    doc.close()
 
 
-def test_if_due_runs_a_due_slot_once_whoever_comes_first(make_docroot):
+def test_if_due_runs_a_due_slot_once_whoever_comes_first(make_docroot, docroot):
     root = make_docroot("from reqcron import Task\nclass Tick(Task):\n    every = 1\n")
-    doc = Docroot(root)
+    doc = docroot(root)
     doc.states()
     wait_for(lambda: doc.states()["Tick"].next_due <= time.time(), message="a slot to come due")
     (claim,) = doc.due()  # a request got there first
@@ -341,4 +325,3 @@ def test_if_due_runs_a_due_slot_once_whoever_comes_first(make_docroot):
     assert runtask(root, "--if-due", "Tick").returncode == 0  # this time it claims and runs
     newest = doc.history("Tick")[0]
     assert newest.trigger == "cron" and newest.status == "ok"
-    doc.close()

@@ -6,15 +6,14 @@ import json
 import os
 import shutil
 import textwrap
-from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import STATUS_TOKEN, the_app, wait_for
 from webob import Request
 
-from reqcron import Docroot, ReqCron
+from reqcron import Docroot
 
-TOKEN = "s3cret-token"
+TOKEN = STATUS_TOKEN
 TASKS = """
 from reqcron import Task
 
@@ -29,21 +28,9 @@ class Broken(Task):
 """
 
 
-def hello(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"the app"]
-
-
 @pytest.fixture
 def site(make_docroot):
     return make_docroot(TASKS)
-
-
-@pytest.fixture
-def app(site):
-    wrapped = ReqCron(hello, site, status_path="/_reqcron", status_token=TOKEN)
-    yield wrapped
-    wrapped.close()
 
 
 def get(app, path, **kwargs):
@@ -56,66 +43,65 @@ def authed(app, path, **kwargs):
     return get(app, path, headers=headers, **kwargs)
 
 
-def test_off_by_default(site):
+def test_off_by_default(site, middleware):
     for kwargs in ({}, {"status_path": "/_reqcron"}, {"status_token": TOKEN}):
-        wrapped = ReqCron(hello, site, **kwargs)
+        wrapped = middleware(the_app, site, **kwargs)
         assert get(wrapped, "/_reqcron/").body == b"the app"
-        wrapped.close()
 
 
-def test_without_the_token_401_and_nothing_revealed(app):
+def test_without_the_token_401_and_nothing_revealed(status_app):
     for path in ("/_reqcron", "/_reqcron/", "/_reqcron/?format=json"):
-        response = get(app, path)
+        response = get(status_app, path)
         assert response.status_int == 401
         assert b"Reindex" not in response.body and b"Broken" not in response.body
-    wrong = get(app, "/_reqcron/", headers={"Authorization": "Bearer nope"})
+    wrong = get(status_app, "/_reqcron/", headers={"Authorization": "Bearer nope"})
     assert wrong.status_int == 401
-    assert get(app, "/elsewhere").body == b"the app"
+    assert get(status_app, "/elsewhere").body == b"the app"
 
 
-def test_bearer_token_shows_tasks_and_json(app):
-    page = authed(app, "/_reqcron/")
+def test_bearer_token_shows_tasks_and_json(status_app):
+    page = authed(status_app, "/_reqcron/")
     assert page.status_int == 200 and b"Reindex" in page.body and b"Run now" in page.body
-    data = json.loads(authed(app, "/_reqcron/?format=json").body)
+    data = json.loads(authed(status_app, "/_reqcron/?format=json").body)
     assert {t["name"] for t in data["tasks"]} == {"Reindex", "Broken"}
     assert data["csrf"]
 
 
-def test_error_text_is_escaped(app, site):
+def test_error_text_is_escaped(status_app, site):
     from conftest import runtask
 
     assert runtask(site, "Broken").returncode == 1
     assert runtask(site, "Reindex").returncode == 0
-    body = authed(app, "/_reqcron/").text
+    body = authed(status_app, "/_reqcron/").text
     assert "<script>alert" not in body
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in body
     assert "reindexed &lt;everything&gt;" in body
 
 
-def test_actions_need_post_and_csrf(app, site):
-    csrf = json.loads(authed(app, "/_reqcron/?format=json").body)["csrf"]
-    assert authed(app, "/_reqcron/action?action=run&task=Reindex").status_int == 405
-    no_csrf = authed(app, "/_reqcron/action", POST={"action": "disable", "task": "Reindex"})
+def test_actions_need_post_and_csrf(status_app, site, docroot):
+    csrf = json.loads(authed(status_app, "/_reqcron/?format=json").body)["csrf"]
+    assert authed(status_app, "/_reqcron/action?action=run&task=Reindex").status_int == 405
+    no_csrf = authed(status_app, "/_reqcron/action", POST={"action": "disable", "task": "Reindex"})
     assert no_csrf.status_int == 403
-    assert Docroot(site).is_enabled("Reindex")
-    ok = authed(app, "/_reqcron/action", POST={"action": "disable", "task": "Reindex",
-                                                "csrf": csrf})
+    assert docroot(site).is_enabled("Reindex")
+    ok = authed(status_app, "/_reqcron/action", POST={"action": "disable", "task": "Reindex",
+                                                       "csrf": csrf})
     assert ok.status_int == 303
-    assert not Docroot(site).is_enabled("Reindex")
-    unknown = authed(app, "/_reqcron/action", POST={"action": "run", "task": "../x",
-                                                     "csrf": csrf})
+    assert not docroot(site).is_enabled("Reindex")
+    unknown = authed(status_app, "/_reqcron/action", POST={"action": "run", "task": "../x",
+                                                            "csrf": csrf})
     assert unknown.status_int == 404 and b"known tasks" in unknown.body
 
 
-def test_login_form_sets_a_strict_httponly_cookie(app):
-    bad = get(app, "/_reqcron/login", POST={"token": "wrong"})
+def test_login_form_sets_a_strict_httponly_cookie(status_app):
+    bad = get(status_app, "/_reqcron/login", POST={"token": "wrong"})
     assert bad.status_int == 401
-    good = get(app, "/_reqcron/login", POST={"token": TOKEN})
+    good = get(status_app, "/_reqcron/login", POST={"token": TOKEN})
     assert good.status_int == 303
     cookie = good.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
     value = cookie.split(";")[0]
-    page = get(app, "/_reqcron/", headers={"Cookie": value})
+    page = get(status_app, "/_reqcron/", headers={"Cookie": value})
     assert page.status_int == 200 and b"Reindex" in page.body
 
 
@@ -136,12 +122,12 @@ def add_runs(site, task, statuses, start=None):
         doc.close()
 
 
-def test_each_task_has_a_strip_of_its_latest_runs(app, site):
+def test_each_task_has_a_strip_of_its_latest_runs(status_app, site):
     import re
 
     statuses = ["ok", "failed", "timeout", "skipped", "missed", "lost", "ok"] * 5
     add_runs(site, "Reindex", statuses)
-    body = authed(app, "/_reqcron/").text
+    body = authed(status_app, "/_reqcron/").text
     row = re.search(r"<tr><td><b>Reindex</b>.*?</tr>", body, re.S).group(0)
     bars = re.findall(r'<rect class="bar b-(\w+)"[^>]*height="(\d+)"><title>([^<]*)</title>', row)
     assert len(bars) == 30  # the latest 30, oldest on the left
@@ -152,28 +138,28 @@ def test_each_task_has_a_strip_of_its_latest_runs(app, site):
     assert 'href="/_reqcron/?task=Reindex#runs"' in row
     broken = re.search(r"<tr><td><b>Broken</b>.*?</tr>", body, re.S).group(0)
     assert 'aria-label="no runs yet"' in broken and "<rect" not in broken
-    data = json.loads(authed(app, "/_reqcron/?format=json").body)
+    data = json.loads(authed(status_app, "/_reqcron/?format=json").body)
     recent = next(t for t in data["tasks"] if t["name"] == "Reindex")["recent"]
     assert len(recent) == 30 and recent[0]["status"] == "ok" and recent[0]["duration"] == 17.5
 
 
-def test_history_filters_by_task_and_pages_by_run_id(app, site):
+def test_history_filters_by_task_and_pages_by_run_id(status_app, site):
     reindex = add_runs(site, "Reindex", ["ok"] * 60)
     broken = add_runs(site, "Broken", ["failed"] * 3)
-    data = json.loads(authed(app, "/_reqcron/?format=json").body)
+    data = json.loads(authed(status_app, "/_reqcron/?format=json").body)
     assert [h["id"] for h in data["history"]] == (broken[::-1] + reindex[::-1])[:50]
     assert data["newer"] is None and data["next"] == reindex[-47]
-    older = json.loads(authed(app, f"/_reqcron/?format=json&before={data['next']}").body)
+    older = json.loads(authed(status_app, f"/_reqcron/?format=json&before={data['next']}").body)
     assert [h["id"] for h in older["history"]] == reindex[-48::-1]
     assert older["next"] is None and older["newer"] == reindex[-48]
-    newer = json.loads(authed(app, f"/_reqcron/?format=json&after={older['newer']}").body)
+    newer = json.loads(authed(status_app, f"/_reqcron/?format=json&after={older['newer']}").body)
     assert [h["id"] for h in newer["history"]] == (broken[::-1] + reindex[::-1])[:50]
     assert newer["newer"] is None and newer["next"] == reindex[-47]
 
-    only = json.loads(authed(app, "/_reqcron/?format=json&task=Broken").body)
+    only = json.loads(authed(status_app, "/_reqcron/?format=json&task=Broken").body)
     assert only["task"] == "Broken" and [h["id"] for h in only["history"]] == broken[::-1]
     assert only["next"] is None and only["newer"] is None
-    page = authed(app, "/_reqcron/?task=Reindex").text
+    page = authed(status_app, "/_reqcron/?task=Reindex").text
     assert "Runs of Reindex" in page and "failed" not in page.split('id="history"')[1]
     assert f'href="/_reqcron/?task=Reindex&amp;before={reindex[-50]}#runs"' in page
     assert '<option value="Reindex" selected>' in page
@@ -189,18 +175,18 @@ def test_history_filters_by_task_and_pages_by_run_id(app, site):
     ("task=%00x", "task must be the name of a task"),
     ("format=xml", "format must be html or json"),
 ])
-def test_bad_parameters_are_a_clear_400(app, query, needle):
-    page = authed(app, f"/_reqcron/?{query}")
+def test_bad_parameters_are_a_clear_400(status_app, query, needle):
+    page = authed(status_app, f"/_reqcron/?{query}")
     assert page.status_int == 400 and needle in page.text and "Traceback" not in page.text
     if "format=" in query:
         return
-    data = authed(app, f"/_reqcron/?{query}&format=json")
+    data = authed(status_app, f"/_reqcron/?{query}&format=json")
     assert data.status_int == 400 and data.content_type == "application/json"
     assert needle in json.loads(data.body)["error"]
 
 
-def test_json_asked_by_accept_header_is_a_json_401_too(app):
-    response = get(app, "/_reqcron/?task=Reindex", headers={"Accept": "application/json"})
+def test_json_asked_by_accept_header_is_a_json_401_too(status_app):
+    response = get(status_app, "/_reqcron/?task=Reindex", headers={"Accept": "application/json"})
     assert response.status_int == 401 and response.content_type == "application/json"
     assert set(json.loads(response.body)) == {"error"} and b"Reindex" not in response.body
 
@@ -221,13 +207,13 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="Debian's chromium is not installed")
 def test_a_real_browser_logs_in_runs_a_task_sees_it_in_the_history_and_signs_out(
-        site, tmp_path):
+        site, tmp_path, serve):
     pytest.importorskip("selenium")
+    from realserver import BIN
     from selenium import webdriver
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from test_servers import Server, free_port
 
     (tmp_path / "app.py").write_text(textwrap.dedent(
         SERVER_APP.format(docroot=str(site), token=TOKEN)))
@@ -236,9 +222,8 @@ def test_a_real_browser_logs_in_runs_a_task_sees_it_in_the_history_and_signs_out
     runtask(site, "Broken")  # something in the history already
     # Enough history for two pages, and a full strip for Broken.
     add_runs(site, "Broken", ["ok", "failed", "skipped", "timeout", "missed", "ok"] * 10)
-    port = free_port()
-    server = Server([str(Path(__import__("sys").executable).parent / "gunicorn"), "--workers",
-                     "2", "--bind", f"127.0.0.1:{port}", "app:application"], tmp_path, port)
+    server = serve(str(BIN / "gunicorn"), "--workers", "2", "--bind", "127.0.0.1:{port}",
+                   "app:application")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",

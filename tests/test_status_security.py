@@ -13,14 +13,13 @@ import threading
 import time
 
 import pytest
-from conftest import wait_for
+from conftest import STATUS_TOKEN, wait_for
 from webob import Request
 
-from reqcron import Docroot, ReqCron
 from reqcron.web.gate import FAILURES_PER_CLIENT, FAILURES_PER_PROCESS, SESSION_SECONDS, Throttle
 from reqcron.web.status import StatusPage
 
-TOKEN = "s3cret-token"
+TOKEN = STATUS_TOKEN
 TASKS = """
 from reqcron import Task
 
@@ -30,21 +29,9 @@ class Reindex(Task):
 """
 
 
-def hello(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"the app"]
-
-
 @pytest.fixture
 def site(make_docroot):
     return make_docroot(TASKS)
-
-
-@pytest.fixture
-def app(site):
-    wrapped = ReqCron(hello, site, status_path="/_reqcron", status_token=TOKEN)
-    yield wrapped
-    wrapped.close()
 
 
 def get(app, path, client="192.0.2.1", **kwargs):
@@ -71,30 +58,30 @@ def session_cookie(sid, expires, token=TOKEN):
     return f"reqcron_session={sid}.{expires}.{mac.hexdigest()}"
 
 
-def test_every_response_forbids_framing(app):
-    cookie, csrf = login(app)
+def test_every_response_forbids_framing(status_app):
+    cookie, csrf = login(status_app)
     responses = [
-        get(app, "/_reqcron/"),  # 401 and the login form
-        get(app, "/_reqcron/?format=json"),
-        get(app, "/_reqcron/login", POST={"token": "wrong"}),
-        get(app, "/_reqcron/login", POST={"token": TOKEN}),
-        authed(app, "/_reqcron/"),
-        authed(app, "/_reqcron/nothing-here"),
-        authed(app, "/_reqcron/action"),
-        authed(app, "/_reqcron/action", POST={"action": "run", "task": "Reindex"}),
-        get(app, "/_reqcron/login", POST={"token": TOKEN},
+        get(status_app, "/_reqcron/"),  # 401 and the login form
+        get(status_app, "/_reqcron/?format=json"),
+        get(status_app, "/_reqcron/login", POST={"token": "wrong"}),
+        get(status_app, "/_reqcron/login", POST={"token": TOKEN}),
+        authed(status_app, "/_reqcron/"),
+        authed(status_app, "/_reqcron/nothing-here"),
+        authed(status_app, "/_reqcron/action"),
+        authed(status_app, "/_reqcron/action", POST={"action": "run", "task": "Reindex"}),
+        get(status_app, "/_reqcron/login", POST={"token": TOKEN},
             headers={"Origin": "http://evil.example"}),
-        get(app, "/_reqcron/logout", headers={"Cookie": cookie}, POST={"csrf": csrf}),
+        get(status_app, "/_reqcron/logout", headers={"Cookie": cookie}, POST={"csrf": csrf}),
     ]
     assert [r.status_int for r in responses] == [401, 401, 401, 303, 200, 404, 405, 403, 403, 200]
     for response in responses:
         assert response.headers["X-Frame-Options"] == "DENY"
         assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
-    assert get(app, "/elsewhere").headers.get("X-Frame-Options") is None  # the app's own
+    assert get(status_app, "/elsewhere").headers.get("X-Frame-Options") is None  # the app's own
 
 
-def test_the_policy_allows_the_page_its_own_style_and_script_and_nothing_else(app):
-    page = authed(app, "/_reqcron/")
+def test_the_policy_allows_the_page_its_own_style_and_script_and_nothing_else(status_app):
+    page = authed(status_app, "/_reqcron/")
     policy = page.headers["Content-Security-Policy"]
     for tag in ("style", "script"):
         (inline,) = re.findall(rf"<{tag}>(.*?)</{tag}>", page.text, re.S)
@@ -104,36 +91,36 @@ def test_the_policy_allows_the_page_its_own_style_and_script_and_nothing_else(ap
 
 
 @pytest.mark.parametrize("scheme", ["bearer", "BEARER", "BeArEr"])
-def test_the_bearer_scheme_is_case_insensitive(app, scheme):
-    page = authed(app, "/_reqcron/", bearer=f"{scheme} {TOKEN}")
+def test_the_bearer_scheme_is_case_insensitive(status_app, scheme):
+    page = authed(status_app, "/_reqcron/", bearer=f"{scheme} {TOKEN}")
     assert page.status_int == 200 and b"Reindex" in page.body
 
 
-def test_json_without_the_token_is_a_json_401(app):
+def test_json_without_the_token_is_a_json_401(status_app):
     for headers in ({}, {"Authorization": "Bearer nope"}):
-        response = get(app, "/_reqcron/?format=json", headers=headers)
+        response = get(status_app, "/_reqcron/?format=json", headers=headers)
         assert response.status_int == 401
         assert response.content_type == "application/json"
         assert set(json.loads(response.body)) == {"error"}
         assert b"Reindex" not in response.body
 
 
-def test_each_login_is_its_own_session_with_its_own_csrf(app, site):
-    first, first_csrf = login(app)
-    second, second_csrf = login(app)
+def test_each_login_is_its_own_session_with_its_own_csrf(status_app, site, docroot):
+    first, first_csrf = login(status_app)
+    second, second_csrf = login(status_app)
     assert first != second and first_csrf != second_csrf
-    bearer_csrf = json.loads(authed(app, "/_reqcron/?format=json").body)["csrf"]
+    bearer_csrf = json.loads(authed(status_app, "/_reqcron/?format=json").body)["csrf"]
     assert bearer_csrf not in (first_csrf, second_csrf)
-    crossed = get(app, "/_reqcron/action", headers={"Cookie": first},
+    crossed = get(status_app, "/_reqcron/action", headers={"Cookie": first},
                   POST={"action": "disable", "task": "Reindex", "csrf": second_csrf})
-    assert crossed.status_int == 403 and Docroot(site).is_enabled("Reindex")
-    own = get(app, "/_reqcron/action", headers={"Cookie": first},
+    assert crossed.status_int == 403 and docroot(site).is_enabled("Reindex")
+    own = get(status_app, "/_reqcron/action", headers={"Cookie": first},
               POST={"action": "disable", "task": "Reindex", "csrf": first_csrf})
-    assert own.status_int == 303 and not Docroot(site).is_enabled("Reindex")
+    assert own.status_int == 303 and not docroot(site).is_enabled("Reindex")
 
 
-def test_a_session_cookie_expires(app):
-    response = get(app, "/_reqcron/login", POST={"token": TOKEN})
+def test_a_session_cookie_expires(status_app):
+    response = get(status_app, "/_reqcron/login", POST={"token": TOKEN})
     cookie = response.headers["Set-Cookie"]
     assert f"Max-Age={SESSION_SECONDS}" in cookie
     sid, expires, _ = cookie.split(";")[0].split("=", 1)[1].split(".")
@@ -145,54 +132,56 @@ def test_a_session_cookie_expires(app):
                   session_cookie(sid, expires, token="another token"),  # signed by another
                   session_cookie(sid, "9" * 5000), session_cookie(sid, "\u00b2"),  # not times
                   "reqcron_session=..", "reqcron_session=x"):
-        assert get(app, "/_reqcron/", headers={"Cookie": stale}).status_int == 401
-    assert get(app, "/_reqcron/", headers={"Cookie": cookie.split(";")[0]}).status_int == 200
+        assert get(status_app, "/_reqcron/", headers={"Cookie": stale}).status_int == 401
+    assert get(status_app, "/_reqcron/", headers={"Cookie": cookie.split(";")[0]}).status_int == 200
 
 
-def test_sign_out_clears_the_cookie_and_ends_the_session(app):
-    cookie, csrf = login(app)
-    assert get(app, "/_reqcron/", headers={"Cookie": cookie}).text.count("Sign out") == 1
-    assert get(app, "/_reqcron/logout", headers={"Cookie": cookie}).status_int == 405
-    no_csrf = get(app, "/_reqcron/logout", headers={"Cookie": cookie}, POST={})
+def test_sign_out_clears_the_cookie_and_ends_the_session(status_app):
+    cookie, csrf = login(status_app)
+    assert get(status_app, "/_reqcron/", headers={"Cookie": cookie}).text.count("Sign out") == 1
+    assert get(status_app, "/_reqcron/logout", headers={"Cookie": cookie}).status_int == 405
+    no_csrf = get(status_app, "/_reqcron/logout", headers={"Cookie": cookie}, POST={})
     assert no_csrf.status_int == 403
-    out = get(app, "/_reqcron/logout", headers={"Cookie": cookie}, POST={"csrf": csrf})
+    out = get(status_app, "/_reqcron/logout", headers={"Cookie": cookie}, POST={"csrf": csrf})
     assert out.status_int == 200 and 'name="token"' in out.text and "Signed out" in out.text
     cleared = out.headers["Set-Cookie"]
     assert cleared.startswith("reqcron_session=;") and "Max-Age=0" in cleared
     assert "Path=/_reqcron" in cleared
-    replayed = get(app, "/_reqcron/", headers={"Cookie": cookie})  # same process
+    replayed = get(status_app, "/_reqcron/", headers={"Cookie": cookie})  # same process
     assert replayed.status_int == 401 and b"Reindex" not in replayed.body
-    other, _ = login(app)
-    assert get(app, "/_reqcron/", headers={"Cookie": other}).status_int == 200
+    other, _ = login(status_app)
+    assert get(status_app, "/_reqcron/", headers={"Cookie": other}).status_int == 200
 
 
-def test_wrong_login_tokens_are_throttled_per_client(app):
+def test_wrong_login_tokens_are_throttled_per_client(status_app):
     for _ in range(FAILURES_PER_CLIENT):
-        assert get(app, "/_reqcron/login", POST={"token": "guess"}).status_int == 401
+        assert get(status_app, "/_reqcron/login", POST={"token": "guess"}).status_int == 401
     for token in ("guess", TOKEN):  # no longer checked at all
-        refused = get(app, "/_reqcron/login", POST={"token": token})
+        refused = get(status_app, "/_reqcron/login", POST={"token": token})
         assert refused.status_int == 429 and "Set-Cookie" not in refused.headers
         assert 0 < int(refused.headers["Retry-After"]) <= 300
-    assert get(app, "/_reqcron/login", client="192.0.2.2", POST={"token": TOKEN}).status_int == 303
+    assert get(status_app, "/_reqcron/login", client="192.0.2.2",
+               POST={"token": TOKEN}).status_int == 303
 
 
-def test_wrong_bearer_tokens_are_throttled_too(app):
-    cookie, _ = login(app)
+def test_wrong_bearer_tokens_are_throttled_too(status_app):
+    cookie, _ = login(status_app)
     for _ in range(FAILURES_PER_CLIENT):
-        assert authed(app, "/_reqcron/", bearer="Bearer guess").status_int == 401
-    refused = authed(app, "/_reqcron/?format=json")
+        assert authed(status_app, "/_reqcron/", bearer="Bearer guess").status_int == 401
+    refused = authed(status_app, "/_reqcron/?format=json")
     assert refused.status_int == 429 and int(refused.headers["Retry-After"]) > 0
     assert json.loads(refused.body)["error"] and b"Reindex" not in refused.body
-    assert get(app, "/_reqcron/login", POST={"token": TOKEN}).status_int == 429
+    assert get(status_app, "/_reqcron/login", POST={"token": TOKEN}).status_int == 429
     # a session won before keeps working: it proves the token without a guess
-    assert get(app, "/_reqcron/", headers={"Cookie": cookie}).status_int == 200
+    assert get(status_app, "/_reqcron/", headers={"Cookie": cookie}).status_int == 200
 
 
-def test_a_process_wide_cap_stops_guesses_spread_over_addresses(app):
+def test_a_process_wide_cap_stops_guesses_spread_over_addresses(status_app):
     for i in range(FAILURES_PER_PROCESS):
         client = f"10.0.{i // 250}.{i % 250}"
-        assert get(app, "/_reqcron/login", client=client, POST={"token": "guess"}).status_int == 401
-    fresh = get(app, "/_reqcron/login", client="198.51.100.7", POST={"token": TOKEN})
+        assert get(status_app, "/_reqcron/login", client=client,
+                   POST={"token": "guess"}).status_int == 401
+    fresh = get(status_app, "/_reqcron/login", client="198.51.100.7", POST={"token": TOKEN})
     assert fresh.status_int == 429 and int(fresh.headers["Retry-After"]) > 0
 
 
@@ -220,38 +209,38 @@ def test_the_throttle_forgets_failures_after_its_window():
     {"Referer": "http://evil.example/_reqcron/"},
     {"Origin": "http://evil.example", "Referer": "http://localhost/_reqcron/"},
 ])
-def test_posts_from_another_origin_are_refused(app, site, headers):
-    cookie, csrf = login(app)
-    forged = get(app, "/_reqcron/login", headers=headers, POST={"token": TOKEN})
+def test_posts_from_another_origin_are_refused(status_app, site, headers, docroot):
+    cookie, csrf = login(status_app)
+    forged = get(status_app, "/_reqcron/login", headers=headers, POST={"token": TOKEN})
     assert forged.status_int == 403 and "Set-Cookie" not in forged.headers
-    action = get(app, "/_reqcron/action", headers={"Cookie": cookie, **headers},
+    action = get(status_app, "/_reqcron/action", headers={"Cookie": cookie, **headers},
                  POST={"action": "disable", "task": "Reindex", "csrf": csrf})
-    assert action.status_int == 403 and Docroot(site).is_enabled("Reindex")
-    bearer = authed(app, "/_reqcron/action", headers=headers,
+    assert action.status_int == 403 and docroot(site).is_enabled("Reindex")
+    bearer = authed(status_app, "/_reqcron/action", headers=headers,
                     POST={"action": "disable", "task": "Reindex", "csrf": csrf})
-    assert bearer.status_int == 403 and Docroot(site).is_enabled("Reindex")
-    logout = get(app, "/_reqcron/logout", headers={"Cookie": cookie, **headers},
+    assert bearer.status_int == 403 and docroot(site).is_enabled("Reindex")
+    logout = get(status_app, "/_reqcron/logout", headers={"Cookie": cookie, **headers},
                  POST={"csrf": csrf})
     assert logout.status_int == 403
-    assert get(app, "/_reqcron/", headers={"Cookie": cookie}).status_int == 200
+    assert get(status_app, "/_reqcron/", headers={"Cookie": cookie}).status_int == 200
 
 
-def test_posts_from_the_page_itself_pass_where_another_origin_is_refused(app, site):
-    cookie, csrf = login(app)
+def test_posts_from_the_page_itself_pass_where_another_origin_is_refused(status_app, site, docroot):
+    cookie, csrf = login(status_app)
     same = [{},  # not a browser
             {"Origin": "http://localhost"}, {"Origin": "http://LOCALHOST:80"},
             {"Referer": "http://localhost/_reqcron/"}]
     for headers, action in zip(same, ["disable", "enable"] * 2, strict=True):
-        assert get(app, "/_reqcron/login", headers=headers,
+        assert get(status_app, "/_reqcron/login", headers=headers,
                    POST={"token": TOKEN}).status_int == 303
-        done = get(app, "/_reqcron/action", headers={"Cookie": cookie, **headers},
+        done = get(status_app, "/_reqcron/action", headers={"Cookie": cookie, **headers},
                    POST={"action": action, "task": "Reindex", "csrf": csrf})
         assert done.status_int == 303
-        assert Docroot(site).is_enabled("Reindex") == (action == "enable")
-    refused = get(app, "/_reqcron/action", headers={"Cookie": cookie,
-                                                     "Origin": "http://localhost:81"},
+        assert docroot(site).is_enabled("Reindex") == (action == "enable")
+    refused = get(status_app, "/_reqcron/action", headers={"Cookie": cookie,
+                                                            "Origin": "http://localhost:81"},
                   POST={"action": "disable", "task": "Reindex", "csrf": csrf})
-    assert refused.status_int == 403 and Docroot(site).is_enabled("Reindex")
+    assert refused.status_int == 403 and docroot(site).is_enabled("Reindex")
 
 
 def test_a_fork_while_another_thread_holds_the_lock_leaves_the_child_a_working_page(site):
@@ -295,3 +284,4 @@ def test_a_fork_while_another_thread_holds_the_lock_leaves_the_child_a_working_p
     finally:
         release.set()
         thread.join()
+        page.close()

@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import reqcron_cmd, runtask, wait_for
+from conftest import popen, reqcron_cmd, runtask, wait_for
 
 from reqcron import Docroot
 from reqcron.limits import ERROR_LIMIT, RESULT_READ_LIMIT, TRACEBACK_LIMIT, cap
@@ -154,7 +153,7 @@ def test_a_huge_exception_is_capped_before_it_costs_memory_or_state(site, tmp_pa
     out = (tmp_path / "huge.out").open("w")
     err = (tmp_path / "huge.err").open("w")
     with out, err:
-        proc = subprocess.Popen(
+        proc = popen(
             [sys.executable, "-m", "reqcron.runtask", str(site), "Huge"], stdout=out, stderr=err
         )
         _, status, usage = os.wait4(proc.pid, 0)
