@@ -80,7 +80,7 @@ def _write(store: Store, attempt: Attempt, values: dict[str, Any]) -> Written:
         return Written.RECORDED  # an earlier try got through before its answer was lost
     if row.status in _REAPED and row.error == DIED:
         # A reaper took this live attempt for dead: its own end is the truth.
-        if store.update_run_if(Attempt.of(row), **values):
+        if store.update_run_if(Attempt.of(row), **{"error": None, **values}):
             return Written.RECORDED
     return Written.REFUSED
 
