@@ -356,3 +356,31 @@ def test_a_cut_connection_fails_fast_and_the_next_use_after_restore_works(pg_url
         store.pulse()
     finally:
         store.close()
+
+
+# -- liveness survives a lost session (PostgreSQL) ----------------------------------------
+
+
+def test_a_run_holds_its_lock_again_after_its_sessions_were_terminated(make_docroot, pg_url):
+    root = _pg_docroot(make_docroot, pg_url)
+    proc = start(root, str(root), "Held")
+    other = PostgresStore(pg_url, "shop")
+    try:
+        wait_for(lambda: (root / "entered").exists(), message="run() entered")
+        (run,) = other.runs("Held")
+        assert run.lock and other.lock_alive(run.lock)
+        assert terminate_sessions(pg_url) >= 2  # its query and lock sessions (and ours)
+        # Within about a second (supervise's tick) the run holds its lock again...
+        wait_for(lambda: other.lock_alive(run.lock), timeout=3, interval=0.05,
+                 message="the lock held again")
+        # ...so another host's reaper leaves the live run alone.
+        assert reaping.reap(other) == []
+        (root / "go").touch()
+        code, err = finish(proc)
+    finally:
+        other.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert code == ExitCode.OK, err
+    assert only_run(root).status == Status.OK

@@ -192,6 +192,7 @@ def _run(docroot: Docroot, task: Task, attempt: Attempt, echo: bool,
         is_disabled=lambda: not docroot.is_enabled(name),
         echo=echo,
         close_in_child=(*locks, *store.connection_fds()),
+        tick=lambda: _keep_locks(store, name),
     )
     exit_code = _EXIT_CODES.get(outcome.status, ExitCode.FAILED)
     if outcome.status == Status.TIMEOUT:
@@ -226,6 +227,18 @@ def _tell(docroot: Docroot, task: Task, run_id: int, ok: bool, output: str,
     if run is not None:
         alerts.notify_run(docroot.settings, docroot.store, run, alerts.targets(task.notify),
                           docroot.zone)
+
+
+def _keep_locks(store: Store, name: str) -> None:
+    """Hold the run's locks again after their session went away (PostgreSQL)."""
+    try:
+        lost = store.keep_locks()
+    except Exception as exc:  # the next tick tries again
+        log.warning("task %r: its locks could not be checked: %s", name, exc)
+        return
+    if lost:
+        log.warning("task %r: its locks were lost with their session and taken by another "
+                    "process meanwhile (%s)", name, ", ".join(lost))
 
 
 def _record_not_run(

@@ -199,6 +199,15 @@ class Store(ABC):
     def lock_alive(self, token: str) -> bool:
         """Tell whether the run lock ``token`` is still held, on any host."""
 
+    def keep_locks(self) -> list[str]:
+        """Hold this process's locks again if the session holding them went away.
+
+        Returns the tokens another process took meanwhile (lost to it).  A
+        cheap look when nothing happened; a lock that dies only with its
+        process (flock) needs nothing.
+        """
+        return []
+
     def forget_lock(self, token: str) -> None:  # noqa: B027 - most locks leave nothing
         """Tidy what a dead run's lock left behind."""
 
