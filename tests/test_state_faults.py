@@ -319,7 +319,7 @@ def test_a_table_locked_by_another_session_fails_a_call_within_its_budget(pg_url
         for call in (store.pulse, lambda: store.get_run(1), lambda: store.add_run(
                 Run(task="t", trigger=Trigger.MANUAL, status=Status.OK, created=1.0))):
             started = time.monotonic()
-            with pytest.raises(StateError):
+            with pytest.raises(StateError, match="busy: canceling statement due to lock"):
                 call()
             assert time.monotonic() - started < 0.5
         holder.rollback()

@@ -118,6 +118,10 @@ class PostgresStore(AdvisoryLocks, SQLStore):
                     with db.cursor() as cur:
                         yield cur
             except pg.Error as exc:
+                if (isinstance(exc, pg.errors.LockNotAvailable | pg.errors.QueryCanceled)
+                        and not (self._conn and self._conn.broken)):
+                    # lock_timeout or statement_timeout: the session is fine, keep it.
+                    raise StateError(self.location, f"busy: {first(exc)}") from None
                 if isinstance(exc, pg.OperationalError) or (self._conn and self._conn.broken):
                     self._drop()
                     raise unreachable(self.location, exc) from None
