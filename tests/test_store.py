@@ -18,7 +18,7 @@ import pytest
 from reqcron.errors import StateError
 from reqcron.limits import OUTPUT_LIMIT
 from reqcron.records import Run, Status, Trigger
-from reqcron.store import CLOCK_KEY, REMOVED, SQLiteStore, Store, TaskSync
+from reqcron.store import CLOCK_KEY, REMOVED, Attempt, SQLiteStore, Store, TaskSync
 from reqcron.store.base import Dump
 
 
@@ -299,17 +299,57 @@ def test_a_run_is_recorded_read_and_updated(store):
 
 def test_a_conditional_update_applies_only_in_the_expected_status(store):
     run_id = store.add_run(pending())
-    assert not store.update_run_if(run_id, Status.RUNNING, status=Status.LOST)
-    assert store.update_run_if(run_id, Status.PENDING, status=Status.RUNNING)
+    assert not store.update_run_if(Attempt(run_id, Status.RUNNING), status=Status.LOST)
+    assert store.update_run_if(Attempt(run_id, Status.PENDING), status=Status.RUNNING)
     assert store.get_run(run_id).status == "running"
 
 
 def test_of_racing_conditional_updates_exactly_one_applies(store, another):
     run_id = store.add_run(pending())
     stores = [another() for _ in range(6)]
-    won = race(6, lambda i: stores[i].update_run_if(run_id, Status.PENDING, status=Status.LOST,
-                                                    pid=i))
+    won = race(6, lambda i: stores[i].update_run_if(Attempt(run_id, Status.PENDING),
+                                                    status=Status.LOST, pid=i))
     assert won.count(True) == 1
+
+
+def test_a_transition_applies_only_to_the_attempt_its_writer_read(store):
+    run_id = store.add_run(pending(lock="tok-1"))
+    read = Attempt.of(store.get_run(run_id))
+    assert not store.update_run_if(Attempt(run_id, Status.PENDING, "tok-2"), status=Status.LOST)
+    assert not store.update_run_if(Attempt(run_id, Status.PENDING, None), status=Status.LOST)
+    assert not store.update_run_if(Attempt(run_id, Status.PENDING, "tok-1", attempts=1),
+                                   status=Status.LOST)
+    assert store.update_run_if(read, status=Status.RUNNING)
+    assert store.get_run(run_id).status == Status.RUNNING
+
+
+def test_a_stale_reaper_cannot_end_or_requeue_the_next_attempt_of_a_call(store, another):
+    # Forced interleaving: a reaper reads attempt 1 of a call as running; meanwhile that
+    # attempt is requeued and taken again (attempt 2, another process's lock); then the
+    # reaper, acting on what it read, tries to record it lost and to requeue it.
+    store.add_run(queued_call(due=1.0))
+    first = store.take_call(2.0, pid=11, lock="drainer-a")
+    stale = Attempt.of(first)
+    assert store.update_run_if(stale, status=Status.QUEUED, due=2.0)
+    second = another().take_call(3.0, pid=22, lock="drainer-b")
+    assert (second.id, second.attempts, second.lock) == (first.id, 2, "drainer-b")
+    reaper = another()
+    assert not reaper.update_run_if(stale, status=Status.LOST, end=4.0)
+    assert not reaper.update_run_if(stale, status=Status.QUEUED, due=5.0)
+    row = store.get_run(first.id)
+    assert (row.status, row.lock, row.attempts, row.end) == (Status.RUNNING, "drainer-b", 2, None)
+    assert store.update_run_if(Attempt.of(second), status=Status.OK, end=6.0)
+    assert store.get_run(first.id).status == Status.OK
+
+
+def test_of_a_reaper_and_the_runs_own_end_racing_exactly_one_applies(store, another):
+    run_id = store.add_run(finished(status=Status.RUNNING, lock="tok"))
+    read = Attempt.of(store.get_run(run_id))
+    stores = [another() for _ in range(2)]
+    won = race(2, lambda i: stores[i].update_run_if(
+        read, status=(Status.OK, Status.FAILED)[i], end=float(i)))
+    assert won.count(True) == 1
+    assert store.get_run(run_id).status == (Status.OK, Status.FAILED)[won.index(True)]
 
 
 def test_merging_folds_an_identical_latest_not_run_row_only(store):

@@ -18,14 +18,16 @@ import os
 import sys
 import time
 
-from ..engine.stored_calls import SLOT_LOCK, TASKS_MODULE, Call, Refused, check_json, end_attempt
+from ..engine.stored_calls import SLOT_LOCK, TASKS_MODULE, Call, Refused, check_json, end_values
 from ..errors import ExitCode
 from ..records import Status, now
+from ..store.rows import Attempt
 from ..task_base import TaskBase
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
     from typing import Any
 
     from ..config import Settings
@@ -57,6 +59,7 @@ def drain_command(docroot: str) -> int:
 def drain(settings: Settings, store: Store) -> int:
     """Run the DOCROOT's queued calls while there are some; return the exit code."""
     from ..engine.reaping import reap
+    from ..engine.spool import spool_dir
     from ..run.child import prepare_for_many_runs
 
     prepare_for_many_runs()
@@ -69,7 +72,7 @@ def drain(settings: Settings, store: Store) -> int:
             return ExitCode.OK  # enough processes drain already; they take these calls too
         run_lock = store.take_run_lock()
         try:
-            reap(store)
+            reap(store, folder=spool_dir(settings.state_dir))
             _drain_while_queued(settings, store, slot, run_lock)
         finally:
             run_lock.release()
@@ -83,6 +86,7 @@ def drain(settings: Settings, store: Store) -> int:
 
 
 def _drain_while_queued(settings: Settings, store: Store, slot: Lock, run_lock: Lock) -> None:
+    from ..engine.spool import spool_dir
     from ..run.supervise import catch_stop_signals, restore_signals
     from .worker import CallWorker
 
@@ -101,27 +105,33 @@ def _drain_while_queued(settings: Settings, store: Store, slot: Lock, run_lock: 
                     return
                 time.sleep(_POLL)
                 continue
-            run_call(store, run, worker)
+            run_call(store, run, worker, spool_dir(settings.state_dir))
             idle_until = time.monotonic() + LINGER
     finally:
         worker.close()
         restore_signals(previous)
 
 
-def run_call(store: Store, run: Run, worker: CallWorker) -> str:
-    """Run one taken call in the worker's child and record it; return its status."""
+def run_call(store: Store, run: Run, worker: CallWorker, folder: Path | None = None) -> str:
+    """Run one taken call in the worker's child and record it; return its status.
+
+    The end is conditional on the attempt taken; while the state cannot
+    take it, it waits in ``folder`` (the host's spool).
+    """
+    from ..engine.outcomes import record_end
+
     assert run.id is not None and run.call is not None
     outcome, refused = worker.run(run.call)
     fields = {"output": outcome.output, "return_value": outcome.return_value,
               "error": outcome.error, "traceback": outcome.traceback}
     if refused:
-        store.update_run_if(run.id, Status.RUNNING, status=Status.FAILED, end=now(),
-                            exit_code=ExitCode.USAGE, **fields)
+        values = {"status": Status.FAILED, "end": now(), "exit_code": ExitCode.USAGE, **fields}
         log.error("deferred call %s %s", run.id, outcome.error)
-        return Status.FAILED
-    end_attempt(store, run, now(), outcome.status,
-                exit_code=ExitCode.OK if outcome.status == Status.OK else ExitCode.FAILED, **fields)
-    return outcome.status
+    else:
+        values = end_values(run, now(), outcome.status, exit_code=ExitCode.OK
+                            if outcome.status == Status.OK else ExitCode.FAILED, **fields)
+    record_end(store, Attempt.of(run), values, folder)
+    return Status.FAILED if refused else outcome.status
 
 
 def _task_for(site: Settings, call: Call) -> TaskBase:

@@ -360,15 +360,17 @@ class Docroot:
         return not_started(self.store, run_id, error, exit_code)
 
     def reap(self, name: str | None = None) -> int:
-        """Record the runs whose process died (see reaper.py); return how many.
+        """Write the outcomes this host's spool keeps, then record the runs whose process
+        died (see reaping.py); return how many died.
 
         Their notifications go out from a thread of their own: this may run in
         the middleware's worker, which must not wait on a mail server.  Not a
         daemon: a command that found the dead run still sends before it exits.
         """
         from .reaping import reap
+        from .spool import spool_dir
 
-        ended = reap(self.store, name)
+        ended = reap(self.store, name, spool_dir(self.settings.state_dir))
         self._tell([(run.id, run.task) for run in ended if run.call is None and run.id])
         return len(ended)
 

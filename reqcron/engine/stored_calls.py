@@ -13,6 +13,7 @@ import json
 
 from ..limits import CALL_LIMIT
 from ..records import Record, Run, Status, Trigger
+from ..store.rows import Attempt
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -150,10 +151,14 @@ NOT_JSON_RETURN = "TypeError: the return value is"
 def end_attempt(store: Store, run: Run, now: float, status: str, **fields: Any) -> bool:
     """Record how an attempt of a running call ended: queued again while retries remain.
 
-    Returns False when the row was not running any more (another process
-    recorded it first).
+    Conditional on the attempt ``run`` is (as read): returns False when the
+    row is not that attempt any more (another process recorded it first).
     """
-    assert run.id is not None
+    return store.update_run_if(Attempt.of(run), **end_values(run, now, status, **fields))
+
+
+def end_values(run: Run, now: float, status: str, **fields: Any) -> dict[str, Any]:
+    """The fields that end an attempt of ``run``: queued again while retries remain."""
     retries = 0
     if run.call is not None:
         try:
@@ -162,6 +167,5 @@ def end_attempt(store: Store, run: Run, now: float, status: str, **fields: Any) 
             pass
     final = str(fields.get("error") or "").startswith(NOT_JSON_RETURN)
     if status != Status.OK and run.attempts <= retries and not final:
-        return store.update_run_if(run.id, Status.RUNNING, status=Status.QUEUED,
-                                   due=now + backoff(run.attempts), **fields)
-    return store.update_run_if(run.id, Status.RUNNING, status=status, end=now, **fields)
+        return {"status": Status.QUEUED, "due": now + backoff(run.attempts), **fields}
+    return {"status": status, "end": now, **fields}

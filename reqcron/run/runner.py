@@ -12,10 +12,11 @@ import logging
 import os
 import sys
 
-from ..errors import ExitCode, NotRun, TaskLookupError
+from ..errors import ExitCode, NotRun, StateError, TaskLookupError
 from ..loading.loader import load_tasks
 from ..records import Run, Status, Trigger, now
 from ..schedule.zones import zone_named
+from ..store.rows import Attempt
 from .supervise import supervise
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..engine.docroot import Docroot
+    from ..store import Store
     from ..task_base import TaskBase as Task
 
 log = logging.getLogger("reqcron")
@@ -63,28 +65,90 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
     ``run_id`` is a run that ``Docroot.due()`` claimed and left pending; without
     it the run claims the task's slot if one is due (a crontab line), or is a
     manual run.  Raises NotRun for exit codes 2 and 75, with the reason.
+    Once the task's run() was entered, the task's own exit code is returned
+    whatever the state does: an outcome it cannot take waits in the spool.
     """
+    store = docroot.store
+    # Taken first and named in the claimed row: from now on a reaper on any
+    # host sees this process alive, however long the task takes to load.
+    run_lock = store.take_run_lock()
+    task_lock = None
+    try:
+        attempt = _take(store, run_id, name, run_lock.token) if run_id is not None else None
+        task, trigger = _load(docroot, name, attempt)
+        started = now()  # the run starts once its code is loaded
+        if attempt is None:
+            claim = docroot.claim_due(name)
+            if claim is not None:  # this process claimed it: no other can have taken it
+                attempt, trigger = Attempt(claim.run_id, Status.PENDING), Trigger.CRON
+            elif if_due:
+                return ExitCode.OK
+
+        if not docroot.is_enabled(name):
+            _record_not_run(docroot, name, attempt, trigger, started, "disabled")
+            raise NotRun(ExitCode.NOT_RUN, f"task {name!r} is disabled")
+        if not task.overlap:
+            task_lock = store.take_task_lock(name)
+            if task_lock is None:
+                _record_not_run(
+                    docroot, name, attempt, trigger, started, "the previous run is still going"
+                )
+                raise NotRun(ExitCode.NOT_RUN, f"task {name!r} is still running from before")
+        docroot.reap(name)
+        running: dict[str, Any] = {
+            "status": Status.RUNNING,
+            "start": started,
+            "pid": os.getpid(),
+            "lock": run_lock.token,
+        }
+        if attempt is None:
+            run_id = store.add_run(Run(task=name, trigger=trigger, created=started, **running))
+            attempt = Attempt(run_id, Status.RUNNING, run_lock.token)
+        elif store.update_run_if(attempt, **running):
+            attempt = attempt.moved(**running)
+        else:  # a reaper or a second process ended this attempt meanwhile: never run it twice
+            raise NotRun(ExitCode.NOT_RUN, f"run {attempt.id} of {name!r} was ended by another "
+                                           "process before it started; not run")
+        return _run(docroot, task, attempt, echo, (*run_lock.fds, *(
+            task_lock.fds if task_lock else ())))
+    finally:
+        run_lock.release()
+        if task_lock is not None:
+            task_lock.release()
+
+
+def _take(store: Store, run_id: int, name: str, token: str) -> Attempt:
+    """Take the pending row ``run_id`` claimed for this process: name its lock in it."""
+    claimed = store.get_run(run_id)
+    if claimed is None or claimed.task != name:
+        raise NotRun(ExitCode.USAGE, f"run {run_id} is not a claimed run of task {name!r}")
+    if claimed.status != Status.PENDING or claimed.lock is not None:
+        why = (f"recorded {claimed.status}" if claimed.status != Status.PENDING
+               else "taken by another process")
+        raise NotRun(ExitCode.NOT_RUN, f"run {run_id} of {name!r} was {why} already "
+                                       f"({claimed.error or 'no reason given'}); not run")
+    attempt = Attempt.of(claimed)
+    if not store.update_run_if(attempt, lock=token, pid=os.getpid()):
+        raise NotRun(ExitCode.NOT_RUN, f"run {run_id} of {name!r} was taken or ended by another "
+                                       "process; not run")
+    return attempt.moved(lock=token)
+
+
+def _load(docroot: Docroot, name: str, attempt: Attempt | None) -> tuple[Task, Trigger]:
+    """Load the task (recording why not, for a claimed run); return it and its trigger."""
     store = docroot.store
     started = now()
 
-    def refuse(code: int, message: str, status: Status = Status.FAILED) -> NotRun:
-        if run_id is not None:
-            store.update_run_if(
-                run_id,
-                Status.PENDING,
-                status=status,
-                start=started,
-                end=now(),
-                error=message,
-                exit_code=code,
-                pid=os.getpid(),
-            )
+    def refuse(code: int, message: str) -> NotRun:
+        if attempt is not None:
+            store.update_run_if(attempt, status=Status.FAILED, start=started, end=now(),
+                                error=message, exit_code=code, pid=os.getpid())
         return NotRun(code, message)
 
     # A claimed run starts fast: its schedule was read and validated already.
-    zone = None if run_id is not None else zone_named(docroot.zone_name())
+    zone = None if attempt is not None else zone_named(docroot.zone_name())
     settings = docroot.settings
-    loaded = load_tasks(docroot.path, zone, only=name, compile_schedules=run_id is None,
+    loaded = load_tasks(docroot.path, zone, only=name, compile_schedules=attempt is None,
                         modules=settings.modules, django_settings=settings.django_settings)
     file_errors = [e for e in loaded.errors if e.task is None and e.module is None]
     if file_errors:
@@ -97,80 +161,59 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
         module_errors = [str(e) for e in loaded.errors if e.module is not None]
         raise refuse(ExitCode.USAGE, "; ".join(module_errors)
                      or str(TaskLookupError(name, loaded.names)))
-    task = loaded.tasks[name]
-    started = now()  # the run starts once its code is loaded
-
     trigger = Trigger.MANUAL
-    if run_id is None:
-        claim = docroot.claim_due(name)
-        if claim is not None:
-            run_id, trigger = claim.run_id, Trigger.CRON
-        elif if_due:
-            return ExitCode.OK
-    else:
-        claimed = store.get_run(run_id)
-        if claimed is None or claimed.task != name:
-            raise NotRun(ExitCode.USAGE, f"run {run_id} is not a claimed run of task {name!r}")
-        trigger = Trigger(claimed.trigger)
+    if attempt is not None:
+        claimed = store.get_run(attempt.id)
+        trigger = Trigger(claimed.trigger) if claimed is not None else Trigger.REQUEST
+    return loaded.tasks[name], trigger
 
-    if not docroot.is_enabled(name):
-        _record_not_run(docroot, name, run_id, trigger, started, "disabled")
-        raise NotRun(ExitCode.NOT_RUN, f"task {name!r} is disabled")
-    task_lock = None
-    if not task.overlap:
-        task_lock = store.take_task_lock(name)
-        if task_lock is None:
-            _record_not_run(
-                docroot, name, run_id, trigger, started, "the previous run is still going"
-            )
-            raise NotRun(ExitCode.NOT_RUN, f"task {name!r} is still running from before")
-    run_lock = store.take_run_lock()
+
+def _run(docroot: Docroot, task: Task, attempt: Attempt, echo: bool,
+         locks: tuple[int, ...]) -> int:
+    """Run the task in a supervised child and record its end; return its exit code.
+
+    Nothing here fails on the state: the outcome is written (retried, or
+    kept in the spool) and the task's own exit code returned.
+    """
+    from ..engine.outcomes import Written, record_end
+    from ..engine.spool import spool_dir
+
+    store, name = docroot.store, task.name
+    pinged = None
+    if task.ping:
+        from ..alerts import ping_start
+
+        pinged = ping_start(task.ping)
+    outcome = supervise(
+        task,
+        docroot=docroot.path,
+        config=docroot.settings.config,
+        database=docroot.settings.database,
+        is_disabled=lambda: not docroot.is_enabled(name),
+        echo=echo,
+        close_in_child=(*locks, *store.connection_fds()),
+        tick=lambda: _keep_locks(store, name),
+    )
+    exit_code = _EXIT_CODES.get(outcome.status, ExitCode.FAILED)
+    if outcome.status == Status.TIMEOUT:
+        where = f"; it was at {outcome.stuck_at}" if outcome.stuck_at else ""
+        log.warning("task %r timed out after %g s%s", name, task.seconds("timeout"), where)
+    values = {"status": outcome.status, "end": now(), "exit_code": exit_code,
+              "output": outcome.output, "return_value": outcome.return_value,
+              "error": outcome.error, "traceback": outcome.traceback}
+    written = record_end(store, attempt, values, spool_dir(docroot.settings.state_dir))
+    if written == Written.REFUSED:
+        log.warning("the outcome of run %s was not recorded: another process ended it",
+                    attempt.id)
+    if written != Written.RECORDED:
+        return exit_code
     try:
-        docroot.reap(name)
-        running: dict[str, Any] = {
-            "status": Status.RUNNING,
-            "start": started,
-            "pid": os.getpid(),
-            "lock": run_lock.token,
-        }
-        if run_id is None or not store.update_run_if(run_id, Status.PENDING, **running):
-            run_id = store.add_run(Run(task=name, trigger=trigger, created=started, **running))
-        pinged = None
-        if task.ping:
-            from ..alerts import ping_start
-
-            pinged = ping_start(task.ping)
-        outcome = supervise(
-            task,
-            docroot=docroot.path,
-            config=docroot.settings.config,
-            database=docroot.settings.database,
-            is_disabled=lambda: not docroot.is_enabled(name),
-            echo=echo,
-            close_in_child=(*run_lock.fds, *(task_lock.fds if task_lock else ()),
-                            *store.connection_fds()),
-        )
-        exit_code = _EXIT_CODES.get(outcome.status, ExitCode.FAILED)
-        if outcome.status == Status.TIMEOUT:
-            where = f"; it was at {outcome.stuck_at}" if outcome.stuck_at else ""
-            log.warning("task %r timed out after %g s%s", name, task.seconds("timeout"), where)
-        store.update_run(
-            run_id,
-            status=outcome.status,
-            end=now(),
-            exit_code=exit_code,
-            output=outcome.output,
-            return_value=outcome.return_value,
-            error=outcome.error,
-            traceback=outcome.traceback,
-        )
         store.prune(name, docroot.settings.history)
         if task.notify or docroot.settings.notify or task.ping:
-            _tell(docroot, task, run_id, outcome.status == Status.OK, outcome.output, pinged)
-    finally:
-        run_lock.release()
-        if task_lock is not None:
-            task_lock.release()
+            _tell(docroot, task, attempt.id, outcome.status == Status.OK, outcome.output,
+                  pinged)
+    except StateError as exc:  # the run is recorded; tidying waits for the next run
+        log.warning("after run %s: %s", attempt.id, exc)
     return exit_code
 
 
@@ -186,8 +229,21 @@ def _tell(docroot: Docroot, task: Task, run_id: int, ok: bool, output: str,
                           docroot.zone)
 
 
+def _keep_locks(store: Store, name: str) -> None:
+    """Hold the run's locks again after their session went away (PostgreSQL)."""
+    try:
+        lost = store.keep_locks()
+    except Exception as exc:  # the next tick tries again
+        log.warning("task %r: its locks could not be checked: %s", name, exc)
+        return
+    if lost:
+        log.warning("task %r: its locks were lost with their session and taken by another "
+                    "process meanwhile (%s)", name, ", ".join(lost))
+
+
 def _record_not_run(
-    docroot: Docroot, name: str, run_id: int | None, trigger: Trigger, started: float, why: str
+    docroot: Docroot, name: str, attempt: Attempt | None, trigger: Trigger, started: float,
+    why: str,
 ) -> None:
     fields: dict[str, Any] = {
         "status": Status.SKIPPED,
@@ -196,7 +252,7 @@ def _record_not_run(
         "error": why,
         "exit_code": ExitCode.NOT_RUN,
     }
-    if run_id is None or not docroot.store.update_run_if(run_id, Status.PENDING, **fields):
+    if attempt is None or not docroot.store.update_run_if(attempt, **fields):
         docroot.store.add_run(
             Run(task=name, trigger=trigger, created=started, **fields), merge=True
         )

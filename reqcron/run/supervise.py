@@ -82,6 +82,9 @@ def supervise(
     echo: bool,
     # Descriptors the child must not keep (locks it would hold past its life).
     close_in_child: Sequence[int] = (),
+    # Called in this process about once a second while the task runs (keeping its
+    # locks); its errors are the caller's to catch.
+    tick: Callable[[], None] | None = None,
 ) -> Outcome:
     """Fork the task's process, relay its output, stop it on timeout or signal."""
     out_r, out_w = os.pipe()
@@ -140,6 +143,7 @@ def supervise(
     # next poll (a process running many calls waits for many children).
     exited = _pidfd(pid)
     pause = 0.001
+    next_tick = time.monotonic() + TICK_EVERY
     try:
         while True:
             watched = [*streams, *([exited] if exited is not None and status is None else [])]
@@ -164,6 +168,9 @@ def supervise(
             if status is not None and (not streams or _drained(streams)):
                 break
             stop.check(stop_signal, alive=status is None)
+            if tick is not None and time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + TICK_EVERY
+                tick()
         if stop.kill_at is not None:  # a stopped run leaves nothing of its group behind
             _signal_group(pid, signal.SIGKILL)
     finally:
@@ -176,6 +183,7 @@ def supervise(
     return _outcome(status, stop.timed_out, stop_signal, output, result, stack, timeout)
 
 
+TICK_EVERY = 1.0  # seconds between calls of supervise()'s ``tick``
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a task sets no stop_grace
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 

@@ -10,7 +10,7 @@ databases do: parameter style, locks, SKIP LOCKED, connections.
 
 from __future__ import annotations
 
-from .base import CLOCK_KEY, REMOVED, CatalogRow, Lock, Pulse, Store, TaskSync
+from .base import CLOCK_KEY, REMOVED, Attempt, CatalogRow, Lock, Pulse, Store, TaskSync
 from .sqlite import SQLiteStore
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from ..config import Settings
 
 __all__ = [
-    "CLOCK_KEY", "REMOVED", "CatalogRow", "Lock", "Pulse", "SQLiteStore", "Store", "TaskSync",
-    "open_store",
+    "CLOCK_KEY", "REMOVED", "Attempt", "CatalogRow", "Lock", "Pulse", "SQLiteStore", "Store",
+    "TaskSync", "open_store",
 ]
 
 
@@ -29,5 +29,5 @@ def open_store(settings: Settings, busy_timeout: float = 5.0) -> Store:
         from .postgres import PostgresStore  # psycopg only where it is used
 
         assert settings.site is not None  # config requires it with a URL
-        return PostgresStore(settings.state, settings.site)
+        return PostgresStore(settings.state, settings.site, busy_timeout=busy_timeout)
     return SQLiteStore(settings.state_dir / "state.db", busy_timeout)

@@ -13,14 +13,14 @@ from abc import ABC, abstractmethod
 from typing import Protocol
 
 from ..records import Run, TaskState
-from .rows import CatalogRow, Dump, Pulse, RunCount, RunStats, TaskSync
+from .rows import Attempt, CatalogRow, Dump, Pulse, RunCount, RunStats, TaskSync
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["CLOCK_KEY", "REMOVED", "CatalogRow", "Dump", "Lock", "Pulse", "RunCount", "RunStats",
-           "Store", "TaskSync"]
+__all__ = ["CLOCK_KEY", "REMOVED", "Attempt", "CatalogRow", "Dump", "Lock", "Pulse", "RunCount",
+           "RunStats", "Store", "TaskSync"]
 
 #: The signature of a task that is no longer in __tasks__.py.
 REMOVED = "removed"
@@ -131,8 +131,11 @@ class Store(ABC):
         """Set fields of a run (text capped as a run keeps it)."""
 
     @abstractmethod
-    def update_run_if(self, run_id: int, expected: str, /, **values: Any) -> bool:
-        """Update the run only while its status is still ``expected``; True if it did."""
+    def update_run_if(self, attempt: Attempt, /, **values: Any) -> bool:
+        """Update the run only while it is still ``attempt`` (status, lock, attempts).
+
+        True if it did; False when another process moved it on first.
+        """
 
     @abstractmethod
     def get_run(self, run_id: int) -> Run | None:
@@ -195,6 +198,15 @@ class Store(ABC):
     @abstractmethod
     def lock_alive(self, token: str) -> bool:
         """Tell whether the run lock ``token`` is still held, on any host."""
+
+    def keep_locks(self) -> list[str]:
+        """Hold this process's locks again if the session holding them went away.
+
+        Returns the tokens another process took meanwhile (lost to it).  A
+        cheap look when nothing happened; a lock that dies only with its
+        process (flock) needs nothing.
+        """
+        return []
 
     def forget_lock(self, token: str) -> None:  # noqa: B027 - most locks leave nothing
         """Tidy what a dead run's lock left behind."""

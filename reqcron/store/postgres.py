@@ -29,6 +29,7 @@ from .postgres_conn import (
     first,
     redact,
     unreachable,
+    went_away,
 )
 from .postgres_locks import AdvisoryLocks, PgLock
 from .sql import Session
@@ -51,8 +52,12 @@ class PostgresStore(AdvisoryLocks, SQLStore):
     site: str
     not_empty = "this site already has a state there; nothing was copied"
 
-    def __init__(self, url: str, site: str, connect_timeout: float = CONNECT_TIMEOUT):
+    def __init__(self, url: str, site: str, connect_timeout: float = CONNECT_TIMEOUT, *,
+                 # Seconds a statement waits for a lock (lock_timeout), as SQLite's busy
+                 # timeout: short on a request's path.  statement_timeout follows from it.
+                 busy_timeout: float = 5.0):
         super().__init__()
+        self.busy_timeout = busy_timeout
         self.url = url
         self.site = site
         self.location = f"{redact(url)} (site {site})"
@@ -66,7 +71,7 @@ class PostgresStore(AdvisoryLocks, SQLStore):
     # -- connections -------------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection:
-        conn = connect(self.url, self.connect_timeout, self.location, self)
+        conn = connect(self.url, self.connect_timeout, self.location, self, self.busy_timeout)
         if not self._schema_ok:  # once per process: a second connection needs no check
             try:
                 ensure_schema(conn, self.site, self.location)
@@ -88,7 +93,11 @@ class PostgresStore(AdvisoryLocks, SQLStore):
     def _db(self) -> psycopg.Connection:
         if self._pid != os.getpid():
             self._forget_inherited()
-        if self._conn is None or self._conn.closed:
+        if self._conn is not None and went_away(self._conn):
+            # Ended while idle (pg_terminate_backend, idle_session_timeout, a cut
+            # proxy): nothing was sent on it, so a new one is used at once.
+            self._drop()
+        if self._conn is None:
             self._conn = self._connect()
         return self._conn
 
@@ -109,6 +118,10 @@ class PostgresStore(AdvisoryLocks, SQLStore):
                     with db.cursor() as cur:
                         yield cur
             except pg.Error as exc:
+                if (isinstance(exc, pg.errors.LockNotAvailable | pg.errors.QueryCanceled)
+                        and not (self._conn and self._conn.broken)):
+                    # lock_timeout or statement_timeout: the session is fine, keep it.
+                    raise StateError(self.location, f"busy: {first(exc)}") from None
                 if isinstance(exc, pg.OperationalError) or (self._conn and self._conn.broken):
                     self._drop()
                     raise unreachable(self.location, exc) from None

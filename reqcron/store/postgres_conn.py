@@ -8,6 +8,7 @@ within KEEPALIVE_BOUND seconds (and with it that host's advisory locks).
 from __future__ import annotations
 
 import os
+import select
 import weakref
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,6 +24,12 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = 3  # seconds: an unreachable database costs a check this long, never a request
 KEEPALIVE = (10, 5, 3)  # idle, interval, count: a dead peer's session ends within ~25 s
 KEEPALIVE_BOUND = KEEPALIVE[0] + KEEPALIVE[1] * KEEPALIVE[2]
+# A statement may run this many times the store's lock wait (its busy timeout), at least
+# STATEMENT_FLOOR seconds: 1 s on a request's path (0.1 s), 10 s elsewhere (5 s).
+STATEMENT_FACTOR = 2.0
+STATEMENT_FLOOR = 1.0
+# What making the schema may wait for (other hosts' sessions hold the tables).
+SCHEMA_TIMEOUT = "30s"
 _SCHEMA_LOCK = 0x7265716372_6F6E  # pg_advisory_xact_lock key while the schema is made
 SCHEMA = Schema(2, """
 CREATE TABLE IF NOT EXISTS reqcron_schema (version integer NOT NULL);
@@ -97,10 +104,23 @@ def unreachable(location: str, exc: BaseException) -> StateError:
     return StateError(location, f"the database cannot be reached: {first(exc)}")
 
 
-def connect(url: str, timeout: float, location: str, owner: object) -> psycopg.Connection:
-    """An autocommit connection, closed with ``owner`` by the process that opened it."""
+def statement_timeout(busy_timeout: float) -> float:
+    """How long one statement may take, for a store waiting ``busy_timeout`` on locks."""
+    return max(STATEMENT_FLOOR, STATEMENT_FACTOR * busy_timeout)
+
+
+def connect(url: str, timeout: float, location: str, owner: object,
+            busy_timeout: float = 5.0) -> psycopg.Connection:
+    """An autocommit connection, closed with ``owner`` by the process that opened it.
+
+    Its statements wait at most ``busy_timeout`` for a lock (``lock_timeout``,
+    as SQLite's busy timeout) and run at most ``statement_timeout()``: a table
+    locked by another session fails a call fast instead of hanging it.
+    """
     pg = driver()
     idle, interval, count = KEEPALIVE
+    locks = max(1, round(busy_timeout * 1000))
+    statements = max(1, round(statement_timeout(busy_timeout) * 1000))
     try:
         conn: psycopg.Connection = pg.connect(
             url, autocommit=True, connect_timeout=max(1, int(timeout)),
@@ -108,7 +128,8 @@ def connect(url: str, timeout: float, location: str, owner: object) -> psycopg.C
             keepalives_count=count, application_name="reqcron",
             # The server's side too: it ends the session of a host that lost power.
             options=f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval}"
-                    f" -c tcp_keepalives_count={count}",
+                    f" -c tcp_keepalives_count={count}"
+                    f" -c lock_timeout={locks} -c statement_timeout={statements}",
         )
     except pg.Error as exc:
         raise unreachable(location, exc) from None
@@ -132,6 +153,9 @@ def ensure_schema(conn: psycopg.Connection, site: str, location: str) -> None:
         raise StateError(location, str(exc)) from None
     if steps:
         with conn.transaction():  # two hosts starting at once: one makes it
+            # DDL waits for every session using the tables: not a request's short wait.
+            conn.execute(f"SET LOCAL lock_timeout = '{SCHEMA_TIMEOUT}'")
+            conn.execute(f"SET LOCAL statement_timeout = '{SCHEMA_TIMEOUT}'")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             for statement in steps:
                 conn.execute(statement)
@@ -139,6 +163,21 @@ def ensure_schema(conn: psycopg.Connection, site: str, location: str) -> None:
             conn.execute("INSERT INTO reqcron_schema VALUES (%s)", (SCHEMA.version,))
     conn.execute("INSERT INTO reqcron_catalog (site, version) VALUES (%s, 0)"
                  " ON CONFLICT DO NOTHING", (site,))
+
+
+def went_away(conn: psycopg.Connection) -> bool:
+    """Tell whether an idle connection's session ended (terminated, timed out, cut).
+
+    An idle autocommit session is sent nothing unasked; a socket readable
+    now holds the server's goodbye (or EOF).  One poll, no round trip.
+    """
+    if conn.closed:
+        return True
+    try:
+        ready, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(ready)
 
 
 def _close_in(pid: int, conn: psycopg.Connection) -> None:

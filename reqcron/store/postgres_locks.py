@@ -15,8 +15,9 @@ import threading
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 
+from ..errors import StateError
 from .base import Lock
-from .postgres_conn import driver, unreachable
+from .postgres_conn import driver, unreachable, went_away
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -91,6 +92,32 @@ class AdvisoryLocks(ABC):
                 if not self._held:
                     self._locker.close()
                     self._locker = None
+
+    def keep_locks(self) -> list[str]:
+        """Re-take the held locks on a new session when theirs went away (terminated,
+        timed out, cut); return the tokens another session took meanwhile."""
+        pg = driver()
+        with self._lock:
+            if (self._pid != os.getpid() or self._locker is None or not self._held
+                    or not went_away(self._locker)):
+                return []
+            held, lost = set(self._held), []
+            self._locker.close()
+            self._locker = None
+            try:
+                conn = self._connect()
+            except StateError:
+                return []  # still away: the next look tries again (self._held kept)
+            self._locker = conn
+            for key in held:
+                try:
+                    won = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                except pg.Error:
+                    return []
+                if not (won and won[0]):
+                    self._held.discard(key)
+                    lost.append(f"pg:{key}")
+            return lost
 
     def take_task_lock(self, name: str) -> Lock | None:
         return self._try_lock(_key(f"{self.site}\0task\0{name}"))

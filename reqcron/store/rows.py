@@ -9,6 +9,39 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+class Attempt(Record):
+    """The attempt of a run that a transition means, as its writer read it.
+
+    A transition (start, end, reap, retry) changes the row only while it
+    still holds this attempt: the same status, lock token and number of
+    attempts (Oban's ``UPDATE … WHERE state = 'executing' AND attempt = $n``),
+    so a stale reader can never end, requeue or take over another attempt.
+    """
+
+    __slots__ = ("id", "status", "lock", "attempts")
+
+    def __init__(self, id: int, status: str, lock: str | None = None, attempts: int = 0):
+        self.id = id
+        self.status = status
+        self.lock = lock  # the token of the lock its process holds (None: not started)
+        self.attempts = attempts
+
+    @classmethod
+    def of(cls, run: Run) -> Attempt:
+        """The attempt ``run`` (a row as read) is in."""
+        assert run.id is not None
+        return cls(run.id, run.status, run.lock, run.attempts)
+
+    def moved(self, **values: Any) -> Attempt:
+        """The attempt the row holds after a transition that set ``values``."""
+        return Attempt(self.id, values.get("status", self.status), values.get("lock", self.lock),
+                       values.get("attempts", self.attempts))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "status": self.status, "lock": self.lock,
+                "attempts": self.attempts}
+
+
 class TaskSync(Record):
     """Where a task's row must be after a catalog change: created or re-positioned."""
 

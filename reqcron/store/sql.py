@@ -178,6 +178,9 @@ REQUEST_RUN = ("UPDATE {tasks} SET run_requested = COALESCE(run_requested, :now)
                " WHERE {site}name = :name")
 SET_ENABLED = "UPDATE {tasks} SET enabled = :enabled WHERE {site}name = :name"
 
+# A transition's condition: the row is still the attempt its writer read.
+SAME_ATTEMPT = (" AND status = :was_status AND lock {same} :was_lock"
+                " AND attempts = :was_attempts")
 LAST_RUN = "SELECT id, status, error FROM {runs} WHERE {site}task = :task ORDER BY id DESC LIMIT 1"
 MERGE_RUN = 'UPDATE {runs} SET slots = slots + :slots, slot = :slot, "end" = :end WHERE id = :id'
 INSERT_RUN = (f"INSERT INTO {{runs}} ({{site_col}}{RUN_NAMES})"

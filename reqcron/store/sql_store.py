@@ -18,7 +18,7 @@ from ..limits import capped_field
 from ..records import RUN_COLUMNS, Run, TaskState
 from . import sql
 from .base import CLOCK_KEY, REMOVED, Store
-from .rows import CatalogRow, Dump, Pulse, RunStats, TaskSync
+from .rows import Attempt, CatalogRow, Dump, Pulse, RunStats, TaskSync
 from .sql import Session, check_run_fields, run_from_row, task_from_row
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
@@ -178,17 +178,21 @@ class SQLStore(Store):
     def update_run(self, run_id: int, /, **values: Any) -> None:
         self._update(run_id, None, values)
 
-    def update_run_if(self, run_id: int, expected: str, /, **values: Any) -> bool:
-        return self._update(run_id, expected, values)
+    def update_run_if(self, attempt: Attempt, /, **values: Any) -> bool:
+        return self._update(attempt.id, attempt, values)
 
-    def _update(self, run_id: int, status: str | None, values: dict[str, Any]) -> bool:
+    def _update(self, run_id: int, attempt: Attempt | None, values: dict[str, Any]) -> bool:
         check_run_fields(values)
         sets = ", ".join(f'"{k}" = :{k}' for k in values)
-        where = "{site}id = :id" + (" AND status = :expected" if status is not None else "")
         params = {k: self._text(k, v) for k, v in values.items()}
+        where = "{site}id = :id"
+        if attempt is not None:  # one compare-and-swap on the attempt as its writer read it
+            where += sql.SAME_ATTEMPT
+            params.update(was_status=attempt.status, was_lock=attempt.lock,
+                          was_attempts=attempt.attempts)
         with self._session() as db:
-            return db.run(f"UPDATE {{runs}} SET {sets} WHERE {where}", params, id=run_id,
-                          expected=status).rowcount == 1
+            return db.run(f"UPDATE {{runs}} SET {sets} WHERE {where}", params,
+                          id=run_id).rowcount == 1
 
     def get_run(self, run_id: int) -> Run | None:
         with self._session() as db:
