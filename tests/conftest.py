@@ -327,3 +327,23 @@ def processes(*words: str) -> list[int]:
         if all(w in cmdline for w in words):
             found.append(int(entry))
     return found
+
+
+def with_port(url: str, port: int) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}"))
+
+
+@pytest.fixture
+def proxy(pg_url: str) -> Iterator[Any]:
+    """A TCP proxy in front of the test's PostgreSQL that a test can cut, stall and restore."""
+    from urllib.parse import urlsplit
+
+    from faultproxy import FaultProxy
+
+    parts = urlsplit(pg_url)
+    made = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    yield made
+    made.close()

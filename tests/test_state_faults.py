@@ -16,11 +16,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
-from conftest import wait_for
-from faultproxy import FaultProxy
+from conftest import wait_for, with_port
 
 from reqcron import Docroot
 from reqcron.engine import reaping
@@ -79,19 +78,6 @@ def finish(proc: subprocess.Popen[str], timeout: float = 20) -> tuple[int, str]:
         proc.communicate()
         raise
     return proc.returncode, err
-
-
-def with_port(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}"))
-
-
-@pytest.fixture
-def proxy(pg_url: str) -> Iterator[FaultProxy]:
-    parts = urlsplit(pg_url)
-    made = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    yield made
-    made.close()
 
 
 def terminate_sessions(pg_url: str) -> int:

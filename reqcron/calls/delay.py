@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from ..engine.stored_calls import HOLD, TASKS_MODULE, Call, new_run
+from ..errors import StateError
 from ..logonce import LogOnce
 from ..records import now
 from . import serving
@@ -160,8 +161,11 @@ def defer(call: Call, inline: Callable[[], R], at: float | None,
     created = now()
     due = created if at is None else max(at, created)
     held = middleware is not None and due < created + HOLD
-    run = new_run(call, created, due + HOLD if held else due)
-    run_id = engine.store.add_run(run)
+    run = new_run(call, created, due + HOLD if held else due)  # the caller's TypeError
+    try:
+        run_id = engine.store.add_run(run)
+    except StateError as exc:  # a request is never failed by the state
+        return _keep(engine, root, call, created, due, exc)
     if held:
         assert middleware is not None
         middleware.hold(run_id, engine, key)
@@ -171,6 +175,18 @@ def defer(call: Call, inline: Callable[[], R], at: float | None,
 def release(engine: Docroot, ids: list[int]) -> None:
     """Let the calls held during a request run (its response has been sent)."""
     engine.store.release_calls(ids, HOLD)
+
+
+def _keep(engine: Docroot, root: str, call: Call, created: float, due: float,
+          error: StateError) -> Result[R]:
+    """Keep a call the state would not take in this host's spool (engine/call_spool.py)."""
+    from ..engine import call_spool
+
+    call.token = os.urandom(16).hex()
+    call_spool.keep(engine.settings.state_dir, call.token, new_run(call, created, due))
+    _log_once(logging.WARNING, "reqcron: %s: deferred calls wait in this host's spool until "
+              "the state can be reached again: %s", root, error, key=f"spool:{root}")
+    return Result(root, None, token=call.token)
 
 
 def _when(delay: float, at: datetime | None) -> float | None:

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from ..records import Run
 
 R = TypeVar("R")
+#: The status of a call kept in a host's spool until the state takes it (not a row's status).
+SPOOLED = "spooled"
 
 
 def engine_of(root: str) -> Docroot:
@@ -29,9 +31,11 @@ def engine_of(root: str) -> Docroot:
 class Result(Generic[R]):
     """What became of a deferred call: read from the state, from any process."""
 
-    def __init__(self, docroot: str | os.PathLike[str] | None, id: int | None):
+    def __init__(self, docroot: str | os.PathLike[str] | None, id: int | None, *,
+                 token: str | None = None):
         self.docroot = Path(docroot) if docroot is not None else None
-        self.id = id
+        self._id = id
+        self._token = token
         self._run: Run | None = None
         self._inline: tuple[bool, Any, str | None] | None = None
 
@@ -54,7 +58,23 @@ class Result(Generic[R]):
             result._inline = (False, None, f"{type(exc).__name__}: {exc}")
         return result
 
+    @property
+    def id(self) -> int | None:
+        """The call's run id; None while it waits in a host's spool (status "spooled")."""
+        if self._id is None and self._token is not None and self.docroot is not None:
+            from ..engine import call_spool
+
+            state_dir = engine_of(os.fspath(self.docroot)).settings.state_dir
+            self._id = call_spool.stored_id(state_dir, self._token)
+        return self._id
+
+    def _spooled(self) -> bool:
+        """Whether the call still waits in the spool (it learns its id once stored)."""
+        return self._token is not None and self.id is None
+
     def _read(self) -> Run | None:
+        if self._spooled():
+            return None
         if self._inline is None and self.id is not None and self.docroot is not None:
             if self._run is None or self._run.status not in FINAL:
                 self._run = engine_of(os.fspath(self.docroot)).store.get_run(self.id)
@@ -62,9 +82,12 @@ class Result(Generic[R]):
 
     @property
     def status(self) -> str:
-        """queued, running, ok, failed, timeout or lost (``ok``/``failed`` inline)."""
+        """queued, running, ok, failed, timeout or lost (``ok``/``failed`` inline); spooled
+        while the state could not take the call and this host keeps it."""
         if self._inline is not None:
             return Status.OK if self._inline[0] else Status.FAILED
+        if self._spooled():
+            return SPOOLED
         run = self._read()
         if run is None:
             raise LookupError(f"deferred call {self.id} is no longer in the state of "

@@ -21,7 +21,7 @@ from ..paths import docroot_path
 from ..records import Claim, LoadError, Run, TaskState, Trigger, now
 from ..schedule.zones import local_zone, zone_name, zone_named
 from ..store import Store, open_store
-from . import call_queue
+from . import call_queue, call_spool
 from . import catalog_sync as sync
 from .positions import Schedules
 from .site_files import SiteFiles
@@ -116,6 +116,7 @@ class Docroot:
         self.store.verify()
         key = self._files.key(self.zone_name)
         pulse = self.store.pulse()
+        call_spool.enqueue(self.settings.state_dir, self.store)  # a look at a folder, mostly
         if pulse.catalog_key != key:
             sync.read_once(self.store, self.path, self.settings.python, self.zone_name(), key,
                            current, self._schedules.get, self._log_load_errors,
@@ -361,12 +362,8 @@ class Docroot:
 
     def reap(self, name: str | None = None) -> int:
         """Write the outcomes this host's spool keeps, then record the runs whose process
-        died (see reaping.py); return how many died.
-
-        Their notifications go out from a thread of their own: this may run in
-        the middleware's worker, which must not wait on a mail server.  Not a
-        daemon: a command that found the dead run still sends before it exits.
-        """
+        died (see reaping.py); return how many died.  Their notifications go out from a
+        thread of their own (see alerts.notify_in_thread)."""
         from .reaping import reap
         from .spool import spool_dir
 

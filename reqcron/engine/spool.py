@@ -44,8 +44,13 @@ def keep(folder: Path, attempt: Attempt, values: dict[str, Any]) -> Path:
     """Keep the end of ``attempt`` in ``folder``, atomically; return the file."""
     ensure_private_dir(folder)
     path = folder / f"run-{attempt.id}-{attempt.attempts}.json"
-    data = json.dumps({"attempt": attempt.as_dict(), "values": values}).encode()
-    tmp = folder / f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}"
+    put(path, json.dumps({"attempt": attempt.as_dict(), "values": values}).encode())
+    return path
+
+
+def put(path: Path, data: bytes) -> None:
+    """Put ``data`` at ``path`` whole (a temporary file synced, then renamed), private."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}")
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
@@ -55,7 +60,6 @@ def keep(folder: Path, attempt: Attempt, values: dict[str, Any]) -> Path:
     finally:
         os.close(fd)
     os.rename(tmp, path)
-    return path
 
 
 def waiting(folder: Path) -> list[Kept]:

@@ -42,11 +42,11 @@ class Refused(Exception):
 class Call(Record):
     """What a deferred call runs: a function by import name, or a task by name."""
 
-    __slots__ = ("target", "task", "args", "kwargs", "retries", "timeout", "path")
+    __slots__ = ("target", "task", "args", "kwargs", "retries", "timeout", "path", "token")
 
     def __init__(self, target: str, args: list[Any], kwargs: dict[str, Any], *,
                  task: bool = False, retries: int = 0, timeout: float | None = None,
-                 path: list[str] | None = None):
+                 path: list[str] | None = None, token: str | None = None):
         self.target = target  # "module:qualname", or a task's name
         self.task = task  # True: Task.delay of the task named ``target``
         self.args = args
@@ -54,6 +54,7 @@ class Call(Record):
         self.retries = retries
         self.timeout = timeout
         self.path = path or []  # the caller's sys.path, so the task process finds the module
+        self.token = token  # set while the call waits in a host's spool (call_spool.py)
 
     def encode(self) -> str:
         """The call as JSON; TypeError for an argument that is not JSON."""
@@ -64,6 +65,8 @@ class Call(Record):
         data = {"target": self.target, "task": self.task, "args": self.args,
                 "kwargs": self.kwargs, "retries": self.retries, "timeout": self.timeout,
                 "path": self.path}
+        if self.token is not None:
+            data["token"] = self.token
         text = json.dumps(data, allow_nan=False, separators=(",", ":"))
         if len(text) > CALL_LIMIT:
             raise ValueError(f"the arguments of {self.target} are {len(text)} characters as "
@@ -77,7 +80,7 @@ class Call(Record):
         return cls(str(data["target"]), list(data.get("args") or []),
                    dict(data.get("kwargs") or {}), task=bool(data.get("task")),
                    retries=int(data.get("retries") or 0), timeout=data.get("timeout"),
-                   path=list(data.get("path") or []))
+                   path=list(data.get("path") or []), token=data.get("token"))
 
 
 def check_json(value: Any, where: str) -> None:

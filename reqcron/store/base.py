@@ -166,6 +166,10 @@ class Store(ABC):
         """
 
     @abstractmethod
+    def find_call(self, token: str) -> int | None:
+        """The id of the call stored with spool ``token`` (calls/delay.py), if it is stored."""
+
+    @abstractmethod
     def release_calls(self, ids: list[int], hold: float) -> None:
         """Bring held calls (deferred during a request, due ``hold`` seconds late) forward."""
 

@@ -240,6 +240,13 @@ class SQLStore(Store):
             row = db.run(sql.TAKE_CALL, now=now, pid=pid, lock=lock).fetchone()
         return run_from_row(row) if row else None
 
+    def find_call(self, token: str) -> int | None:
+        # A scan, but only when a spooled call is enqueued: rare, after an outage.
+        with self._session() as db:
+            row = db.run("SELECT id FROM {runs} WHERE {site}call LIKE :pattern LIMIT 1",
+                         pattern=f'%"token":"{token}"%').fetchone()
+        return int(row[0]) if row else None
+
     def release_calls(self, ids: list[int], hold: float) -> None:
         params: dict[str, Any] = {"hold": hold}
         marks = sql.in_list("id", ids, params)

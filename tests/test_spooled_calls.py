@@ -1,0 +1,126 @@
+"""A request is never failed by the state: a call deferred while the state cannot take it
+waits in the host's spool (``Result.status == "spooled"``), is stored once when the state
+is back, and the same Result then follows it to its outcome.
+
+The state is made unreachable for real: SQLite held by another connection's
+``BEGIN EXCLUSIVE`` past the request path's busy timeout, or PostgreSQL behind a TCP
+proxy that is cut (faultproxy.py).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from conftest import hello, request, wait_for, with_port
+from faultproxy import FaultProxy
+
+from reqcron import Docroot
+from reqcron.engine import call_spool
+from reqcron.engine.spool import spool_dir
+
+JOBS = """\
+from reqcron import delay
+
+@delay
+def add(a, b):
+    return a + b
+"""
+
+
+@contextmanager
+def sqlite_locked(root: Path) -> Iterator[None]:
+    """Hold the DOCROOT's SQLite state with an exclusive transaction of another connection."""
+    with Docroot(root) as doc:
+        db_path = doc.state_location
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        yield
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+def deferring_app(mod: Any, results: list[Any]) -> Callable[..., Any]:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        results.append(mod.add(2, 3))
+        return hello(environ, start_response)
+
+    return app
+
+
+def check_spooled_then_run(mw: Any, results: list[Any], root: Path, state_dir: Path,
+                           cut: Callable[[], Any]) -> None:
+    with cut():
+        began = time.monotonic()
+        assert request(mw)[0] == "200 OK"
+        took = time.monotonic() - began
+        result = results[-1]
+        assert result.status == "spooled" and result.id is None
+        assert took < 3.0, f"the deferring request took {took:.2f} s"
+        kept = list(spool_dir(state_dir).glob("call-*.json"))
+        assert len(kept) == 1 and kept[0].stat().st_mode & 0o777 == 0o600
+    # The state is back: the next requests tend the site, which stores the call once.
+    wait_for(lambda: request(mw)[0] == "200 OK" and result.id is not None, timeout=20,
+             interval=0.1, message="the spooled call stored")
+    assert result.wait(30).result == 5
+    assert list(spool_dir(state_dir).glob("call-*.json")) == []
+    with Docroot(root) as doc:
+        spooled = [r for r in doc.history(limit=200) if '"token"' in (r.call or "")]
+    assert [r.id for r in spooled] == [result.id]  # stored once, not twice
+
+
+def test_a_call_deferred_while_sqlite_is_locked_is_spooled_then_runs_once(
+        make_docroot, app_module, middleware, monkeypatch):
+    root = make_docroot("")
+    monkeypatch.setenv("REQCRON_DOCROOT", str(root))
+    results: list[Any] = []
+    mw = middleware(deferring_app(app_module(JOBS), results), root)
+    assert request(mw)[0] == "200 OK"  # the state exists, the site is tended
+    assert results[0].wait(30).result == 5
+    with Docroot(root) as doc:
+        state_dir = doc.settings.state_dir
+    check_spooled_then_run(mw, results, root, state_dir, lambda: sqlite_locked(root))
+
+
+def test_a_call_deferred_while_postgresql_is_cut_off_is_spooled_then_runs_once(
+        make_docroot, app_module, middleware, monkeypatch, pg_url, proxy: FaultProxy):
+    url = with_port(pg_url, proxy.port)
+    root = make_docroot("", f'[reqcron]\nstate = "{url}"\nsite = "shop"\n')
+    monkeypatch.setenv("REQCRON_DOCROOT", str(root))
+    results: list[Any] = []
+    mw = middleware(deferring_app(app_module(JOBS), results), root)
+    assert request(mw)[0] == "200 OK"
+    assert results[0].wait(30).result == 5
+    with Docroot(root) as doc:
+        state_dir = doc.settings.state_dir
+
+    @contextmanager
+    def cut() -> Iterator[None]:
+        proxy.cut()
+        yield
+        proxy.restore()
+
+    check_spooled_then_run(mw, results, root, state_dir, cut)
+
+
+def test_a_spooled_call_is_stored_once_even_by_two_enqueuers(make_docroot, tmp_path):
+    """Two processes' worth of enqueuers racing over one spool store the call once."""
+    from reqcron.engine.stored_calls import Call, new_run
+
+    root = make_docroot("")
+    with Docroot(root) as doc:
+        state_dir = doc.settings.state_dir
+        call = Call("jobs:add", [1, 2], {}, token="t" * 32)
+        call_spool.keep(state_dir, call.token or "", new_run(call, 1.0, 1.0))
+        # The first enqueuer stored it but died before removing the file.
+        run_id = doc.store.add_run(new_run(call, 1.0, 1.0))
+        assert call_spool.enqueue(state_dir, doc.store) == 0  # found stored: not again
+        assert call_spool.stored_id(state_dir, "t" * 32) == run_id
+        assert not call_spool.is_waiting(state_dir, "t" * 32)
+        assert len([r for r in doc.history(limit=10) if r.call is not None]) == 1
