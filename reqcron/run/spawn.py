@@ -16,6 +16,7 @@ import logging
 import os
 import subprocess
 import threading
+import time
 
 from ..engine.docroot import Docroot
 from ..logonce import LogOnce
@@ -23,6 +24,9 @@ from ..paths import ensure_private_dir
 from ..records import Claim
 
 SPAWN_LOG = "runtask.log"  # what task processes print outside any run, in the state dir
+#: Seconds no process for deferred calls is started after one failed (a state that task
+#: processes cannot reach, a database out of connections), doubling up to the last.
+DRAINER_PAUSE = (1.0, 60.0)
 
 
 class Spawner:
@@ -33,6 +37,8 @@ class Spawner:
         # A drainer has no run of its own (None): the calls it takes record themselves.
         self._children: list[tuple[subprocess.Popen[bytes], Docroot, int | None]] = []
         self._log_once = LogOnce()
+        # Per DOCROOT: (monotonic time until which no drainer starts, the last pause).
+        self._paused: dict[str, tuple[float, float]] = {}
 
     def start(self, docroot: Docroot, claim: Claim) -> bool:
         """Start the process of ``claim``; on failure record it in the history."""
@@ -40,7 +46,14 @@ class Spawner:
                                      claim.task], claim.run_id)
 
     def start_drainer(self, docroot: Docroot) -> bool:
-        """Start a process that runs the DOCROOT's queued deferred calls (drain.py)."""
+        """Start a process that runs the DOCROOT's queued deferred calls (drain.py).
+
+        Not while the last one failed, for a pause that doubles with each failure:
+        calls wait in the queue rather than a storm of processes that cannot work.
+        """
+        until, _ = self._paused.get(str(docroot.path), (0.0, 0.0))
+        if time.monotonic() < until:
+            return False
         return self._start(docroot, ["--calls", str(docroot.path)], None)
 
     def _start(self, docroot: Docroot, args: list[str], run_id: int | None) -> bool:
@@ -89,7 +102,9 @@ class Spawner:
                 (running if entry[0].poll() is None else ended).append(entry)
             self._children = running
         for child, docroot, run_id in ended:
-            if child.returncode != 0 and run_id is not None:
+            if run_id is None:
+                self._drainer_ended(docroot, child.returncode)
+            elif child.returncode != 0:
                 try:
                     log_file = docroot.settings.state_dir / SPAWN_LOG
                     docroot.not_started(run_id, f"its process exited with code "
@@ -99,3 +114,15 @@ class Spawner:
                 except Exception as exc:  # the state may be what failed
                     self._log_once(logging.ERROR, "reqcron: %s: %s", docroot.path, exc)
         return len(running)
+
+    def _drainer_ended(self, docroot: Docroot, code: int) -> None:
+        key = str(docroot.path)
+        if code == 0:
+            self._paused.pop(key, None)
+            return
+        first, most = DRAINER_PAUSE
+        pause = min(most, max(first, self._paused.get(key, (0.0, 0.0))[1] * 2))
+        self._paused[key] = (time.monotonic() + pause, pause)
+        self._log_once(logging.ERROR, "reqcron: %s: a process for deferred calls exited with "
+                       "code %s (its message is in %s); the next waits %g s or more", docroot.path,
+                       code, docroot.settings.state_dir / SPAWN_LOG, pause, key=f"drainer:{key}")
