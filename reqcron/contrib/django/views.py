@@ -45,7 +45,7 @@ def _guard(view: View, methods: tuple[str, ...]) -> View:
             return HttpResponseNotAllowed(methods)
         user = request.user
         if not user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
+            return redirect_to_login(request.get_full_path(), _login_url())
         if not (user.is_active and user.is_staff):
             raise PermissionDenied("the reqcron status page is for staff users")
         response = view(request, *args, **kwargs)
@@ -56,6 +56,20 @@ def _guard(view: View, methods: tuple[str, ...]) -> View:
     guarded.__name__ = view.__name__
     guarded.__doc__ = view.__doc__
     return guarded
+
+
+def _login_url() -> str | None:
+    """LOGIN_URL if the project set one, else the admin site's login (as the admin does)."""
+    from django.apps import apps
+    from django.conf import global_settings, settings
+
+    if settings.LOGIN_URL != global_settings.LOGIN_URL or not apps.is_installed(
+            "django.contrib.admin"):
+        return None
+    try:
+        return str(reverse("admin:login"))
+    except Exception:  # no admin URLs
+        return None
 
 
 def _path() -> str:
@@ -104,7 +118,7 @@ def action(request: HttpRequest) -> HttpResponse:
 def logout(request: HttpRequest) -> HttpResponse:
     """The page's "Sign out": Django's logout."""
     sign_out(request)
-    return redirect_to_login(_path() + "/")
+    return redirect_to_login(_path() + "/", _login_url())
 
 
 class _Query:
