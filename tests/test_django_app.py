@@ -114,7 +114,7 @@ def result(request, id):
 """
 TEST_URLS = """
 from shop import views
-urlpatterns += [path("", views.ok), path("buy", views.buy), path("rollback", views.rolled_back),
+urlpatterns += [path("accounts/", include("django.contrib.auth.urls")), path("", views.ok), path("buy", views.buy), path("rollback", views.rolled_back),
                 path("result/<str:id>", views.result)]
 """
 
@@ -145,6 +145,10 @@ def project(tmp_path: Path) -> Path:
     (root / "shop" / "cron.py").write_text(textwrap.dedent(CRON))
     (root / "shop" / "tasks.py").write_text(textwrap.dedent(TASK_FILE.format(tasks=TASKS)))
     (root / "shop" / "views.py").write_text(textwrap.dedent(VIEWS))
+    templates = root / "shop" / "templates" / "registration"
+    templates.mkdir(parents=True)
+    (templates / "login.html").write_text(  # for users who are not staff
+        '<form method="post">{% csrf_token %}{{ form }}</form>')
     for command in (["makemigrations", "shop"], ["migrate"]):
         done = manage(root, *command)
         assert done.returncode == 0, done.stderr
@@ -228,10 +232,10 @@ class Browser:
         assert found, page[:500]
         return found.group(1)
 
-    def login(self, user: str) -> None:
-        status, page, _ = self.open("/admin/login/")
+    def login(self, user: str, at: str = "/admin/login/") -> None:
+        status, page, _ = self.open(at)
         assert status == 200
-        status, _, headers = self.open("/admin/login/?next=/reqcron/", {
+        status, _, headers = self.open(at, {
             "username": user, "password": "pw", "csrfmiddlewaretoken": self.csrf(page),
             "next": "/reqcron/"})
         assert status == 302, status
@@ -275,7 +279,7 @@ def test_under_gunicorn_cron_enqueue_rollback_and_the_page(project: Path, serve)
     # The status page: anonymous users to the login, others refused, staff served.
     status, _, headers = web.open("/reqcron/")
     assert status == 302 and headers["Location"].startswith("/admin/login/")
-    web.login("plain")
+    web.login("plain", at="/accounts/login/")
     assert web.open("/reqcron/")[0] == 403
     staff = Browser(web.base)
     staff.login("staff")
