@@ -114,7 +114,8 @@ def result(request, id):
 """
 TEST_URLS = """
 from shop import views
-urlpatterns += [path("accounts/", include("django.contrib.auth.urls")), path("", views.ok), path("buy", views.buy), path("rollback", views.rolled_back),
+urlpatterns += [path("accounts/", include("django.contrib.auth.urls")), path("", views.ok),
+                path("buy", views.buy), path("rollback", views.rolled_back),
                 path("result/<str:id>", views.result)]
 """
 
@@ -216,7 +217,8 @@ class Browser:
         self.opener = urllib.request.build_opener(
             urllib.request.HTTPCookieProcessor(self.jar), Stay())
 
-    def open(self, path: str, data: dict[str, str] | None = None) -> tuple[int, str, dict[str, str]]:
+    def open(self, path: str,
+             data: dict[str, str] | None = None) -> tuple[int, str, dict[str, str]]:
         body = urllib.parse.urlencode(data).encode() if data is not None else None
         request = urllib.request.Request(self.base + path, data=body,
                                          headers={"Referer": self.base + path})
@@ -292,3 +294,71 @@ def test_under_gunicorn_cron_enqueue_rollback_and_the_page(project: Path, serve)
     assert status == 302
     listed = manage(project, "reqcron", "list", "--json")
     assert json.loads(listed.stdout)["tasks"][0]["enabled"] is False
+
+
+ASGI = """
+from django.conf import settings
+from reqcron.asgi import ReqCronASGI
+application = ReqCronASGI(application, settings.BASE_DIR)
+"""
+LATER_VIEW = """
+
+async def later(request):
+    from datetime import timedelta
+    from django.utils import timezone
+    when = timezone.now() + timedelta(seconds=1.5)
+    order = await Order.objects.acreate(paid=True)
+    result = await send_receipt.using(run_after=when).aenqueue(order.pk)
+    return HttpResponse(f"{result.id} {when.timestamp()}")
+"""
+
+
+def test_under_uvicorn_aenqueue_with_run_after_and_cron(project: Path, serve) -> None:
+    append(project / "mysite" / "asgi.py", ASGI)
+    append(project / "shop" / "views.py", LATER_VIEW)
+    append(project / "mysite" / "urls.py", 'urlpatterns += [path("later", views.later)]\n')
+    server = serve(str(BIN / "uvicorn"), "--workers", "2", "--port", "{port}",
+                   "mysite.asgi:application", cwd=project)
+    web = Browser(server.url.rstrip("/"))
+
+    def get(path: str) -> str:
+        status, body, _ = web.open(path)
+        assert status == 200, (status, body[:300])
+        return body
+
+    wait_for(lambda: get("/") and len(orders(project, "NOT paid")) >= 2, timeout=30,
+             interval=0.1, message="two ticks")
+    call_id, when = get("/later").split()
+    first = json.loads(get(f"/result/{call_id}"))
+    assert first["status"] == "READY"  # not before run_after
+    result = wait_for(lambda: (r := json.loads(get(f"/result/{call_id}")))["status"]
+                      == "SUCCESSFUL" and r, timeout=20, interval=0.1, message="the task")
+    [(order, _, sent)] = orders(project, "paid")
+    assert result["value"] == {"order": order, "paid": True}
+    assert sent >= float(when)
+
+
+def test_the_backend_is_truthful_about_what_it_supports(project: Path) -> None:
+    script = f"""
+from {TASKS}.base import DEFAULT_TASK_PRIORITY
+from {TASKS} import task_backends
+backend = task_backends["default"]
+print("R:", backend.supports_defer, backend.supports_get_result, backend.supports_async_task,
+      backend.supports_priority)
+from shop.tasks import send_receipt
+try:
+    send_receipt.using(priority=5)
+except Exception as exc:
+    print("R:", type(exc).__name__)
+try:
+    send_receipt.get_result("12345")
+except Exception as exc:
+    print("R:", type(exc).__name__)
+"""
+    done = manage(project, "shell", "-c", script)
+    assert done.returncode == 0, done.stderr
+    said = [w for line in done.stdout.splitlines() if line.startswith("R:")
+            for w in line.split()[1:]]
+    assert said == ["True", "True", "True", "False",
+                                   "InvalidTask" if TASKS == "django.tasks"
+                                   else "InvalidTaskError", "TaskResultDoesNotExist"]
