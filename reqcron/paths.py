@@ -133,6 +133,8 @@ def docroot_path(path: str | os.PathLike[str]) -> Path:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DocrootError(str(path))
-    if not (root / TASKS_FILE).is_file():
+    # A folder whose tasks are all in modules (a Django project's cron.py
+    # files) needs only its reqcron.toml.
+    if not (root / TASKS_FILE).is_file() and not (root / "reqcron.toml").is_file():
         raise DocrootError(str(path), f"has no {TASKS_FILE}")
     return root.resolve()

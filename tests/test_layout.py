@@ -155,7 +155,7 @@ LAYERS = [
     {"calls"},
     {"task", "functions", "report"},
     {"web"},
-    {"cli", "asgi", "runtask", "__main__", "reqcron"},
+    {"cli", "asgi", "runtask", "__main__", "reqcron", "contrib"},
 ]
 
 

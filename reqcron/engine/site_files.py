@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..config import CONFIG_FILE, TASKS_FILE, Settings, load_settings
 from ..errors import ConfigError
+from ..loading.django_apps import cron_files
 from ..loading.import_path import module_files
 from ..logonce import LogOnce
 from ..paths import check_tasks_safety
@@ -59,6 +60,8 @@ class SiteFiles:
         # Found by walking the import path, never by importing: the web
         # server's processes import no task code.
         modules = module_files(self.path, self.settings.modules)
+        if self.settings.django_settings:  # and the apps' cron.py (loading/django_apps.py)
+            modules += cron_files(self.path)
         stamps = (identity(tasks), config_stamp, identity(self.path),
                   *(identity(m) for m in modules))
         if stamps != self._stamps:

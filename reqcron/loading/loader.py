@@ -14,6 +14,7 @@ from ..errors import ScheduleError
 from ..paths import check_tasks_safety
 from ..records import LoadError, Record
 from ..task_base import TaskBase
+from . import django_apps
 from . import import_path as importing
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")
@@ -62,7 +63,9 @@ def load_tasks(
     """
     path = docroot / TASKS_FILE
     loaded = Loaded()
-    if not path.exists():
+    # Absent, it counts as empty where modules (or Django apps' cron.py) hold the tasks.
+    missing = not path.exists()
+    if missing and not (modules or django_settings):
         loaded.file_ok = False
         loaded.errors.append(LoadError(str(path), None, "the file is missing"))
         return loaded
@@ -72,7 +75,7 @@ def load_tasks(
         loaded.errors.append(LoadError(str(path), None, refusal))
         return loaded
     try:
-        source = path.read_bytes()
+        source = b"" if missing else path.read_bytes()
         # compile() ourselves: no __pycache__ in the DOCROOT, and no stale
         # bytecode when the file changes twice within one second.
         code = compile(source, str(path), "exec")
@@ -92,6 +95,7 @@ def load_tasks(
         if django_settings:
             try:
                 importing.setup_django(django_settings)
+                modules = [*modules, *django_apps.cron_modules(modules)]
             except (Exception, SystemExit) as exc:
                 loaded.file_ok = False
                 loaded.errors.append(importing.django_error(docroot, django_settings, exc))

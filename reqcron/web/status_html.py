@@ -82,11 +82,13 @@ def _strip(recent: list[dict[str, Any]], href: str) -> str:
             f'{"".join(bars)}</svg></a>')
 
 
-def status_page(data: dict[str, Any], runs: list[Run], csrf: str, path: str) -> str:
-    """The page: ``data`` from report.summary with the history's ``runs``, its forms at ``path``."""
+def status_page(data: dict[str, Any], runs: list[Run], csrf: str, path: str,
+                csrf_field: str = "csrf") -> str:
+    """The page: ``data`` from report.summary with the history's ``runs``, its forms at ``path``
+    (carrying ``csrf`` as the field ``csrf_field``: Django's is csrfmiddlewaretoken)."""
     def button(action: str, task: str, label: str) -> str:
         return (f'<form method="post" action="{escape(path)}/action">'
-                f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+                f'<input type="hidden" name="{escape(csrf_field)}" value="{escape(csrf)}">'
                 f'<input type="hidden" name="action" value="{action}">'
                 f'<input type="hidden" name="task" value="{escape(task)}">'
                 f'<button>{label}</button></form>')
@@ -153,7 +155,8 @@ def status_page(data: dict[str, Any], runs: list[Run], csrf: str, path: str) -> 
 <a href="{escape(path)}/">Refresh</a> · <a href="{escape(page(format="json", task=task))}">JSON</a>
 </p>
 <form method="post" action="{escape(path)}/logout" class="signout">
-<input type="hidden" name="csrf" value="{escape(csrf)}"><button>Sign out</button></form>
+<input type="hidden" name="{escape(csrf_field)}" value="{escape(csrf)}">
+<button>Sign out</button></form>
 {f'<h2>Load errors</h2><ul class="bad">{errors}</ul>' if errors else ""}
 <h2>Tasks</h2>
 <table><tr><th>Task</th><th>Schedule</th><th>Next run</th><th>Last run</th><th>Latest runs</th>

@@ -1,0 +1,1 @@
+"""Adapters to frameworks, above every other layer: each imports its framework itself."""
