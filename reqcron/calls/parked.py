@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ..engine.stored_calls import HOLD, Call, new_run
 from ..records import Status, now
+from ..store.rows import Attempt
 from . import serving
 from .result import engine_of
 
@@ -35,7 +36,7 @@ def let_go(run_id: int, docroot: str, at: float | None = None, call: Call | None
     values: dict[str, object] = {"due": due + HOLD if held else due}
     if call is not None:
         values["call"] = call.encode()
-    if not engine.store.update_run_if(run_id, Status.QUEUED, **values):
+    if not engine.store.update_run_if(_parked(run_id), **values):
         return False
     if held:
         assert middleware is not None
@@ -46,4 +47,9 @@ def let_go(run_id: int, docroot: str, at: float | None = None, call: Call | None
 def drop(run_id: int, docroot: str, why: str) -> bool:
     """Record parked call ``run_id`` as never run (skipped, with ``why``)."""
     return engine_of(docroot).store.update_run_if(
-        run_id, Status.QUEUED, status=Status.SKIPPED, end=now(), error=why)
+        _parked(run_id), status=Status.SKIPPED, end=now(), error=why)
+
+
+def _parked(run_id: int) -> Attempt:
+    """The attempt a parked call is in: queued, never taken."""
+    return Attempt(run_id, Status.QUEUED, None, 0)
