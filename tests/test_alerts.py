@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from email import message_from_bytes
@@ -12,6 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import read_history, reqcron_cmd, runtask, start_runtask, wait_for, write
+
+from reqcron.engine.stored_calls import Call, new_run
+from reqcron.records import now
 
 
 class Mailbox:
@@ -257,3 +262,35 @@ def test_a_slot_recorded_failed_because_the_file_broke_notifies(make_docroot, ho
     data = json.loads(hooks.seen[0][2])
     assert data["task"] == "Tick" and data["status"] == "failed"
     assert "does not load" in data["error"]
+
+
+def test_a_dead_run_found_by_a_process_for_calls_is_still_told_about(make_docroot, hooks,
+                                                                     docroot):
+    """The process running deferred calls leaves tasks' dead runs to one that notifies."""
+    root = make_docroot(f"""
+        import time
+        from reqcron import Task, delay
+
+        class Stuck(Task):
+            notify = "{hooks.url}/hook"
+            def run(self):
+                time.sleep(60)
+
+        @delay
+        def nothing():
+            return None
+    """)
+    proc = start_runtask(root, "Stuck")
+    wait_for(lambda: any(r.status == "running" for r in read_history(root, "Stuck")),
+             message="the run to start")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    doc = docroot(root)
+    doc.store.add_run(new_run(Call("__tasks__:nothing", [], {}), now(), now()))
+    drained = subprocess.run([sys.executable, "-m", "reqcron.runtask", "--calls", str(root)],
+                             cwd=root, capture_output=True, text=True, timeout=60)
+    assert drained.returncode == 0, drained.stderr
+    assert [r.status for r in doc.store.runs("Stuck")] == ["running"]  # not its to record
+    reqcron_cmd("list", str(root))  # finds the dead run, and tells
+    wait_for(lambda: hooks.seen, timeout=15, message="the notification")
+    assert json.loads(hooks.seen[0][2])["status"] == "failed"

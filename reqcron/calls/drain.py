@@ -72,7 +72,7 @@ def drain(settings: Settings, store: Store) -> int:
             return ExitCode.OK  # enough processes drain already; they take these calls too
         run_lock = store.take_run_lock()
         try:
-            reap(store, folder=spool_dir(settings.state_dir))
+            reap(store, folder=spool_dir(settings.state_dir), calls_only=True)
             _drain_while_queued(settings, store, slot, run_lock)
         finally:
             run_lock.release()

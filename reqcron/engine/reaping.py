@@ -33,12 +33,15 @@ if TYPE_CHECKING:
 PENDING_TIMEOUT = 30.0
 
 
-def reap(store: Store, name: str | None = None, folder: Path | None = None) -> list[Run]:
+def reap(store: Store, name: str | None = None, folder: Path | None = None, *,
+         calls_only: bool = False) -> list[Run]:
     """Write the outcomes waiting in ``folder``, then record the runs whose process died;
     return those as recorded.
 
     A task's run is recorded as failed.  A deferred call is queued again
-    while it has retries left, else recorded as lost.
+    while it has retries left, else recorded as lost.  ``calls_only``: leave
+    the tasks' runs to a process that knows where their failures are told
+    (Docroot.reap), so every failure notifies the same way, whoever finds it.
     """
     waiting: set[int] = set()
     if folder is not None:
@@ -48,6 +51,8 @@ def reap(store: Store, name: str | None = None, folder: Path | None = None) -> l
     current = now()
     for run in store.runs(name, 1000, (Status.PENDING, Status.RUNNING)):
         assert run.id is not None
+        if calls_only and run.call is None:
+            continue
         if run.id in waiting or (run.lock and store.lock_alive(run.lock)):
             continue
         attempt = Attempt.of(run)
