@@ -113,10 +113,10 @@ def event_for(store: Store, run: Run) -> str | None:
     The run before it that really ran decides: a failure after a failure is
     damped, and only the first good run after failures is news.
     """
-    if run.status not in RAN:
+    if run.status not in RAN or run.call is not None:  # a Task.delay call: not the schedule's
         return None
     before = next((r for r in store.runs(run.task, 50) if r.id is not None and run.id is not None
-                   and r.id < run.id and r.status in RAN), None)
+                   and r.id < run.id and r.status in RAN and r.call is None), None)
     was_failing = before is not None and before.status in FAILING
     if run.status in FAILING:
         return None if was_failing else "failed"

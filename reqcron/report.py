@@ -140,9 +140,11 @@ def summary(doc: Docroot, history: int = 0, recent: int = 0) -> dict[str, Any]:
         info, state = catalog.tasks[name], states.get(name)
         schedule = doc.schedule_of(name, state)
         runs = doc.recent_runs(name, max(recent, 20))
-        last = next((r for r in runs if r.status in RAN), None)
+        # The task's own last run: its Task.delay calls are apart from its schedule.
+        last = next((r for r in runs if r.status in RAN and r.call is None), None)
         if last is None and len(runs) == max(recent, 20):  # a long run of skips: look further
-            last = next(iter(doc.recent_runs(name, 1, tuple(RAN))), None)
+            last = next((r for r in doc.recent_runs(name, 50, tuple(RAN)) if r.call is None),
+                        None)
         enabled = state.enabled if state else info.enabled
         next_due = state.next_due if state and enabled else None
         starved = is_starved(schedule, state, current)

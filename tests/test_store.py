@@ -410,6 +410,16 @@ def test_store_prunes_finished_runs_only(store):
     assert [r.created for r in store.runs("a", 50, ("ok",))] == [9.0, 8.0, 7.0]
 
 
+def test_store_prunes_a_tasks_own_runs_and_leaves_its_delay_calls_to_result_days(store):
+    for i in range(4):
+        store.add_run(finished(created=float(i)))
+        store.add_run(finished(created=float(i), call='{"target":"a","task":true}'))
+    store.prune("a", 1)
+    runs = store.runs("a", 50)
+    assert len([r for r in runs if r.call is None]) == 1
+    assert len([r for r in runs if r.call is not None]) == 4
+
+
 def test_run_stats_count_by_task_and_status_with_durations(store):
     store.add_run(finished(start=10.0, end=13.0, lateness=0.5))
     store.add_run(finished(start=20.0, end=21.0, lateness=0.25))

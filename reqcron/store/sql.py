@@ -185,10 +185,11 @@ LAST_RUN = "SELECT id, status, error FROM {runs} WHERE {site}task = :task ORDER 
 MERGE_RUN = 'UPDATE {runs} SET slots = slots + :slots, slot = :slot, "end" = :end WHERE id = :id'
 INSERT_RUN = (f"INSERT INTO {{runs}} ({{site_col}}{RUN_NAMES})"
               f" VALUES ({{site_val}}{', '.join(':' + c for c in RUN_COLUMNS)}) RETURNING id")
+# A task's own runs: its Task.delay calls are kept result_days, like every call.
 PRUNE = (
-    "DELETE FROM {runs} WHERE {site}task = :task AND status NOT IN {open}"
+    "DELETE FROM {runs} WHERE {site}task = :task AND status NOT IN {open} AND call IS NULL"
     " AND id <= (SELECT id FROM {runs} WHERE {site}task = :task AND status NOT IN {open}"
-    " ORDER BY id DESC LIMIT 1 OFFSET :keep)"
+    " AND call IS NULL ORDER BY id DESC LIMIT 1 OFFSET :keep)"
 )
 # One row per (task, status, deferred call or not); durations where a run has both ends.
 RUN_COUNTS = (
