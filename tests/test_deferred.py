@@ -546,3 +546,47 @@ def test_reqcron_list_shows_the_queue(site, app_module):
     assert "deferred calls: 3 queued, 0 running" in listed.stdout, listed.stdout
     data = json.loads(reqcron_cmd("list", str(root), "--json").stdout)
     assert data["calls"] == {"queued": 3, "running": 0}
+
+
+HANGS_AT_IMPORT = """\
+import os, time
+from reqcron import delay
+
+while os.path.exists({flag!r}):  # the task process finds the flag: its import hangs
+    time.sleep(0.05)
+
+@delay(timeout=1)
+def quick():
+    return "done"
+"""
+
+
+def test_a_calls_timeout_covers_the_import_of_its_module(site, app_module, tmp_path):
+    root = site("", "max_processes = 1\n")
+    flag = tmp_path / "hang"
+    mod = app_module(HANGS_AT_IMPORT.format(flag=str(flag)))
+    flag.write_text("")  # imported here already: only task processes hang now
+    result = mod.quick()
+    begun = time.monotonic()
+    drained = drain(root)
+    assert result.wait(5).status == "timeout", (result.status, drained.stderr)
+    assert "timeout of 1 s" in (result.error_message or "")
+    assert time.monotonic() - begun < 20  # STOP_GRACE after the timeout, not for good
+
+
+def test_sigterm_lets_the_current_call_finish_and_leaves_the_rest_queued(site, app_module,
+                                                                         tmp_path):
+    root = site("", "max_processes = 1\n")
+    mod = app_module(JOBS)
+    log = tmp_path / "log"
+    first, second = mod.slow(str(log), 2), mod.add(1, 2)
+    drainer = popen([sys.executable, "-m", "reqcron.runtask", "--calls", str(root)],
+                    cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: log.exists() and "start" in log.read_text(), timeout=20,
+             message="the first call to start")
+    drainer.send_signal(15)
+    _, err = drainer.communicate(timeout=30)
+    assert drainer.returncode == 0, err
+    assert first.wait(5).status == "ok"  # finished, within its own time
+    assert "end" in log.read_text()
+    assert second.status == "queued"  # not started: it waits for the next process

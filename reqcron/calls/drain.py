@@ -73,10 +73,12 @@ def drain(settings: Settings, store: Store) -> int:
         run_lock = store.take_run_lock()
         try:
             reap(store, folder=spool_dir(settings.state_dir), calls_only=True)
-            _drain_while_queued(settings, store, slot, run_lock)
+            stopped = _drain_while_queued(settings, store, slot, run_lock)
         finally:
             run_lock.release()
             slot.release()
+        if stopped:  # asked to stop (SIGTERM): the calls not started stay queued
+            return ExitCode.OK
         # A call queued between the last look and the release found every slot
         # taken and started no process: look once more now that one is free.
         if not store.due_calls(now(), 1):
@@ -85,7 +87,8 @@ def drain(settings: Settings, store: Store) -> int:
     return ExitCode.OK
 
 
-def _drain_while_queued(settings: Settings, store: Store, slot: Lock, run_lock: Lock) -> None:
+def _drain_while_queued(settings: Settings, store: Store, slot: Lock, run_lock: Lock) -> bool:
+    """Run calls while some are queued (and a while after); True if asked to stop."""
     from ..engine.spool import spool_dir
     from ..run.supervise import catch_stop_signals, restore_signals
     from .worker import CallWorker
@@ -102,11 +105,12 @@ def _drain_while_queued(settings: Settings, store: Store, slot: Lock, run_lock: 
             run = store.take_call(now(), os.getpid(), run_lock.token)
             if run is None:
                 if time.monotonic() >= idle_until:
-                    return
+                    return False
                 time.sleep(_POLL)
                 continue
             run_call(store, run, worker, spool_dir(settings.state_dir))
             idle_until = time.monotonic() + LINGER
+        return True
     finally:
         worker.close()
         restore_signals(previous)

@@ -20,6 +20,7 @@ import json
 import os
 import select
 import signal
+import time
 
 from ..engine.stored_calls import Refused
 from ..limits import OUTPUT_LIMIT, RESULT_READ_LIMIT, TRACEBACK_LIMIT
@@ -54,7 +55,8 @@ class CallWorker:
         self._close = close_in_child
         self._pid = 0
         self._marker = b""
-        self.stop_signal: list[int] = []  # a stop asked of the supervisor (SIGTERM, ^C)
+        # A stop asked of this process (SIGTERM, ^C): the current call finishes, no other.
+        self.stop_signal: list[int] = []
 
     # -- the child ------------------------------------------------------------------
 
@@ -147,14 +149,18 @@ class CallWorker:
             self._stop_child()
             self._start()
             os.write(self._cmd_w, command)
+        # The call's timeout counts from here, its import included: a module that hangs
+        # at import must not keep the process (and its share of max_processes) for good.
+        began = time.monotonic()
         output = _Sink(OUTPUT_LIMIT * 4, keep_end=True)
         lines = bytearray()
         reports: list[dict[str, Any]] = []
         pending = bytearray()  # output not yet known to come before the marker
         ended = False
         status: int | None = None
-        stop = Stopper(self._pid, STOP_GRACE)  # its timeout starts with the call, below
-        timeout: float | None = None
+        stop = Stopper(self._pid, STOP_GRACE)
+        timeout = _stated_timeout(call)  # as @delay(timeout=...) gave it, until the child says
+        stop.set_timeout(timeout)
         while True:
             watched = [self._out_r, self._res_r, self._stack_r]
             if status is None and self._exited is not None:
@@ -184,7 +190,7 @@ class CallWorker:
                         if len(reports) == 1:
                             timeout = reports[0].get("timeout")
                             stop.grace = reports[0].get("grace") or STOP_GRACE
-                            stop.set_timeout(timeout)
+                            stop.deadline = began + timeout if timeout else None
                 elif chunk:
                     self._stack.add(chunk)
             if status is None:
@@ -200,16 +206,27 @@ class CallWorker:
                 outcome = self._outcome(status, report, stop.timed_out, output, timeout)
                 self._stop_child()  # what the call started goes with it
                 return outcome
-            stop.check(self.stop_signal)
+            # A stop asked of this process (SIGTERM) lets the current call finish
+            # within its own timeout; the drainer then exits (drain.py).
+            stop.check([])
 
     def _outcome(self, status: int, report: dict[str, Any], timed_out: bool, output: _Sink,
                  timeout: float | None) -> tuple[Outcome, bool]:
         result = _Sink(RESULT_READ_LIMIT)
         if report:
             result.add(json.dumps(report).encode())
-        outcome = _outcome(status, timed_out, self.stop_signal, output, result,
+        outcome = _outcome(status, timed_out, [], output, result,
                            self._stack if status else _Sink(0), timeout)
         return outcome, bool(report.get("refused"))
+
+
+def _stated_timeout(call: str) -> float | None:
+    """The timeout a call's JSON carries (``@delay(timeout=…)``), if it is readable."""
+    try:
+        value = json.loads(call).get("timeout")
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def _one_line(exc: BaseException) -> str:
