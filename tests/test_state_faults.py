@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import wait_for, with_port
+from conftest import hello, request, wait_for, with_port
 
 from reqcron import Docroot
 from reqcron.engine import reaping
@@ -370,3 +370,28 @@ def test_a_run_holds_its_lock_again_after_its_sessions_were_terminated(make_docr
             proc.communicate()
     assert code == ExitCode.OK, err
     assert only_run(root).status == Status.OK
+
+
+def test_a_quiet_worker_lets_go_of_its_postgresql_session_and_takes_a_new_one(
+        make_docroot, pg_url, middleware, monkeypatch):
+    import psycopg
+
+    from reqcron.web import tender
+
+    monkeypatch.setattr(tender, "IDLE_CLOSE", 0.5)
+    root = make_docroot("", f'[reqcron]\nstate = "{pg_url}"\nsite = "shop"\n')
+    name = urlsplit(pg_url).path.lstrip("/")
+
+    def sessions() -> int:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                               " AND application_name = 'reqcron'", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    app = middleware(hello, root)
+    wait_for(lambda: request(app)[0] == "200 OK" and sessions() >= 1, timeout=15,
+             message="the worker's session")
+    wait_for(lambda: sessions() == 0, timeout=15, message="the quiet worker to let go")
+    assert request(app)[0] == "200 OK"
+    wait_for(lambda: request(app)[0] == "200 OK" and sessions() >= 1, timeout=15,
+             message="a new session at the next look")

@@ -42,6 +42,9 @@ _QUIET = 0.15  # seconds without file events before reloading: saves arrive in b
 _RELOG = 600.0  # seconds before the same problem is logged again
 _MIN_GAP = 0.05  # seconds between two wakes, even while a claim keeps failing
 _REAP_EVERY = 30.0  # seconds between looks for runs whose process died (on any host)
+#: Seconds without a look after which the worker lets go of its database connections (the
+#: next look opens them again): a quiet site holds no PostgreSQL session.
+IDLE_CLOSE = 60.0
 
 Held = list[tuple[Docroot, int]]
 
@@ -262,7 +265,9 @@ class Tender(Generic[App]):
         while not self._stopping:
             running = self._spawner.reap()
             # Wake up now and then while children run, to reap them.
-            self._event.wait(timeout=1.0 if running else None)
+            if not self._event.wait(timeout=1.0 if running else IDLE_CLOSE) and not running:
+                self._idle()
+                continue
             self._event.clear()
             if self._stopping:
                 return
@@ -279,6 +284,12 @@ class Tender(Generic[App]):
             for site in list(self._sites.values()):
                 earliest = min(earliest, self._tend(site, requested))
             self._wake_at = _mono() + max(earliest - _time(), _MIN_GAP)
+
+    def _idle(self) -> None:
+        """Nothing to do for a while: close the engines' connections until the next look."""
+        for site in list(self._sites.values()):
+            if site.docroot is not None:
+                site.docroot.close()
 
     def _tend(self, site: _Site, requested: bool) -> float:
         """Refresh, claim and spawn for one DOCROOT; return when to look again."""
