@@ -136,6 +136,7 @@ RUN_COLUMNS = (
     "attempts",
     "due",
     "notified",
+    "lease",
 )
 
 
@@ -168,6 +169,7 @@ class Run(Record):
         attempts: int = 0,
         due: float | None = None,
         notified: str | None = None,
+        lease: float | None = None,
     ):
         self.id = id
         self.task = task
@@ -190,6 +192,7 @@ class Run(Record):
         self.attempts = attempts  # a deferred call's attempts so far
         self.due = due  # when a queued call may run
         self.notified = notified  # what notify sent (or failed to) about this run
+        self.lease = lease  # a running run is alive until then, its lock or not (PostgreSQL)
 
     @property
     def duration(self) -> float | None:

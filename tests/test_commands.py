@@ -140,9 +140,12 @@ def test_many_concurrent_due_calls_start_each_slot_once(make_docroot, tmp_path, 
         assert proc.wait(timeout=60) == 0
     doc = docroot(root)
     wait_for(lambda: not doc.store.runs("Tick", 1000, ("pending", "running")), timeout=20)
-    runs = doc.store.runs("Tick", 1000)
+    runs = sorted(doc.store.runs("Tick", 1000), key=lambda r: r.slot)
     slots = [r.slot for r in runs]
-    assert len(slots) == len(set(slots)) and len(slots) >= seconds - 2
+    assert runs and len(slots) == len(set(slots))  # each slot claimed once
+    # None lost between the first and the last: a run that came late stands for the slots
+    # it coalesced (how many runs a busy machine managed in the window does not matter).
+    assert sum(r.slots for r in runs) == round(slots[-1] - slots[0]) + runs[0].slots
     assert all(r.status == "ok" and r.trigger == "due" for r in runs)
 
 

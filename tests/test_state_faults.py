@@ -23,7 +23,7 @@ from conftest import hello, request, wait_for, with_port
 
 from reqcron import Docroot
 from reqcron.engine import reaping
-from reqcron.engine.outcomes import DIED, Written, record_end, replay
+from reqcron.engine.outcomes import Written, record_end, replay
 from reqcron.engine.spool import spool_dir, waiting
 from reqcron.errors import ExitCode, StateError
 from reqcron.records import Run, Status, Trigger
@@ -157,12 +157,12 @@ def test_an_outcome_written_across_a_cut_to_postgresql_lands_once_the_state_is_b
         assert code == ExitCode.OK, err
         assert time.monotonic() - started < 10
         assert "kept in" in err
-        # Meanwhile a host that still reaches the database saw the run's lock go with its
-        # session and recorded it dead: the outcome, when it comes, is the truth.
+        # Meanwhile a host that still reaches the database sees the run's lock gone with
+        # its session, but its lease still running: it is not recorded dead.
         direct = PostgresStore(pg_url, "shop")
         try:
-            (dead,) = reaping.reap(direct)
-            assert direct.get_run(dead.id).error == DIED
+            assert reaping.reap(direct) == []
+            assert [r.status for r in direct.runs("Held")] == [Status.RUNNING]
         finally:
             direct.close()
     finally:
@@ -357,7 +357,7 @@ def test_a_run_holds_its_lock_again_after_its_sessions_were_terminated(make_docr
         assert run.lock and other.lock_alive(run.lock)
         assert terminate_sessions(pg_url) >= 2  # its query and lock sessions (and ours)
         # Within about a second (supervise's tick) the run holds its lock again...
-        wait_for(lambda: other.lock_alive(run.lock), timeout=3, interval=0.05,
+        wait_for(lambda: other.lock_alive(run.lock), timeout=10, interval=0.05,
                  message="the lock held again")
         # ...so another host's reaper leaves the live run alone.
         assert reaping.reap(other) == []
@@ -395,3 +395,41 @@ def test_a_quiet_worker_lets_go_of_its_postgresql_session_and_takes_a_new_one(
     assert request(app)[0] == "200 OK"
     wait_for(lambda: request(app)[0] == "200 OK" and sessions() >= 1, timeout=15,
              message="a new session at the next look")
+
+
+def test_a_run_cut_off_from_postgresql_is_neither_reaped_nor_run_beside(
+        make_docroot, pg_url, proxy):
+    """Its lock went with its session; its lease keeps it alive for every other host."""
+    root = _pg_docroot(make_docroot, with_port(pg_url, proxy.port))
+    other = _pg_docroot(make_docroot, pg_url)  # another host, reaching the database
+    (other / "__tasks__.py").write_text((root / "__tasks__.py").read_text())
+    proc = start(root, str(root), "Held")
+    try:
+        wait_for(lambda: (root / "entered").exists(), message="run() entered")
+        proxy.cut()  # its sessions end: its advisory locks are free on the server
+        direct = PostgresStore(pg_url, "shop")
+        try:
+            wait_for(lambda: not any(direct.lock_alive(r.lock or "")
+                                     for r in direct.runs("Held")),
+                     message="the run's lock gone with its session")
+            assert reaping.reap(direct) == []
+        finally:
+            direct.close()
+        beside = subprocess.run([sys.executable, "-m", "reqcron.runtask", str(other), "Held"],
+                                cwd=other, capture_output=True, text=True, timeout=60)
+        assert beside.returncode == ExitCode.NOT_RUN, beside.stderr
+        assert not (other / "entered").exists()
+        proxy.restore()
+        (root / "go").touch()
+        code, err = finish(proc)
+        assert code == ExitCode.OK, err
+    finally:
+        proxy.restore()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    with Docroot(root) as doc:
+        doc.reap()
+        runs = doc.history("Held")
+    assert [r.status for r in runs].count(Status.OK) == 1
+    assert [r.status for r in runs].count(Status.SKIPPED) == 1  # the one not run beside

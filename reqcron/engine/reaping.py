@@ -55,6 +55,8 @@ def reap(store: Store, name: str | None = None, folder: Path | None = None, *,
             continue
         if run.id in waiting or (run.lock and store.lock_alive(run.lock)):
             continue
+        if store.leases and run.lease is not None and run.lease > current:
+            continue  # its lock went with a lost session; its supervisor still renews it
         attempt = Attempt.of(run)
         if run.status == Status.RUNNING:
             if run.call is not None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 from ..errors import ExitCode, NotRun, StateError, TaskLookupError
 from ..loading.loader import load_tasks
 from ..records import Run, Status, Trigger, now
 from ..schedule.zones import zone_named
-from ..store.rows import Attempt
+from ..store.rows import LEASE, Attempt
 from .supervise import supervise
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
@@ -89,7 +90,7 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
             raise NotRun(ExitCode.NOT_RUN, f"task {name!r} is disabled")
         if not task.overlap:
             task_lock = store.take_task_lock(name)
-            if task_lock is None:
+            if task_lock is None or _leased_elsewhere(store, name, attempt):
                 _record_not_run(
                     docroot, name, attempt, trigger, started, "the previous run is still going"
                 )
@@ -100,6 +101,7 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
             "start": started,
             "pid": os.getpid(),
             "lock": run_lock.token,
+            "lease": now() + LEASE if store.leases else None,
         }
         if attempt is None:
             run_id = store.add_run(Run(task=name, trigger=trigger, created=started, **running))
@@ -192,7 +194,7 @@ def _run(docroot: Docroot, task: Task, attempt: Attempt, echo: bool,
         is_disabled=lambda: not docroot.is_enabled(name),
         echo=echo,
         close_in_child=(*locks, *store.connection_fds()),
-        tick=lambda: _keep_locks(store, name),
+        tick=Keeper(store, name, attempt),
     )
     exit_code = _EXIT_CODES.get(outcome.status, ExitCode.FAILED)
     if outcome.status == Status.TIMEOUT:
@@ -229,16 +231,37 @@ def _tell(docroot: Docroot, task: Task, run_id: int, ok: bool, output: str,
                           docroot.zone)
 
 
-def _keep_locks(store: Store, name: str) -> None:
-    """Hold the run's locks again after their session went away (PostgreSQL)."""
-    try:
-        lost = store.keep_locks()
-    except Exception as exc:  # the next tick tries again
-        log.warning("task %r: its locks could not be checked: %s", name, exc)
-        return
-    if lost:
-        log.warning("task %r: its locks were lost with their session and taken by another "
-                    "process meanwhile (%s)", name, ", ".join(lost))
+class Keeper:
+    """What the supervisor does every second while the task runs: hold its locks again
+    after their session went away, and renew its lease (PostgreSQL)."""
+
+    def __init__(self, store: Store, name: str, attempt: Attempt):
+        self.store, self.name, self.attempt = store, name, attempt
+        self.renew_at = time.monotonic() + LEASE / 3
+
+    def __call__(self) -> None:
+        try:
+            lost = self.store.keep_locks()
+            if self.store.leases and time.monotonic() >= self.renew_at:
+                self.store.update_run_if(self.attempt, lease=now() + LEASE)
+                self.renew_at = time.monotonic() + LEASE / 3
+        except Exception as exc:  # the next tick tries again
+            log.warning("task %r: its locks and lease could not be kept: %s", self.name, exc)
+            return
+        if lost:
+            log.warning("task %r: its locks were lost with their session and taken by another "
+                        "process meanwhile (%s)", self.name, ", ".join(lost))
+
+
+def _leased_elsewhere(store: Store, name: str, attempt: Attempt | None) -> bool:
+    """Whether another run of ``name`` still holds a live lease: its lock went with a lost
+    session, and the task lock that came free is not a sign that it ended."""
+    if not store.leases:
+        return False
+    current = now()
+    mine = attempt.id if attempt is not None else None
+    return any(r.lease is not None and r.lease > current and r.id != mine
+               for r in store.runs(name, 20, (Status.RUNNING,)))
 
 
 def _record_not_run(

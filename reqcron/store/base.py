@@ -42,6 +42,10 @@ class Store(ABC):
 
     #: Where the state is, for people (never with a password).
     location = ""
+    #: Whether a run's lock can be lost with a database session while its process lives
+    #: (PostgreSQL's advisory locks; not flock): then a running run's lease, renewed by
+    #: its supervisor, keeps it alive in everyone's eyes across the loss.
+    leases: bool = False
 
     # -- the pulse, and small named values ---------------------------------
 

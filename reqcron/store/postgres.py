@@ -48,6 +48,8 @@ __all__ = ["CONNECT_TIMEOUT", "KEEPALIVE", "KEEPALIVE_BOUND", "PgLock", "Postgre
 class PostgresStore(AdvisoryLocks, SQLStore):
     """The state of one site in a PostgreSQL database."""
 
+    leases = True
+
     dialect = sql.POSTGRES
     site: str
     not_empty = "this site already has a state there; nothing was copied"

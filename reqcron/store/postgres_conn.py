@@ -31,7 +31,7 @@ STATEMENT_FLOOR = 1.0
 # What making the schema may wait for (other hosts' sessions hold the tables).
 SCHEMA_TIMEOUT = "30s"
 _SCHEMA_LOCK = 0x7265716372_6F6E  # pg_advisory_xact_lock key while the schema is made
-SCHEMA = Schema(2, """
+SCHEMA = Schema(3, """
 CREATE TABLE IF NOT EXISTS reqcron_schema (version integer NOT NULL);
 CREATE TABLE IF NOT EXISTS reqcron_tasks (
     site text NOT NULL, name text NOT NULL,
@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS reqcron_runs (
     "end" double precision, exit_code integer, pid integer,
     output text, return_value text, error text, traceback text, lock text,
     slots integer NOT NULL DEFAULT 1,
-    call text, attempts integer NOT NULL DEFAULT 0, due double precision, notified text
+    call text, attempts integer NOT NULL DEFAULT 0, due double precision, notified text,
+    lease double precision
 );
 CREATE INDEX IF NOT EXISTS reqcron_runs_by_task ON reqcron_runs (site, task, id);
 CREATE INDEX IF NOT EXISTS reqcron_runs_open ON reqcron_runs (site, status)
@@ -70,6 +71,7 @@ CREATE TABLE IF NOT EXISTS reqcron_catalog (
         "ALTER TABLE reqcron_runs ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0",
         "ALTER TABLE reqcron_runs ADD COLUMN IF NOT EXISTS due double precision",
         "ALTER TABLE reqcron_runs ADD COLUMN IF NOT EXISTS notified text"],
+    2: ["ALTER TABLE reqcron_runs ADD COLUMN IF NOT EXISTS lease double precision"],
 })
 
 

@@ -9,6 +9,11 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+#: Seconds a running run stays alive without its lock where a lost database session drops
+#: locks (Store.leases): its supervisor renews the lease every LEASE / 3.
+LEASE = 10.0
+
+
 class Attempt(Record):
     """The attempt of a run that a transition means, as its writer read it.
 

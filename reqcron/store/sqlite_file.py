@@ -16,7 +16,7 @@ from ..errors import StateError
 from ..paths import ensure_private_dir
 from .sql import Schema
 
-SCHEMA = Schema(3, """
+SCHEMA = Schema(4, """
 CREATE TABLE IF NOT EXISTS tasks (
     name TEXT PRIMARY KEY,
     next_due REAL,
@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS runs (
     output TEXT, return_value TEXT, error TEXT, traceback TEXT,
     lock TEXT,
     slots INTEGER NOT NULL DEFAULT 1,
-    call TEXT, attempts INTEGER NOT NULL DEFAULT 0, due REAL, notified TEXT
+    call TEXT, attempts INTEGER NOT NULL DEFAULT 0, due REAL, notified TEXT,
+    lease REAL
 );
 CREATE INDEX IF NOT EXISTS runs_by_task ON runs (task, id);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status) WHERE status IN ('pending', 'running');
@@ -61,6 +62,7 @@ INSERT OR IGNORE INTO catalog (id, version) VALUES (1, 0)
         "ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE runs ADD COLUMN due REAL",
         "ALTER TABLE runs ADD COLUMN notified TEXT"],
+    3: ["ALTER TABLE runs ADD COLUMN lease REAL"],
 })
 
 
