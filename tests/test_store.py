@@ -606,3 +606,47 @@ def test_a_closed_store_opens_again_on_use(store):
     store.set_meta("k", "v")
     store.close()
     assert store.meta("k") == "v"
+
+
+@pytest.mark.parametrize("name", ["sqlite", "postgres"])
+def test_a_state_of_the_previous_schema_is_brought_up_to_date_and_keeps_its_runs(
+        name, request, tmp_path):
+    """The last migration (the runs' lease column), from a state made before it."""
+    store = _store_of(name, request, tmp_path)
+    run_id = store.add_run(finished(created=1.0))
+    store.close()
+    _downgrade(name, request, tmp_path)
+    again = _store_of(name, request, tmp_path)
+    try:
+        assert again.get_run(run_id).created == 1.0  # kept
+        leased = again.add_run(finished(status=Status.RUNNING, created=2.0, lease=99.0))
+        assert again.get_run(leased).lease == 99.0
+    finally:
+        again.close()
+
+
+def _store_of(name: str, request, tmp_path: Path) -> Store:
+    if name == "postgres":
+        from reqcron.store.postgres import PostgresStore
+
+        return PostgresStore(request.getfixturevalue("pg_url"), site="m")
+    return SQLiteStore(tmp_path / "m" / "state.db")
+
+
+def _downgrade(name: str, request, tmp_path: Path) -> None:
+    """Make the state look as the previous schema made it: no lease column."""
+    if name == "postgres":
+        import psycopg
+
+        with psycopg.connect(request.getfixturevalue("pg_url"), autocommit=True) as conn:
+            conn.execute("ALTER TABLE reqcron_runs DROP COLUMN lease")
+            conn.execute("UPDATE reqcron_schema SET version = 2")
+        return
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "m" / "state.db", isolation_level=None)
+    try:
+        conn.execute("ALTER TABLE runs DROP COLUMN lease")
+        conn.execute("PRAGMA user_version = 3")
+    finally:
+        conn.close()
