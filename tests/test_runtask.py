@@ -320,7 +320,9 @@ def test_if_due_runs_a_due_slot_once_whoever_comes_first(make_docroot, docroot):
     (claim,) = doc.due()  # a request got there first
     proc = runtask(root, "--if-due", "Tick")
     assert proc.returncode == 0 and proc.stdout == proc.stderr == ""
-    assert [r.id for r in doc.history("Tick")] == [claim.run_id]  # not run again
+    # That slot is not run again (a slow start under load may find the next one due, and
+    # rightly run that one).
+    assert [r.id for r in doc.history("Tick") if r.slot == claim.slot] == [claim.run_id]
     wait_for(lambda: doc.states()["Tick"].next_due <= time.time(), message="the next slot")
     assert runtask(root, "--if-due", "Tick").returncode == 0  # this time it claims and runs
     newest = doc.history("Tick")[0]

@@ -282,7 +282,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         sys.stderr.write(f"warning: {warning}\n")
     if errors:
         return ExitCode.USAGE
-    sys.stdout.write(f"{len(doc.catalog().tasks)} tasks load cleanly from {doc.path}; "
+    count = len(doc.catalog().tasks)
+    sys.stdout.write(f"{count} task{'' if count == 1 else 's'} load{'s' if count == 1 else ''}"
+                     f" cleanly from {doc.path}; "
                      f"state at {doc.state_location} is usable\n")
     return ExitCode.FAILED if warnings else ExitCode.OK
 
