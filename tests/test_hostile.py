@@ -7,6 +7,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+from conftest import reqcron_cmd, runtask
+
 from reqcron import Docroot
 from reqcron.engine.stored_calls import Call, new_run
 from reqcron.records import now
@@ -102,3 +105,82 @@ def test_a_marked_function_beside_the_tasks_still_runs(make_docroot, tmp_path):
         run = docroot.get_run(run_id)
     assert run is not None and run.status == "ok", run.error
     assert run.return_value == "42"
+
+
+# -- 2. the DOCROOT's parent and the standard library's probes ---------------------------
+
+PROBING_TASKS = """\
+import copy, getpass, pickle, subprocess  # each looks for a module it does without
+from reqcron import Task
+
+class Nap(Task):
+    def run(self):
+        print("napped")
+"""
+
+# What another user leaves where the standard library looks: it must never run.
+PLANT = """\
+import pathlib
+pathlib.Path({marker!r}).write_text("ran")
+raise SystemExit("planted")
+"""
+
+
+@pytest.fixture
+def open_parent(tmp_path):
+    """A folder every user can write, as /tmp or a shared upload folder is."""
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    parent.chmod(0o777)
+    return parent
+
+
+def plant(folder: Path, marker: Path) -> None:
+    (folder / "msvcrt.py").write_text(PLANT.format(marker=str(marker)))
+    (folder / "org").mkdir()
+    (folder / "org" / "__init__.py").write_text(PLANT.format(marker=str(marker)))
+
+
+def test_a_world_writable_parent_puts_no_code_in_task_processes(open_parent, tmp_path):
+    root = open_parent / "site"
+    root.mkdir(mode=0o755)
+    (root / "__tasks__.py").write_text(PROBING_TASKS)
+    marker = tmp_path / "marker"
+    plant(open_parent, marker)
+    done = runtask(root, "Nap")
+    assert not marker.exists(), "code from the open parent ran"
+    assert done.returncode == 0, done.stderr
+    assert "napped" in done.stdout
+    checked = reqcron_cmd("check", str(root))
+    assert not marker.exists() and checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_world_writable_parent_is_left_off_the_path_and_the_error_says_so(open_parent):
+    root = open_parent / "site"
+    root.mkdir(mode=0o755)
+    (root / "__tasks__.py").write_text("import helpers\n" + PROBING_TASKS)
+    (open_parent / "helpers.py").write_text("")
+    checked = reqcron_cmd("check", str(root))
+    assert checked.returncode != 0
+    output = checked.stdout + checked.stderr
+    assert "helpers" in output and "writable by every user" in output, output
+    assert "internal error" not in output
+
+
+def test_a_module_beside_the_tasks_never_answers_for_the_standard_library(make_docroot,
+                                                                           tmp_path):
+    root = make_docroot(PROBING_TASKS)
+    marker = tmp_path / "marker"
+    plant(root, marker)
+    done = runtask(root, "Nap")
+    assert done.returncode == 0, done.stderr
+    assert "internal error" not in done.stderr and "napped" in done.stdout
+    assert not marker.exists()
+
+
+def test_a_safe_parent_still_lends_its_modules_to_the_tasks(make_docroot, tmp_path):
+    (tmp_path / "helpers.py").write_text("WORD = 'lent'\n")
+    root = make_docroot("from helpers import WORD\n" + PROBING_TASKS.replace(
+        'print("napped")', "print(WORD)"))
+    done = runtask(root, "Nap")
+    assert done.returncode == 0 and "lent" in done.stdout, done.stderr

@@ -144,7 +144,10 @@ def _exec_tasks_file(docroot: Path, code: types.CodeType,
         else:
             sys.modules.pop(name, None)
         loaded.file_ok = False
-        loaded.errors.append(_error_at(path, exc))
+        error = _error_at(path, exc)
+        if isinstance(exc, ModuleNotFoundError) and (risk := importing.parent_risk(docroot)):
+            error.message += f" (not looked for in {docroot.parent}: {risk})"
+        loaded.errors.append(error)
         return None
     return module.__dict__
 
