@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import reqcron_cmd, runtask
+from conftest import hello, reqcron_cmd, request, runtask
 
 from reqcron import Docroot
 from reqcron.engine.stored_calls import Call, new_run
@@ -184,3 +185,64 @@ def test_a_safe_parent_still_lends_its_modules_to_the_tasks(make_docroot, tmp_pa
         'print("napped")', "print(WORD)"))
     done = runtask(root, "Nap")
     assert done.returncode == 0 and "lent" in done.stdout, done.stderr
+
+
+# -- 3. the status page reads no body of any size ----------------------------------------
+
+TOKEN = "s3cret-token-for-tests"
+CAP = 8 * 1024  # what any form of the page may be, at most
+
+
+class Tripwire(io.RawIOBase):
+    """A request body of ``size`` bytes that fails the test when read past ``CAP``."""
+
+    def __init__(self, size: int | None):
+        self.size, self.taken = size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        room = len(buffer) if self.size is None else min(len(buffer), self.size - self.taken)
+        if self.taken + room > CAP + 1:
+            raise AssertionError(f"read {self.taken + room} bytes of a form")
+        buffer[:room] = b"a" * room
+        self.taken += room
+        return room
+
+
+def post(app, path: str, body: Tripwire, length: int | None) -> str:
+    extra = {"REQUEST_METHOD": "POST", "CONTENT_TYPE": "application/x-www-form-urlencoded",
+             "wsgi.input": body}
+    if length is None:
+        extra["wsgi.input_terminated"] = True  # chunked: the server ends the stream
+    else:
+        extra["CONTENT_LENGTH"] = str(length)
+    return request(app, path, **extra)[0]
+
+
+@pytest.mark.parametrize("path", ["/_reqcron/login", "/_reqcron/action", "/_reqcron/logout"])
+def test_a_huge_form_is_refused_unread(middleware, make_docroot, path):
+    app = middleware(hello, str(make_docroot(TASKS)), status_path="/_reqcron",
+                     status_token=TOKEN)
+    body = Tripwire(300 << 20)
+    assert post(app, path, body, 300 << 20).startswith("413")
+    assert body.taken == 0
+
+
+def test_a_form_with_no_length_is_read_only_to_the_cap(middleware, make_docroot):
+    app = middleware(hello, str(make_docroot(TASKS)), status_path="/_reqcron",
+                     status_token=TOKEN)
+    body = Tripwire(None)  # endless
+    assert post(app, "/_reqcron/login", body, None).startswith("413")
+    assert body.taken <= CAP + 1
+
+
+def test_a_login_form_within_the_cap_still_signs_in(middleware, make_docroot):
+    app = middleware(hello, str(make_docroot(TASKS)), status_path="/_reqcron",
+                     status_token=TOKEN)
+    form = f"token={TOKEN}".encode()
+    environ = {"REQUEST_METHOD": "POST", "CONTENT_TYPE": "application/x-www-form-urlencoded",
+               "CONTENT_LENGTH": str(len(form)), "wsgi.input": io.BytesIO(form)}
+    status, _ = request(app, "/_reqcron/login", **environ)
+    assert status.startswith("303") or status.startswith("302"), status
