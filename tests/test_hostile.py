@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -246,3 +248,69 @@ def test_a_login_form_within_the_cap_still_signs_in(middleware, make_docroot):
                "CONTENT_LENGTH": str(len(form)), "wsgi.input": io.BytesIO(form)}
     status, _ = request(app, "/_reqcron/login", **environ)
     assert status.startswith("303") or status.startswith("302"), status
+
+
+# -- 4. one value stops one task, never all ----------------------------------------------
+
+FAR_TASKS = """\
+from datetime import datetime, timedelta, timezone
+from reqcron import Task
+
+class Late(Task):
+    at = datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-5)))
+
+    def run(self):
+        print("late")
+
+class Nap(Task):
+    every = timedelta(seconds=30)
+
+    def run(self):
+        print("napped")
+"""
+
+
+def test_a_moment_past_what_a_datetime_holds_is_its_tasks_load_error(make_docroot):
+    root = make_docroot(FAR_TASKS)
+    checked = reqcron_cmd("check", str(root))
+    output = checked.stdout + checked.stderr
+    assert checked.returncode == 2, output  # check's exit code for files that do not load
+    assert "internal error" not in output
+    assert "'Late'" in output and "at 9999-12-31T23:00:00-05:00 is out of range" in output
+    listed = reqcron_cmd("list", str(root), "--json")
+    assert "internal error" not in listed.stderr
+    tasks = {t["name"]: t for t in json.loads(listed.stdout)["tasks"]}
+    assert tasks["Nap"]["next_run"] is not None, listed.stdout
+    done = runtask(root, "Nap")
+    assert done.returncode == 0 and "napped" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("attribute", ["at", "anchor"])
+def test_a_far_moment_in_any_form_names_the_task_and_the_attribute(attribute):
+    from reqcron import Task
+    from reqcron.errors import ScheduleError
+
+    far = datetime(1, 1, 1, 1, 0, tzinfo=timezone(timedelta(hours=5)))  # year 0 in UTC
+    body = {"at": far} if attribute == "at" else {"every": 60, "anchor": far}
+    cls = type("Early", (Task,), {"abstract": True, **body})
+    with pytest.raises(ScheduleError, match=f"{attribute} 0001-01-01T01:00:00\\+05:00 is out"):
+        cls().compiled_schedule()
+
+
+def test_a_schedule_the_engine_cannot_compute_stops_only_its_task():
+    from reqcron.engine.catalog_sync import row_changes
+    from reqcron.loading.catalog import Catalog, TaskInfo
+    from reqcron.schedule.forms import from_signature
+
+    catalog = Catalog("UTC", {"Bad": TaskInfo("Bad", "bad", "?", "at"),
+                              "Good": TaskInfo("Good", "every:60", "every minute", "every")})
+
+    def schedule(signature, anchor):
+        if signature == "bad":
+            raise OverflowError("date value out of range")
+        return from_signature(signature, datetime.fromtimestamp(anchor, UTC))
+
+    syncs, removed = row_changes(catalog, {}, 1_800_000_000.0, schedule)
+    assert [s.name for s in syncs] == ["Good"] and removed == []
+    assert "OverflowError" in (catalog.tasks["Bad"].error or "")
+    assert [e.task for e in catalog.errors] == ["Bad"]

@@ -86,9 +86,23 @@ def row_changes(catalog: Catalog, states: dict[str, TaskState], current: float,
         if state is not None and state.signature == info.signature:
             continue
         anchor = state.anchor if state is not None and state.anchor else current
-        found = schedule(info.signature, anchor)
-        nxt = found.next_run(datetime.fromtimestamp(current, UTC)) if found else None
+        try:
+            found = schedule(info.signature, anchor)
+            nxt = found.next_run(datetime.fromtimestamp(current, UTC)) if found else None
+        except (ArithmeticError, ValueError, TypeError) as exc:  # one task's, never the site's
+            _unschedulable(catalog, name, exc)
+            continue
         syncs.append(TaskSync(name, info.signature, nxt.timestamp() if nxt else None, anchor,
                               info.enabled))
     removed = [n for n, s in states.items() if n not in catalog.tasks and s.signature != REMOVED]
     return syncs, removed
+
+
+def _unschedulable(catalog: Catalog, name: str, exc: Exception) -> None:
+    """Make a schedule the engine cannot compute that task's load error (it is not synced)."""
+    from ..records import LoadError
+
+    problem = f"task {name!r} has a schedule that cannot be computed: {type(exc).__name__}: {exc}"
+    info = catalog.tasks[name]
+    info.error = problem
+    catalog.errors.append(LoadError(info.source or "__tasks__.py", None, problem, name))
