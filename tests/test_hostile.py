@@ -314,3 +314,79 @@ def test_a_schedule_the_engine_cannot_compute_stops_only_its_task():
     assert [s.name for s in syncs] == ["Good"] and removed == []
     assert "OverflowError" in (catalog.tasks["Bad"].error or "")
     assert [e.task for e in catalog.errors] == ["Bad"]
+
+
+# -- 5. a read that failed for a passing reason is tried again ---------------------------
+
+FLAKY_TASKS = """\
+import os
+with open({reads!r}, "a") as fh:
+    fh.write("read\\n")
+if os.path.exists({down!r}):
+    raise ConnectionError("the database is down")
+
+from reqcron import Task
+
+class Nap(Task):
+    def run(self):
+        print("napped")
+"""
+
+
+@pytest.fixture
+def flaky(make_docroot, tmp_path):
+    """A DOCROOT whose tasks do not import while the file ``down`` exists; ``reads`` counts."""
+    reads, down = tmp_path / "reads", tmp_path / "down"
+    down.write_text("")
+    root = make_docroot(FLAKY_TASKS.format(reads=str(reads), down=str(down)))
+    return root, reads, down
+
+
+def count(reads: Path) -> int:
+    return len(reads.read_text().splitlines()) if reads.exists() else 0
+
+
+class Quick:
+    """A back-off of half a second, so the test does not wait minutes."""
+
+    def delay(self, attempt: int) -> float:
+        return 0.5
+
+
+def test_a_failed_read_is_tried_again_after_its_back_off(flaky, monkeypatch):
+    from conftest import wait_for
+
+    from reqcron.engine import catalog_sync
+
+    monkeypatch.setattr(catalog_sync, "RETRY", Quick(), raising=False)
+    root, reads, down = flaky
+    with Docroot(root) as doc:
+        assert "ConnectionError" in str(doc.load_errors())
+        assert count(reads) == 1
+        doc.pulse()  # within its back-off: not read again
+        assert count(reads) == 1
+        wait_for(lambda: doc.pulse() and count(reads) >= 2, timeout=10,
+                 message="a second read")
+        down.unlink()  # the dependency is back
+        wait_for(lambda: not doc.load_errors(), timeout=10, message="a good read")
+        assert "Nap" in doc.catalog().tasks
+        settled = count(reads)
+        doc.pulse()
+        assert count(reads) == settled  # a good read is kept: no more reads
+
+
+def test_reqcron_check_reads_a_failed_file_again_at_once(flaky):
+    root, reads, down = flaky
+    first = reqcron_cmd("check", str(root))
+    assert first.returncode == 2 and "the database is down" in first.stderr
+    down.unlink()
+    second = reqcron_cmd("check", str(root))
+    assert second.returncode == 0, second.stderr
+    assert count(reads) == 2
+
+
+def test_the_back_off_starts_at_5_seconds_and_doubles_to_5_minutes():
+    from reqcron.engine.catalog_sync import Backoff
+
+    assert [Backoff().delay(n) for n in range(8)] == [5, 10, 20, 40, 80, 160, 300, 300]
+    assert Backoff().delay(10_000) == 300
