@@ -390,3 +390,48 @@ def test_the_back_off_starts_at_5_seconds_and_doubles_to_5_minutes():
 
     assert [Backoff().delay(n) for n in range(8)] == [5, 10, 20, 40, 80, 160, 300, 300]
     assert Backoff().delay(10_000) == 300
+
+
+# -- 6. a task class that does nothing is an error, not a run recorded ok ----------------
+
+RUNLESS_TASKS = """\
+from reqcron import Task, every
+
+class Base(Task):
+    abstract = True
+
+    def run(self):
+        print("base ran")
+
+class Typo(Task):
+    cron = "* * * * *"
+
+    def runn(self):
+        print("never")
+
+class Bare(Task):
+    cron = "* * * * *"
+
+class Inherits(Base):
+    cron = "* * * * *"
+
+@every(minutes=5)
+def beat():
+    print("beat")
+"""
+
+
+def test_a_task_class_with_a_misspelt_run_is_a_load_error_naming_it(make_docroot):
+    root = make_docroot(RUNLESS_TASKS)
+    checked = reqcron_cmd("check", str(root))
+    assert checked.returncode == 2
+    errors = [line for line in checked.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, checked.stderr
+    assert "task class Typo defines runn() but no run()" in errors[0]
+    with Docroot(root) as doc:
+        # Bare (no run() at all) stays a schedule-only task, as the house's examples are.
+        assert sorted(doc.catalog().tasks) == ["Bare", "Inherits", "beat"]
+    done = runtask(root, "Inherits")
+    assert done.returncode == 0 and "base ran" in done.stdout, done.stderr
+    refused = runtask(root, "Typo")
+    assert refused.returncode == 2 and "rename runn() to run()" in refused.stderr
