@@ -97,6 +97,41 @@ def check_tasks_safety(docroot: Path) -> str | None:
     return None
 
 
+def folder_risk(folder: str | os.PathLike[str], trusted: set[int] | None = None) -> str | None:
+    """Return why another user could put code in ``folder`` (or swap it), or None.
+
+    The folder and every folder above it (its real path) must belong to
+    root, this user or a ``trusted`` one, and none may be writable by every
+    user, except an ancestor with the sticky bit (like /tmp), where others
+    cannot rename what is not theirs.
+    """
+    owners = {0, os.geteuid(), *(trusted or ())}
+    real = os.path.realpath(folder)
+    probe = real
+    while True:
+        try:
+            st = os.stat(probe)
+        except OSError as exc:
+            return f"{probe} cannot be read ({exc.strerror or exc})"
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid not in owners:
+            return f"{probe} belongs to {user_name(st.st_uid)}"
+        if mode & stat.S_IWOTH and (probe == real or not mode & stat.S_ISVTX):
+            return f"{probe} is writable by every user (mode {mode:04o})"
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return None
+        probe = parent
+
+
+def docroot_owner(docroot: Path) -> set[int]:
+    """The user who owns the DOCROOT (trusted with its task code), as a set; empty if unknown."""
+    try:
+        return {os.stat(docroot).st_uid}
+    except OSError:
+        return set()
+
+
 def owner_warning(docroot: Path) -> str | None:
     """Return a warning when this user is not the owner of DOCROOT's tasks, or None."""
     tasks = docroot / TASKS_FILE

@@ -10,7 +10,7 @@ machinery (croniter) is only imported when a schedule is compiled.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from types import MappingProxyType
 
@@ -221,3 +221,16 @@ def _require_aware(task: str, attr: str, value: object) -> None:
         raise ScheduleError(task, f"{attr} must be a datetime")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ScheduleError(task, f"{attr} is a naive datetime; give it a tzinfo")
+    # Shown and compared in any zone, so a day's margin inside what a datetime holds.
+    try:
+        utc = value.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        utc, problem = None, str(exc)
+    if utc is None or not _EARLIEST <= utc.replace(tzinfo=None) <= _LATEST:
+        reason = f" ({problem})" if utc is None else ""
+        raise ScheduleError(task, f"{attr} {value.isoformat()} is out of range{reason}: it "
+                            f"must lie between {_EARLIEST.date()} and {_LATEST.date()} UTC")
+
+
+_EARLIEST = datetime.min + timedelta(days=2)
+_LATEST = datetime.max - timedelta(days=2)

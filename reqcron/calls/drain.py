@@ -205,12 +205,12 @@ def _resolve(site: Settings, call: Call) -> object:
     else:
         import importlib
 
-        from ..loading.import_path import extend_path, setup_django
+        from ..loading.callees import vet
+        from ..loading.import_path import setup_django
 
-        for entry in call.path:
-            if entry not in sys.path:
-                sys.path.append(entry)  # after ours: never shadow the standard library
-        extend_path(site.docroot)  # where task code is found (importing.py)
+        refusal = vet(site.docroot, call.target, call.path)  # before anything is imported
+        if refusal is not None:
+            raise Refused(refusal)
         if site.django_settings:  # before the module, which may use models
             setup_django(site.django_settings)
         module = importlib.import_module(module_name)

@@ -269,6 +269,9 @@ def cmd_disable(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Errors (exit 2): files that do not load, an unusable state or interpreter.
     Warnings (exit 1): disagreements that lose nothing yet."""
+    from ..engine.catalog_sync import read_failures_again
+
+    read_failures_again()  # a read that failed is tried now, not after its back-off
     doc = _open(args)
     errors = doc.state_problems()
     warnings: list[str] = []

@@ -55,6 +55,9 @@ def read_once(store: Store, docroot: Path, python: str, zone: str, key: str, cur
     The load errors found are logged once, by the process that read them
     (``log_errors``: off where the caller reports them itself, as commands do).
     """
+    retry = _retry_of(store.catalog().key, key)
+    if retry is not None and not _at_once and now() < retry[1]:
+        return  # these files' last read failed: not again before its back-off
     lease = reader.READ_TIMEOUT + 5
     deadline = time.monotonic() + lease
     while not store.begin_read(key, now(), now() + lease):  # real time, not a caller's `at`
@@ -70,9 +73,49 @@ def read_once(store: Store, docroot: Path, python: str, zone: str, key: str, cur
     previous = catalogs.Catalog.from_json(stored.data) if stored.data else None
     merged = fresh.merged_over(previous)
     syncs, removed = row_changes(merged, store.states(), current, schedule)
-    store.save_catalog(key, merged.to_json(), syncs, removed, current)
+    stored_key = key
+    if merged.errors:  # perhaps passing (a dependency down, a slow read): read again later
+        attempt = retry[0] + 1 if retry is not None else 0
+        stored_key = f"{key}{_RETRY}{attempt}/{now() + RETRY.delay(attempt):.3f}"
+    store.save_catalog(stored_key, merged.to_json(), syncs, removed, current)
+    known = {str(e) for e in previous.errors} if previous is not None and retry else set()
     for error in merged.errors if log_errors else ():
-        log.error("reqcron: %s", error)
+        if str(error) not in known:  # a retry that fails alike says nothing new
+            log.error("reqcron: %s", error)
+
+
+class Backoff:
+    """When a read that found errors is tried again: ``first`` seconds after it,
+    doubling each time up to ``most``."""
+
+    def __init__(self, first: float = 5.0, most: float = 300.0):
+        self.first, self.most = first, most
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.first * 2 ** min(attempt, 32), self.most))
+
+
+#: The back-off of failed reads (tests put a shorter one here).
+RETRY = Backoff()
+_RETRY = "+retry/"  # stored after the files' key: the attempt, and not before when
+_at_once = False
+
+
+def read_failures_again() -> None:
+    """Read files whose last read failed at once, whatever their back-off (``reqcron check``)."""
+    global _at_once
+    _at_once = True
+
+
+def _retry_of(stored: str | None, key: str) -> tuple[int, float] | None:
+    """The attempt and the not-before time of a failed read of ``key``, or None."""
+    if not stored or not stored.startswith(key + _RETRY):
+        return None
+    attempt, _, when = stored[len(key) + len(_RETRY):].partition("/")
+    try:
+        return int(attempt), float(when)
+    except ValueError:
+        return None
 
 
 def row_changes(catalog: Catalog, states: dict[str, TaskState], current: float,
@@ -86,9 +129,23 @@ def row_changes(catalog: Catalog, states: dict[str, TaskState], current: float,
         if state is not None and state.signature == info.signature:
             continue
         anchor = state.anchor if state is not None and state.anchor else current
-        found = schedule(info.signature, anchor)
-        nxt = found.next_run(datetime.fromtimestamp(current, UTC)) if found else None
+        try:
+            found = schedule(info.signature, anchor)
+            nxt = found.next_run(datetime.fromtimestamp(current, UTC)) if found else None
+        except (ArithmeticError, ValueError, TypeError) as exc:  # one task's, never the site's
+            _unschedulable(catalog, name, exc)
+            continue
         syncs.append(TaskSync(name, info.signature, nxt.timestamp() if nxt else None, anchor,
                               info.enabled))
     removed = [n for n, s in states.items() if n not in catalog.tasks and s.signature != REMOVED]
     return syncs, removed
+
+
+def _unschedulable(catalog: Catalog, name: str, exc: Exception) -> None:
+    """Make a schedule the engine cannot compute that task's load error (it is not synced)."""
+    from ..records import LoadError
+
+    problem = f"task {name!r} has a schedule that cannot be computed: {type(exc).__name__}: {exc}"
+    info = catalog.tasks[name]
+    info.error = problem
+    catalog.errors.append(LoadError(info.source or "__tasks__.py", None, problem, name))

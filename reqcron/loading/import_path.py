@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from ..config import CONFIG_FILE
+from ..paths import docroot_owner, folder_risk
 from ..records import LoadError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
@@ -32,16 +33,67 @@ if TYPE_CHECKING:
 
 
 
+#: Modules the standard library looks for and does without (other platforms', Jython's):
+#: never to be found in a DOCROOT or its parent, where they would run in every task process.
+PROBED = frozenset(sys.stdlib_module_names) | {"org", "java"}
+
+
 def extra_path(docroot: Path) -> list[str]:
-    """The entries appended to ``sys.path`` for task code: the DOCROOT, then its parent."""
-    return list(dict.fromkeys([str(docroot), str(docroot.parent)]))
+    """The entries appended to ``sys.path`` for task code: the DOCROOT, then its parent.
+
+    The parent only when no other user can put code in it (``parent_risk``).
+    """
+    entries = [str(docroot)]
+    if parent_risk(docroot) is None:
+        entries.append(str(docroot.parent))
+    return list(dict.fromkeys(entries))
+
+
+def parent_risk(docroot: Path) -> str | None:
+    """Why the DOCROOT's parent stays off the import path (another user can write it), or None."""
+    return folder_risk(docroot.parent, docroot_owner(docroot))
 
 
 def extend_path(docroot: Path) -> list[str]:
-    """Append the DOCROOT's entries that ``sys.path`` lacks; return the ones added."""
-    added = [entry for entry in extra_path(docroot) if entry not in sys.path]
+    """Append the DOCROOT's entries that ``sys.path`` lacks; return the ones added.
+
+    The standard library's names are never found in them (``_Guard``).
+    """
+    entries = extra_path(docroot)
+    added = [entry for entry in entries if entry not in sys.path]
     sys.path.extend(added)
+    _Guard.install(entries)
     return added
+
+
+class _Guard:
+    """A meta path finder that keeps the standard library's names out of the DOCROOT's folders.
+
+    ``import msvcrt`` (tried and done without on POSIX) must not find
+    DOCROOT/msvcrt.py: it is looked for everywhere but there.
+    """
+
+    guarded: set[str] = set()
+
+    @classmethod
+    def install(cls, entries: Iterable[str]) -> None:
+        cls.guarded.update(entries)
+        if cls not in sys.meta_path:
+            finders = sys.meta_path
+            at = finders.index(importlib.machinery.PathFinder) if (
+                importlib.machinery.PathFinder in finders) else len(finders)
+            finders.insert(at, cls)
+
+    @classmethod
+    def find_spec(cls, name: str, path: object = None,
+                  target: object = None) -> importlib.machinery.ModuleSpec | None:
+        if path is not None or name not in PROBED:
+            return None
+        elsewhere = [e for e in sys.path if os.path.abspath(e or ".") not in cls.guarded]
+        spec = importlib.machinery.PathFinder.find_spec(name, elsewhere)
+        if spec is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return spec
 
 
 def setup_django(settings_module: str) -> None:
@@ -121,6 +173,9 @@ def blame(docroot: Path, name: str, exc: BaseException, what: str) -> LoadError:
     if isinstance(exc, ModuleNotFoundError):
         where = ", ".join(extra_path(docroot))
         message += f" (looked in the installed packages, PYTHONPATH and {where})"
+        risk = parent_risk(docroot)
+        if risk is not None:
+            message += f"; not in {docroot.parent}, left off the path as {risk}"
     return LoadError(str(docroot / CONFIG_FILE), None, message)
 
 
@@ -141,6 +196,8 @@ def module_files(docroot: Path, names: Iterable[str]) -> list[Path]:
     A module not found yet is given as its file in the DOCROOT, so creating
     it is noticed.  Extension modules and zip imports are not followed.
     """
+    if not names:
+        return []
     entries = [p for p in sys.path if p and os.path.isabs(p)]
     entries += [e for e in extra_path(docroot) if e not in entries]
     found = []

@@ -148,7 +148,10 @@ def _exec_tasks_file(docroot: Path, code: types.CodeType,
         else:
             sys.modules.pop(name, None)
         loaded.file_ok = False
-        loaded.errors.append(_error_at(path, exc))
+        error = _error_at(path, exc)
+        if isinstance(exc, ModuleNotFoundError) and (risk := importing.parent_risk(docroot)):
+            error.message += f" (not looked for in {docroot.parent}: {risk})"
+        loaded.errors.append(error)
         return None
     return module.__dict__
 
@@ -192,6 +195,10 @@ def _register(path: Path, places: list[Place], loaded: Loaded, zone: tzinfo | No
                     str(task_name),
                 )
             )
+            continue
+        misnamed = _misnamed_run(group[0])
+        if misnamed:  # its slots would be recorded ok, doing nothing
+            loaded.errors.append(LoadError(file, line, misnamed, task_name))
             continue
         try:
             task = group[0]()
@@ -279,6 +286,25 @@ def _attribute_line(file: Path, cls: type, problem: str) -> int | None:
                 if any(isinstance(t, ast.Name) and t.id == attr for t in targets):
                     return item.lineno
     return None
+
+
+def _misnamed_run(cls: type[TaskBase]) -> str | None:
+    """Why a task class whose run() seems misspelt is refused (``def runn``), or None.
+
+    A class with no run() at all stays a task that does nothing: a
+    schedule-only task is how the house's examples and tests are written.
+    """
+    if cls.run is not TaskBase.run:
+        return None
+    import difflib
+
+    defined = [n for c in cls.__mro__ if not c.__module__.startswith("reqcron.")
+               for n, v in vars(c).items() if callable(v) and not n.startswith("__")]
+    near = difflib.get_close_matches("run", defined, n=1, cutoff=0.6)
+    if not near:
+        return None
+    return (f"task class {cls.__qualname__} defines {near[0]}() but no run(), so it would "
+            f"do nothing; rename {near[0]}() to run()")
 
 
 def _error_at(path: Path, exc: BaseException, default_line: int | None = None) -> LoadError:

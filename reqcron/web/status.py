@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from . import status_html as html
 from .gate import SESSION_SECONDS, Gate
 
 COOKIE = "reqcron_session"
+FORM_LIMIT = 8 * 1024  # bytes of a POST's body: a token, a task name, a CSRF token
 ACTIONS = ("run", "enable", "disable")
 
 
@@ -76,9 +78,10 @@ class StatusPage:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
                  ) -> Iterable[bytes]:
+        too_big = _read_form(environ)  # before webob, which would read any size
         request = Request(environ)
         with self._lock:
-            response = self._respond(request)
+            response = too_big or self._respond(request)
         for key, value in HEADERS.items():
             response.headers[key] = value
         return response(environ, start_response)  # type: ignore[no-any-return]
@@ -221,6 +224,35 @@ def _after_fork(ref: weakref.ref[StatusPage]) -> None:
     page = ref()
     if page is not None:
         page._lock = threading.Lock()
+
+
+def _read_form(environ: dict[str, Any]) -> Response | None:
+    """Read a POST's body, at most FORM_LIMIT bytes, into ``environ``; else the refusal.
+
+    A declared length over the cap is refused (413) unread; a body with no
+    length (chunked) is read up to one byte past the cap.  What is read
+    replaces ``wsgi.input``, so nothing downstream reads the stream again.
+    """
+    if environ.get("REQUEST_METHOD") != "POST":
+        return None
+    declared = str(environ.get("CONTENT_LENGTH") or "").strip()
+    if declared and not declared.isdigit():
+        return _plain(400, "Bad Content-Length.")
+    if declared and int(declared) > FORM_LIMIT:
+        return _plain(413, f"A form here is at most {FORM_LIMIT} bytes.")
+    stream = environ.get("wsgi.input")
+    if declared:
+        body = stream.read(int(declared)) if stream is not None else b""
+    elif environ.get("wsgi.input_terminated") and stream is not None:
+        body = stream.read(FORM_LIMIT + 1)
+        if len(body) > FORM_LIMIT:
+            return _plain(413, f"A form here is at most {FORM_LIMIT} bytes.")
+    else:
+        body = b""  # no length and no end: WSGI says there is no body to read
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    environ.pop("wsgi.input_terminated", None)
+    return None
 
 
 def _wants_json(request: Request) -> bool:
