@@ -391,3 +391,54 @@ def test_health_is_ok_for_a_site_on_time_and_when_paused(make_site, middleware):
         doc.due(at=time.time() - 3 * 3600)
         doc.pause()
     assert request(app, "/_reqcron/health") == ("200 OK", b"ok\n")
+
+
+HEALTH_APP = """
+from reqcron import ReqCron
+
+def hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+application = ReqCron(hello, {docroot!r}, status_path="/_reqcron", status_token="t0ken")
+"""
+
+BEAT = """
+from reqcron import Task
+
+class Beat(Task):
+    every = 2
+    grace = 1.8
+"""
+
+
+def test_under_gunicorn_a_probe_every_second_keeps_a_quiet_site_on_time(make_docroot,
+                                                                        tmp_path, serve):
+    import urllib.error
+    import urllib.request
+
+    from realserver import BIN
+
+    root = make_docroot(BEAT)
+    (tmp_path / "app.py").write_text(HEALTH_APP.format(docroot=str(root)))
+    server = serve(str(BIN / "gunicorn"), "--workers", "2", "--bind", "127.0.0.1:{port}",
+                   "--graceful-timeout", "5", "app:application")
+
+    def probe() -> int:
+        try:
+            with urllib.request.urlopen(server.url + "_reqcron/health", timeout=5) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return exc.code
+
+    answers = []
+    for _ in range(9):  # the only traffic: one probe a second
+        answers.append(probe())
+        time.sleep(1)
+    runs = [r for r in read_history(root, "Beat") if r.status == "ok"]
+    assert answers == [200] * 9
+    assert len(runs) >= 3 and len({r.slot for r in runs}) == len(runs)
+    time.sleep(5)  # no probe: the next slot is overdue past its grace
+    assert probe() == 503
+    wait_for(lambda: probe() == 200, timeout=5, interval=0.5, message="ok after the tick")
