@@ -224,14 +224,17 @@ def history_page(doc: Docroot, task: str | None = None, *, before: int | None = 
 
 def explain(doc: Docroot, name: str, count: int) -> list[dict[str, Any]]:
     """The next ``count`` runs of a task, each marking a daylight-saving change it crosses."""
+    from .engine.catch_up import Window
+
     schedule = doc.schedule_of(name)
+    window = Window(doc.info(name))  # slots outside `between` are not run: not shown
     zone = getattr(schedule, "zone", doc.zone)
     moment = datetime.now(UTC)
     offset = moment.astimezone(zone).utcoffset()
-    out = []
-    for _ in range(count):
-        nxt = schedule.next_run(moment)
-        if nxt is None:
+    out: list[dict[str, Any]] = []
+    while len(out) < count:
+        nxt = window.next_after(schedule, moment)
+        if nxt is None or not window.holds(nxt):
             break
         local_time = nxt.astimezone(zone)
         change = None

@@ -442,3 +442,11 @@ def test_under_gunicorn_a_probe_every_second_keeps_a_quiet_site_on_time(make_doc
     time.sleep(5)  # no probe: the next slot is overdue past its grace
     assert probe() == 503
     wait_for(lambda: probe() == 200, timeout=5, interval=0.5, message="ok after the tick")
+
+
+def test_explain_shows_only_the_slots_inside_between(make_docroot):
+    root = make_docroot(slot_task(cron="0 * * * *", extra='between = "09:00-12:00"'))
+    done = reqcron_cmd("explain", str(root), "Report", "--count", "6", "--json")
+    assert done.returncode == 0, done.stderr
+    hours = [datetime.fromisoformat(r["at"]).hour for r in json.loads(done.stdout)["runs"]]
+    assert len(hours) == 6 and set(hours) == {9, 10, 11}
