@@ -107,9 +107,8 @@ def test_runs_started_by_requests_and_by_reqcron_due_see_their_slot(make_site, m
     app.close()
     wait_for(lambda: (reqcron_cmd("due", str(root), "--wait").returncode == 0
                       and ran("due")), timeout=15, interval=0.3, message="a run by reqcron due")
-    run = ran("due")[0]  # standing for every second since the middleware closed
+    run = ran("due")[0]  # standing for the seconds since the middleware closed, coalesced
     assert json.loads(run.return_value) == [run.slot, run.slots, "Asia/Tokyo"]
-    assert run.slots > 1
 
 
 # -- catch_up ----------------------------------------------------------------------
