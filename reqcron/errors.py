@@ -83,3 +83,7 @@ class NotRun(ReqCronError):
     def __init__(self, exit_code: int, message: str):
         self.exit_code = exit_code
         super().__init__(message)
+
+
+class UsageError(ReqCronError, ValueError):
+    """A command or a call was asked something it cannot do; the message says what."""

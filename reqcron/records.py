@@ -78,6 +78,7 @@ class Trigger(StrEnum):
     MANUAL = "manual"  # `runtask` / `reqcron run` outside any slot
     RUN_NOW = "run_now"  # Docroot.run_now / the status page
     CALL = "call"  # a deferred call (@delay, Task.delay)
+    REPLAY = "replay"  # `reqcron replay`: a past slot run again
 
 
 #: Not ended: queued, pending, running.

@@ -135,6 +135,7 @@ def summary(doc: Docroot, history: int = 0, recent: int = 0) -> dict[str, Any]:
     catalog = doc.catalog()
     states = doc.states()
     doc.reap()
+    pause = doc.paused(current)
     entries = []
     for name in sorted(catalog.tasks):
         info, state = catalog.tasks[name], states.get(name)
@@ -157,6 +158,8 @@ def summary(doc: Docroot, history: int = 0, recent: int = 0) -> dict[str, Any]:
             marks.append("failing")
         if starved:
             marks.append("starved")
+        if pause is not None and not info.even_when_paused:
+            marks.append("paused")
         entries.append({
             "name": name,
             "schedule": info.describe,
@@ -170,6 +173,9 @@ def summary(doc: Docroot, history: int = 0, recent: int = 0) -> dict[str, Any]:
             "marks": marks,
             "error": catalog.error_of(name),
             "fix": crontab_due_line(doc) if starved else None,
+            "catch_up": info.catch_up,
+            "between": info.between,
+            "even_when_paused": info.even_when_paused,
         })
         if recent:
             entries[-1]["recent"] = [strip_dict(r, zone) for r in runs[:recent]]
@@ -180,6 +186,9 @@ def summary(doc: Docroot, history: int = 0, recent: int = 0) -> dict[str, Any]:
         "calls": doc.queue(),
         "timezone": str(zone),
         "now": iso(current, zone),
+        # The site's pause (`reqcron pause`): since when and until when (None: until resumed).
+        "paused": None if pause is None else {"since": iso(pause.since, zone),
+                                              "until": iso(pause.until, zone)},
         "tasks": entries,
         "load_errors": [str(e) for e in doc.load_errors()],
         "warnings": doc.warnings(),
@@ -217,14 +226,17 @@ def history_page(doc: Docroot, task: str | None = None, *, before: int | None = 
 
 def explain(doc: Docroot, name: str, count: int) -> list[dict[str, Any]]:
     """The next ``count`` runs of a task, each marking a daylight-saving change it crosses."""
+    from .engine.catch_up import Window
+
     schedule = doc.schedule_of(name)
+    window = Window(doc.info(name))  # slots outside `between` are not run: not shown
     zone = getattr(schedule, "zone", doc.zone)
     moment = datetime.now(UTC)
     offset = moment.astimezone(zone).utcoffset()
-    out = []
-    for _ in range(count):
-        nxt = schedule.next_run(moment)
-        if nxt is None:
+    out: list[dict[str, Any]] = []
+    while len(out) < count:
+        nxt = window.next_after(schedule, moment)
+        if nxt is None or not window.holds(nxt):
             break
         local_time = nxt.astimezone(zone)
         change = None

@@ -59,6 +59,19 @@ class TaskBase:
     ping: ClassVar[str | None] = None
     #: True in a base class's own body keeps it from being registered.
     abstract: ClassVar[bool] = False
+    #: Slots passed with no trigger: "one" run for all of them, "all" in order, "none".
+    catch_up: ClassVar[str] = "one"
+    #: A daily window "HH:MM-HH:MM" in the task's zone; slots outside it are not run.
+    between: ClassVar[str | None] = None
+    #: A run still going after this long sends one "running long" message.
+    warn_after: ClassVar[timedelta | float | None] = None
+    #: Keep running while the site is paused (`reqcron pause`).
+    even_when_paused: ClassVar[bool] = False
+
+    # The slot a run stands for (aware, in the task's zone; None on demand) and how
+    # many slots it stands for; the runner sets them before run().
+    slot: datetime | None = None
+    slots: int = 1
 
     # The run context; the runner replaces these before run().
     config: Mapping[str, Any] = MappingProxyType({})
@@ -174,8 +187,9 @@ class TaskBase:
             zone = zone_named(self.timezone) if self.timezone else default_zone or local_zone()
         except ValueError as exc:
             raise ScheduleError(self.name, str(exc)) from None
-        for attr in ("timeout", "grace", "stop_grace"):
+        for attr in ("timeout", "grace", "stop_grace", "warn_after"):
             _seconds(self.name, attr, getattr(self, attr))
+        _check_policies(self)
         if "cron" in forms:
             if not isinstance(forms["cron"], str):
                 raise ScheduleError(self.name, "cron must be a string")
@@ -214,6 +228,23 @@ def _seconds(task: str, attr: str, value: object) -> float | None:
         raise ScheduleError(task, f"{attr} must be a positive number of seconds (at most "
                             "100 years) or a timedelta")
     return float(value)
+
+
+CATCH_UP = ("one", "all", "none")
+
+
+def _check_policies(task: TaskBase) -> None:
+    """Refuse a catch_up or between a task cannot have (its load error)."""
+    if task.catch_up not in CATCH_UP:
+        raise ScheduleError(task.name, f"catch_up must be one of {', '.join(map(repr, CATCH_UP))},"
+                            f" not {task.catch_up!r}")
+    if task.between is not None:
+        from .schedule.window import parse_between
+
+        try:
+            parse_between(task.between)
+        except ValueError as exc:
+            raise ScheduleError(task.name, str(exc)) from None
 
 
 def _require_aware(task: str, attr: str, value: object) -> None:

@@ -63,11 +63,12 @@ def test_list_shows_schedules_next_runs_and_where_state_lives(site):
 def test_list_json_has_a_stable_shape(site):
     data = json.loads(reqcron_cmd("list", str(site), "--json").stdout)
     assert set(data) == {"docroot", "state", "timezone", "now", "tasks", "load_errors", "warnings",
-                         "history", "calls"}
+                         "history", "calls", "paused"}
     assert data["calls"] == {"queued": 0, "running": 0}
     nightly = next(t for t in data["tasks"] if t["name"] == "Nightly")
     assert set(nightly) == {"name", "schedule", "kind", "timezone", "enabled", "next_run",
-                            "running", "pending", "last_run", "marks", "error", "fix"}
+                            "running", "pending", "last_run", "marks", "error", "fix",
+                            "catch_up", "between", "even_when_paused"}
     assert nightly["timezone"] == "Europe/Amsterdam"
     assert nightly["next_run"].endswith("+00:00")  # ISO 8601 with offset, DOCROOT's zone
 

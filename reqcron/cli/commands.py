@@ -13,6 +13,7 @@ from ..engine import registry
 from ..engine.docroot import Docroot
 from ..errors import ExitCode, ReqCronError
 from ..records import Trigger
+from .time_commands import add_time_commands, paused_line
 
 #: Which exit code of several runs is the worst, for `due --wait`.
 
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--run", type=int, metavar="ID", help="one run's whole output")
     command("enable", cmd_enable, "turn a task's schedule on, for every trigger", task=True)
     command("disable", cmd_disable, "turn a task's schedule off, for every trigger", task=True)
+    add_time_commands(command)
     command("check", cmd_check, "load __tasks__.py and reqcron.toml; report problems")
     command("crontab", cmd_crontab, "print crontab lines that run the same schedule")
     explain = command("explain", cmd_explain, "the next run times of a task", task=True,
@@ -159,11 +161,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         if calls["queued"] or calls["running"]:
             out += (f"\ndeferred calls: {calls['queued']} queued, {calls['running']} running "
                     f"(reqcron history {doc.path} shows them)\n")
+        if data["paused"]:
+            out += paused_line(data["paused"])
         out += f"\nstate: {data['state']}\n"
         sys.stdout.write(out)
     if data["load_errors"]:
         return ExitCode.USAGE
-    return ExitCode.FAILED if any(t["marks"] and t["marks"] != ["disabled"]
+    return ExitCode.FAILED if any(set(t["marks"]) - {"disabled", "paused"}
                                for t in data["tasks"]) else ExitCode.OK
 
 

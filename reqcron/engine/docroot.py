@@ -23,6 +23,7 @@ from ..schedule.zones import local_zone, zone_name, zone_named
 from ..store import Store, open_store
 from . import call_queue, call_spool
 from . import catalog_sync as sync
+from .pause import Pausable, active
 from .positions import Schedules
 from .site_files import SiteFiles
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("reqcron")
 
 
-class Docroot:
+class Docroot(Pausable):
     """One DOCROOT: its settings, its tasks and its shared state."""
 
     def __init__(
@@ -249,11 +250,10 @@ class Docroot:
     def due(self, trigger: Trigger = Trigger.REQUEST, at: float | None = None) -> list[Claim]:
         """Claim every slot and run-now request due now; return the runs to start.
 
-        Of all processes calling this at once, exactly one claims each slot.
-        Slots passed while nothing checked are coalesced into one run.  A
-        slot past the task's grace, of a disabled task, or of a task that no
-        longer loads is recorded and not returned.  One task's failure is
-        recorded on that task; the others go on.
+        Of all processes calling this at once, exactly one claims each slot;
+        slots passed while nothing checked follow the task's catch_up.  A slot
+        that cannot run (grace, disabled, paused, not loading) is recorded.
+        One task's failure is recorded on that task; the others go on.
         """
         from .claims import claim_request, claim_slot, park
 
@@ -261,7 +261,9 @@ class Docroot:
         self.pulse(current)
         claims: list[Claim | None] = []
         failed: list[tuple[int, str]] = []  # slots recorded as failed: the task does not load
-        for state in self.store.due_states(current):
+        due_states = self.store.due_states(current)
+        paused = bool(due_states) and active(self.store, current) is not None
+        for state in due_states:
             info = self._catalog.tasks.get(state.name)
             if info is None or state.signature != info.signature:
                 continue  # removed, or this process's catalog is not the state's
@@ -269,11 +271,12 @@ class Docroot:
             try:
                 if state.run_requested is not None and state.run_requested <= current:
                     claims.append(claim_request(self.store, info, state, error, current,
-                                                failed))
+                                                failed, paused=paused))
                 if state.next_due is not None and state.next_due <= current:
                     schedule = self.schedule_of(info.name, state)
                     claims.append(claim_slot(self.store, info, state, schedule, error, trigger,
-                                             current, failed))
+                                             current, failed, paused=paused,
+                                             history=self.settings.history))
             except StateError:
                 raise
             except Exception as exc:  # a bad value of one task
@@ -284,11 +287,8 @@ class Docroot:
         return [c for c in claims if c is not None]
 
     def _why_not(self, name: str) -> str | None:
-        """Why ``name``'s due slots are recorded as failed rather than started, or None.
-
-        A reqcron.toml that does not load would stop every task process before
-        its run: its slots say so, instead of ending as lost runs.
-        """
+        """Why ``name``'s due slots are recorded as failed rather than started, or None
+        (a reqcron.toml that does not load would stop every task process: say so)."""
         if self._files.error is not None:
             return f"{CONFIG_FILE} does not load: {self._files.error}"
         error = self._catalog.error_of(name)
@@ -305,7 +305,9 @@ class Docroot:
         if state is None or state.next_due is None or state.next_due > current:
             return None
         return claim_slot(self.store, info, state, self.schedule_of(name, state),
-                          self._why_not(name), trigger, current)
+                          self._why_not(name), trigger, current,
+                          paused=active(self.store, current) is not None,
+                          history=self.settings.history)
 
     # -- steering ------------------------------------------------------------
 

@@ -19,20 +19,24 @@ if TYPE_CHECKING:
 
 
 #: Changes whenever the catalog's shape does, so old stored catalogs are re-read.
-FORMAT = "2"
+FORMAT = "3"
 
 
 class TaskInfo(Record):
     """One task as the engine and the surfaces see it, without its code."""
 
     __slots__ = ("name", "signature", "describe", "kind", "zone", "grace", "timeout",
-                 "overlap", "enabled", "error", "notify", "ping", "source")
+                 "overlap", "enabled", "error", "notify", "ping", "source", "catch_up",
+                 "between", "task_zone", "even_when_paused", "warn_after", "has_when")
 
     def __init__(self, name: str, signature: str, describe: str, kind: str,
                  zone: str | None = None, grace: float | None = None,
                  timeout: float | None = None, overlap: bool = False, enabled: bool = True,
                  error: str | None = None, notify: list[str] | None = None,
-                 ping: str | None = None, source: str | None = None):
+                 ping: str | None = None, source: str | None = None, catch_up: str = "one",
+                 between: str | None = None, task_zone: str | None = None,
+                 even_when_paused: bool = False, warn_after: float | None = None,
+                 has_when: bool = False):
         self.name = name
         self.signature = signature  # the schedule, rebuilt by schedule.from_signature
         self.describe = describe
@@ -48,6 +52,12 @@ class TaskInfo(Record):
         self.notify = notify or []  # the task's own notify targets (settings add more)
         self.ping = ping
         self.source = source  # the module of ``modules`` it is in; None: __tasks__.py
+        self.catch_up = catch_up  # "one", "all" or "none" (task_base.CATCH_UP)
+        self.between = between  # "HH:MM-HH:MM" in task_zone, or None
+        self.task_zone = task_zone  # the zone the task's slots are read in
+        self.even_when_paused = even_when_paused
+        self.warn_after = warn_after
+        self.has_when = has_when  # the task defines when()
 
 
 class Catalog(Record):
@@ -154,4 +164,10 @@ def info_of(task: Task, zone_name: str, source: str | None = None) -> TaskInfo:
         notify=alerts.targets(task.notify),
         ping=task.ping,
         source=source,
+        catch_up=task.catch_up,
+        between=task.between,
+        task_zone=task.timezone or zone_name,
+        even_when_paused=bool(task.even_when_paused),
+        warn_after=task.seconds("warn_after"),
+        has_when=callable(getattr(task, "when", None)),
     )

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from ..task_base import TaskBase as Task
 
 DISABLED_CHECK_EVERY = 1.0  # seconds between proceed()'s looks at the enabled flag
+#: Why a run whose task's when() returned False was skipped.
+WHEN_SAID_NO = "when() said no"
 
 
 def run_child(
@@ -79,6 +81,9 @@ def run_one(task: Task, bind: Callable[[], None]) -> dict[str, Any]:
     """Run ``task`` here and return its report (what became of it, capped)."""
     try:
         bind()
+        when = getattr(task, "when", None)
+        if callable(when) and not when():  # Laravel's when/skip: not run, and why
+            return {"ok": True, "skipped": WHEN_SAID_NO}
         value = task.run()
         return {"ok": True, "return_value": _describe(value)}
     except BaseException as exc:  # the task's failure is data, reported below

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("reqcron")
 
-_EXIT_CODES = {Status.OK: ExitCode.OK, Status.TIMEOUT: ExitCode.TIMEOUT}  # else ExitCode.FAILED
+_EXIT_CODES = {Status.OK: ExitCode.OK, Status.TIMEOUT: ExitCode.TIMEOUT,
+               Status.SKIPPED: ExitCode.NOT_RUN}  # else ExitCode.FAILED
 
 
 def run_command(docroot_path: str, name: str, *, run_id: int | None = None,
@@ -82,12 +83,17 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
             claim = docroot.claim_due(name)
             if claim is not None:  # this process claimed it: no other can have taken it
                 attempt, trigger = Attempt(claim.run_id, Status.PENDING), Trigger.CRON
+                _stands_for(docroot, task, store.get_run(claim.run_id))
             elif if_due:
                 return ExitCode.OK
 
         if not docroot.is_enabled(name):
             _record_not_run(docroot, name, attempt, trigger, started, "disabled")
             raise NotRun(ExitCode.NOT_RUN, f"task {name!r} is disabled")
+        if not task.even_when_paused and docroot.paused() is not None:
+            _record_not_run(docroot, name, attempt, trigger, started, "paused")
+            raise NotRun(ExitCode.NOT_RUN, f"the site is paused (reqcron resume {docroot.path}); "
+                                           f"task {name!r} not run")
         if not task.overlap:
             task_lock = store.take_task_lock(name)
             if task_lock is None or _leased_elsewhere(store, name, attempt):
@@ -164,10 +170,23 @@ def _load(docroot: Docroot, name: str, attempt: Attempt | None) -> tuple[Task, T
         raise refuse(ExitCode.USAGE, "; ".join(module_errors)
                      or str(TaskLookupError(name, loaded.names)))
     trigger = Trigger.MANUAL
+    task = loaded.tasks[name]
     if attempt is not None:
         claimed = store.get_run(attempt.id)
         trigger = Trigger(claimed.trigger) if claimed is not None else Trigger.REQUEST
-    return loaded.tasks[name], trigger
+        _stands_for(docroot, task, claimed)
+    return task, trigger
+
+
+def _stands_for(docroot: Docroot, task: Task, claimed: Run | None) -> None:
+    """Give the task the slot its claimed run stands for (self.slot, self.slots)."""
+    if claimed is None or claimed.slot is None:
+        return
+    from datetime import datetime
+
+    task.slot = datetime.fromtimestamp(claimed.slot, zone_named(task.timezone
+                                                                or docroot.zone_name()))
+    task.slots = claimed.slots
 
 
 def _run(docroot: Docroot, task: Task, attempt: Attempt, echo: bool,
@@ -212,8 +231,8 @@ def _run(docroot: Docroot, task: Task, attempt: Attempt, echo: bool,
     try:
         store.prune(name, docroot.settings.history)
         if task.notify or docroot.settings.notify or task.ping:
-            _tell(docroot, task, attempt.id, outcome.status == Status.OK, outcome.output,
-                  pinged)
+            _tell(docroot, task, attempt.id, outcome.status in (Status.OK, Status.SKIPPED),
+                  outcome.output, pinged)
     except StateError as exc:  # the run is recorded; tidying waits for the next run
         log.warning("after run %s: %s", attempt.id, exc)
     return exit_code

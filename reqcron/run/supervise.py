@@ -323,6 +323,8 @@ def _outcome(
         out.status = Status.TIMEOUT
         how = "and killed" if code < 0 else "and it stopped"
         out.error = out.error or f"stopped by its timeout of {timeout:g} s ({how})"
+    elif code == 0 and reported.get("ok") and reported.get("skipped"):
+        out.status, out.error = Status.SKIPPED, str(reported["skipped"])
     elif code == 0 and reported.get("ok"):
         out.status = Status.OK
     elif stop_signal and not reported:

@@ -82,7 +82,8 @@ class ReqCronASGI(Tender[ASGIApp]):
         self._slow = self._status is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if _mono() >= self._wake_at and scope["type"] == "http":
+        if (_mono() >= self._wake_at and scope["type"] == "http"
+                and path_info(scope) != self._probe_path):
             self._wake(self._fixed)
         request = None
         if self._slow and scope["type"] == "http":  # inline: another coroutine costs ~100 ns

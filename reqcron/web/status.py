@@ -45,9 +45,12 @@ class StatusPage:
     """A WSGI app serving the status page of one DOCROOT under ``path``."""
 
     def __init__(self, docroot: str, path: str, token: str | None,
-                 metrics_token: str | None = None):
+                 metrics_token: str | None = None, tick: Callable[[], None] | None = None):
         self.root = docroot
         self.path = path.rstrip("/") or "/"
+        # Wakes the middleware's worker: each health probe ticks the schedule (after it
+        # has read the state).
+        self._tick = tick
         # Only a metrics token: the page stays off, its path the app's.
         self._metrics_only = not token
         self._gate = Gate(token, metrics_token)
@@ -59,8 +62,13 @@ class StatusPage:
     def serves(self, path: str) -> bool:
         """Whether a request for ``path`` (a PATH_INFO) is this page's to answer."""
         if self._metrics_only:
-            return path.rstrip("/") == self.path.rstrip("/") + "/metrics"
+            return path.rstrip("/") in (self.path.rstrip("/") + "/metrics", self.health_path)
         return path == self.path or path.startswith(self.path + "/")
+
+    @property
+    def health_path(self) -> str:
+        """The uptime probe's path (health.py), which needs no token."""
+        return self.path.rstrip("/") + "/health"
 
     def _docroot(self) -> Docroot:
         # The process's engine for the DOCROOT, shared with the worker thread
@@ -94,6 +102,8 @@ class StatusPage:
             return self._login(request)
         if sub == "metrics":
             return self._metrics(request)
+        if sub == "health":
+            return self._health(request)
         csrf = self._authenticate(request)
         if isinstance(csrf, Response):
             return csrf
@@ -144,6 +154,28 @@ class StatusPage:
         response = Response(body=body, status=status)
         response.headers["Content-Type"] = content_type
         return response
+
+    def _health(self, request: Request) -> Response:
+        """200 ok or 503 with a count (names only for the token), read before its tick."""
+        from ..records import now
+        from .health import answer
+
+        if request.method not in ("GET", "HEAD"):
+            return _plain(405, "GET only.", allow="GET, HEAD")
+        named = (not self._metrics_only and bool(request.authorization or
+                                                  request.cookies.get(COOKIE))
+                 and not isinstance(self._authenticate(request), Response))
+        try:
+            code, text, data = answer(self._docroot(), now(), named)
+        except ReqCronError as exc:
+            code, text, data = 503, f"the state cannot be read: {exc}", None
+        finally:
+            if self._tick is not None:
+                self._tick()
+        if data is not None:
+            return Response(json.dumps(data).encode(), status=code,
+                            content_type="application/json")
+        return _plain(code, text, cache_control="no-store")
 
     def _throttled(self, request: Request) -> Response | None:
         wait = self._gate.wait(request.remote_addr or "")

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -63,6 +63,17 @@ def _reset_if_alive(ref: weakref.ref[Tender[Any]]) -> None:
     tender = ref()
     if tender is not None:
         tender._reset()
+
+
+def _ticker(ref: weakref.ref[Tender[Any]]) -> Callable[[], None]:
+    """Wake the middleware's worker for its DOCROOT (a health probe's tick), if it lives."""
+
+    def tick() -> None:
+        tender = ref()
+        if tender is not None:
+            tender._wake(tender._fixed)
+
+    return tick
 
 
 def is_async_app(app: object) -> bool:
@@ -129,7 +140,9 @@ class Tender(Generic[App]):
             from .status import StatusPage
 
             self._status = StatusPage(os.fspath(docroot), status_path, status_token,
-                                      metrics_token)
+                                      metrics_token, tick=_ticker(weakref.ref(self)))
+        # A health probe reads the state first and ticks after (status.py), not before.
+        self._probe_path = self._status.health_path if self._status is not None else None
         # Deferred calls made during a request, per request key, until its response is sent.
         self._held: dict[Hashable, Held] = {}
         self._reset()

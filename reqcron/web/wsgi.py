@@ -52,7 +52,7 @@ class ReqCron(Tender[WSGIApp]):
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        if _mono() >= self._wake_at:
+        if _mono() >= self._wake_at and environ.get("PATH_INFO") != self._probe_path:
             self._wake(self._fixed or environ.get("DOCUMENT_ROOT"))
         if self._status is not None and self._status.serves(environ.get("PATH_INFO", "")):
             return self._status(environ, start_response)
