@@ -68,6 +68,11 @@ def read_once(store: Store, docroot: Path, python: str, zone: str, key: str, cur
             return
         time.sleep(0.02)
     stored = store.catalog()
+    retry = _retry_of(stored.key, key)  # again: another process may have read them meanwhile
+    if retry is not None and not _at_once and now() < retry[1] and stored.data is not None:
+        assert stored.key is not None  # it held the retry
+        store.save_catalog(stored.key, stored.data, [], [], current)  # gives the lease back
+        return
     fresh = reader.read(docroot, python, zone, modules=modules,
                           django_settings=django_settings)
     previous = catalogs.Catalog.from_json(stored.data) if stored.data else None
