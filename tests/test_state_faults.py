@@ -70,6 +70,13 @@ def start(root: Path, *args: str, **env: str) -> subprocess.Popen[str]:
                             env={**os.environ, **env}, cwd=root)
 
 
+def stop(proc: subprocess.Popen[str]) -> None:
+    """Kill a runtask still running (a test that failed halfway), and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
 def finish(proc: subprocess.Popen[str], timeout: float = 20) -> tuple[int, str]:
     try:
         _, err = proc.communicate(timeout=timeout)
@@ -129,9 +136,7 @@ def test_an_outcome_written_while_sqlite_is_locked_waits_in_the_spool_and_lands_
         if blocker is not None:
             blocker.execute("ROLLBACK")
             blocker.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
     with Docroot(root) as doc:
         assert doc.reap() == 0
     run = only_run(root)
@@ -167,9 +172,7 @@ def test_an_outcome_written_across_a_cut_to_postgresql_lands_once_the_state_is_b
             direct.close()
     finally:
         proxy.restore()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
     with Docroot(root) as doc:
         doc.reap()
     run = only_run(root)
@@ -188,9 +191,7 @@ def test_a_run_whose_sessions_were_terminated_records_its_outcome_on_a_new_one(
         (root / "go").touch()
         code, err = finish(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
     assert code == ExitCode.OK, err
     assert "kept in" not in err  # written at once, on a new connection
     run = only_run(root)
@@ -233,9 +234,7 @@ def test_a_slow_starting_run_is_alive_to_the_reaper_past_the_pending_timeout(mak
         hold.touch()
         code, err = finish(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
     assert code == ExitCode.OK, err
     assert (root / "ran").read_text() == "x"
     assert only_run(root, "Once").status == Status.OK
@@ -365,9 +364,7 @@ def test_a_run_holds_its_lock_again_after_its_sessions_were_terminated(make_docr
         code, err = finish(proc)
     finally:
         other.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
     assert code == ExitCode.OK, err
     assert only_run(root).status == Status.OK
 
@@ -425,9 +422,7 @@ def test_a_run_cut_off_from_postgresql_is_neither_reaped_nor_run_beside(
         assert code == ExitCode.OK, err
     finally:
         proxy.restore()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
     with Docroot(root) as doc:
         doc.reap()
         runs = doc.history("Held")
