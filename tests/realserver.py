@@ -133,10 +133,13 @@ def assert_each_slot_ran_once(root: Path, seconds: float) -> None:
             timeout=20,
             message="the last runs to finish",
         )
-        runs = doc.store.runs("Tick", 10000)
-    slots = sorted(r.slot for r in runs)
+        runs = sorted(doc.store.runs("Tick", 10000), key=lambda r: r.slot)
+    slots = [r.slot for r in runs]
     assert len(slots) == len(set(slots)), "a slot ran twice"
-    assert len(slots) >= seconds - 2, f"only {len(slots)} runs in {seconds} s"
+    assert len(slots) >= 2, f"only {len(slots)} runs in {seconds} s"
+    # None lost between the first and the last: a run that came late stands for the slots
+    # it coalesced (how many runs a busy machine started in the window does not matter).
+    assert sum(r.slots for r in runs) == round(slots[-1] - slots[0]) + runs[0].slots
     assert all(r.status == "ok" for r in runs), [(r.status, r.error) for r in runs]
     gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
     assert all(abs(g - round(g)) < 1e-6 and g >= 1 for g in gaps)  # whole slots, none twice
