@@ -119,7 +119,8 @@ def test_due_wait_starts_due_tasks_and_returns_the_worst_code(site, docroot):
     assert "started Broken" in proc.stdout and "started Reindex" in proc.stdout
     statuses = {r.task: r.status for r in doc.history()}
     assert statuses["Broken"] == "failed" and statuses["Reindex"] == "ok"
-    assert all(r.trigger == "run_now" for r in doc.history() if r.task != "Beat")
+    # The two asked for ran as run-now (a scheduled task of the site may come due meanwhile).
+    assert all(r.trigger == "run_now" for r in doc.history() if r.task in ("Broken", "Reindex"))
 
 
 RACER = """

@@ -356,7 +356,7 @@ def test_a_run_holds_its_lock_again_after_its_sessions_were_terminated(make_docr
         assert run.lock and other.lock_alive(run.lock)
         assert terminate_sessions(pg_url) >= 2  # its query and lock sessions (and ours)
         # Within about a second (supervise's tick) the run holds its lock again...
-        wait_for(lambda: other.lock_alive(run.lock), timeout=10, interval=0.05,
+        wait_for(lambda: other.lock_alive(run.lock), timeout=30, interval=0.05,
                  message="the lock held again")
         # ...so another host's reaper leaves the live run alone.
         assert reaping.reap(other) == []
