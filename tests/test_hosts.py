@@ -195,7 +195,10 @@ class Host:
             except ProcessLookupError:
                 pass
         self.server.proc.wait(10)
-        wait_for(lambda: not group_pids(master) and not self.task_pids(), timeout=10,
+        # A dying process's cmdline reads empty before it turns zombie, so task_pids() alone
+        # may call it gone too early: wait on the victims' own state as well.
+        wait_for(lambda: not group_pids(master) and not self.task_pids()
+                 and not any(alive(pid) for pid in victims), timeout=10,
                  message=f"every process of {self.name} to be gone")
         return sorted(victims)
 
@@ -308,11 +311,13 @@ def test_a_host_killed_whole_frees_its_lock_and_comes_back_without_duplicates(
     # Slow, asked for by run_now, starts through host A's requests (B gets none yet).
     doc_a = docroot(a.root)
     doc_b = docroot(b.root)
+    loads: list[Load] = []  # every one stopped, also when an assertion fails half way
     try:
         wait_for(lambda: doc_a.store.state("Slow") is not None, timeout=15,
                  message="the site's tasks to be known")
         doc_a.run_now("Slow")
         load_a = Load(a.server.port, clients=2)
+        loads.append(load_a)
         try:
             first = wait_for(lambda: lines(slow_file), timeout=15,
                              message=f"Slow to start on host0\n{a.log_tail()}")
@@ -325,6 +330,7 @@ def test_a_host_killed_whole_frees_its_lock_and_comes_back_without_duplicates(
 
             # While A runs it, B does not start a second one: the lock is held across hosts.
             load_b = Load(b.server.port, clients=2)
+            loads.append(load_b)
             doc_b.run_now("Slow")
             wait_for(lambda: [r for r in history(b.root, "Slow") if r["status"] == "skipped"],
                      timeout=10, message="host1's Slow run to be skipped")
@@ -365,10 +371,12 @@ def test_a_host_killed_whole_frees_its_lock_and_comes_back_without_duplicates(
         back = time.time()
         server = a.start()
         load_a = Load(server.port, clients=2)
+        loads.append(load_a)
         try:
             wait_for(lambda: [t for h, t in lines(runs_file) if h == "host0" and t > back],
                      timeout=15, message=f"host0 to run Tick again\n{a.log_tail()}")
             load_b = Load(b.server.port, clients=2)  # both serve again
+            loads.append(load_b)
             wait_for(lambda: len(load_a.pids) >= 2, timeout=10,
                      message="the restarted host's workers to serve")
             # Some more steady traffic on both, then look.
@@ -380,6 +388,8 @@ def test_a_host_killed_whole_frees_its_lock_and_comes_back_without_duplicates(
         assert load_a.failed == 0, a.log_tail()
         assert load_b.failed == 0, b.log_tail()
     finally:
+        for load in loads:
+            load.stop()
         doc_a.close()
         doc_b.close()
 
