@@ -9,6 +9,7 @@ proxy that is cut (faultproxy.py).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +47,18 @@ def sqlite_locked(root: Path) -> Iterator[None]:
         conn.close()
 
 
+def waiting(state_dir: Path) -> list[Path]:
+    """The calls waiting in the host's spool: for an enqueuer (.json) or still in flight."""
+    return [p for p in spool_dir(state_dir).glob("call-*") if p.suffix in (".json", ".pending")]
+
+
+def stored_ids(root: Path, token: str | None) -> list[int]:
+    """The ids of the stored calls that carry ``token``: one, whoever stored it."""
+    with Docroot(root) as doc:
+        return [r.id for r in doc.history(limit=500)
+                if r.call is not None and json.loads(r.call).get("token") == token]
+
+
 def deferring_app(mod: Any, results: list[Any]) -> Callable[..., Any]:
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         results.append(mod.add(2, 3))
@@ -63,16 +76,14 @@ def check_spooled_then_run(mw: Any, results: list[Any], root: Path, state_dir: P
         result = results[-1]
         assert result.status == "spooled" and result.id is None
         assert took < 3.0, f"the deferring request took {took:.2f} s"
-        kept = list(spool_dir(state_dir).glob("call-*.json"))
+        kept = waiting(state_dir)
         assert len(kept) == 1 and kept[0].stat().st_mode & 0o777 == 0o600
     # The state is back: the next requests tend the site, which stores the call once.
     wait_for(lambda: request(mw)[0] == "200 OK" and result.id is not None, timeout=20,
              interval=0.1, message="the spooled call stored")
     assert result.wait(30).result == 5
-    assert list(spool_dir(state_dir).glob("call-*.json")) == []
-    with Docroot(root) as doc:
-        spooled = [r for r in doc.history(limit=200) if '"token"' in (r.call or "")]
-    assert [r.id for r in spooled] == [result.id]  # stored once, not twice
+    assert waiting(state_dir) == []
+    assert stored_ids(root, result._token) == [result.id]  # stored once, not twice
 
 
 def test_a_call_deferred_while_sqlite_is_locked_is_spooled_then_runs_once(
@@ -107,6 +118,81 @@ def test_a_call_deferred_while_postgresql_is_cut_off_is_spooled_then_runs_once(
         proxy.restore()
 
     check_spooled_then_run(mw, results, root, state_dir, cut)
+
+
+def test_a_request_deferring_while_postgresql_stalls_answers_within_its_budget(
+        make_docroot, app_module, middleware, monkeypatch, pg_url, proxy: FaultProxy):
+    """A database that stops answering (connections open, nothing forwarded) holds no
+    request: each deferring request waits ~0.1 s at most, its call kept in flight in the
+    spool; when the database answers again the late write lands, and each call runs once."""
+    url = with_port(pg_url, proxy.port)
+    root = make_docroot("", f'[reqcron]\nstate = "{url}"\nsite = "shop"\n')
+    monkeypatch.setenv("REQCRON_DOCROOT", str(root))
+    results: list[Any] = []
+    mw = middleware(deferring_app(app_module(JOBS), results), root)
+    assert request(mw)[0] == "200 OK"
+    assert results[0].wait(30).result == 5
+    with Docroot(root) as doc:
+        state_dir = doc.settings.state_dir
+
+    proxy.stall()
+    try:
+        took = []
+        for _ in range(3):
+            began = time.monotonic()
+            assert request(mw)[0] == "200 OK"
+            took.append(time.monotonic() - began)
+        late = results[1:]
+        assert [r.status for r in late] == ["spooled"] * 3
+        # 0.1 s each, with room for a busy machine; stuck, it would be the TCP timeout.
+        assert max(took) < 1.0, f"deferring requests took {took} s while the state stalled"
+        assert len(waiting(state_dir)) == 3
+    finally:
+        proxy.restore()
+    # The writes stuck in flight end now: stored once each, and the Results follow them.
+    assert [r.wait(60).result for r in late] == [5, 5, 5]
+    assert waiting(state_dir) == []
+    for result in late:
+        assert stored_ids(root, result._token) == [result.id]
+
+
+def test_a_call_in_flight_of_a_process_that_died_is_stored_once_by_an_enqueuer(
+        make_docroot):
+    """A call kept in flight stays its process's while that lives; once it is dead (and its
+    last statement surely done) an enqueuer stores it, once, also if the late write landed."""
+    import os
+    import subprocess
+    import sys
+
+    from reqcron.engine.stored_calls import Call, new_run
+
+    root = make_docroot("")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    with Docroot(root) as doc:
+        state_dir = doc.settings.state_dir
+        calls = {name: Call("jobs:add", [1, 2], {}, token=name * 32) for name in "abc"}
+        for call in calls.values():
+            call_spool.keep(state_dir, call.token or "", new_run(call, 1.0, 1.0), in_flight=True)
+        # a: its process (this one) lives: left to it.  b, c: their process is dead, and
+        # past the settling time; c's late write had landed before it died.
+        for name in "bc":
+            path = spool_dir(state_dir) / f"call-{name * 32}.pending"
+            data = json.loads(path.read_text())
+            data["pid"] = int(dead.stdout)
+            path.write_text(json.dumps(data))
+            old = time.time() - call_spool.SETTLE - 1
+            os.utime(path, (old, old))
+        landed = doc.store.add_run(new_run(calls["c"], 1.0, 1.0))
+        assert call_spool.enqueue(state_dir, doc.store) == 1  # b only: c was stored already
+        assert call_spool.is_waiting(state_dir, "a" * 32)
+        assert call_spool.stored_id(state_dir, "a" * 32) is None
+        assert call_spool.stored_id(state_dir, "c" * 32) == landed
+        b_id = call_spool.stored_id(state_dir, "b" * 32)
+        assert b_id is not None and b_id != landed
+        tokens = sorted(json.loads(r.call or "{}").get("token", "")[:1]
+                        for r in doc.history(limit=10) if r.call is not None)
+        assert tokens == ["b", "c"]
 
 
 def test_a_spooled_call_is_stored_once_even_by_two_enqueuers(make_docroot, tmp_path):

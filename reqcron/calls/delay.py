@@ -29,7 +29,7 @@ from ..engine.stored_calls import HOLD, TASKS_MODULE, Call, new_run
 from ..errors import StateError
 from ..logonce import LogOnce
 from ..records import now
-from . import serving
+from . import budget, serving
 from .result import Result, engine_of
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
@@ -161,9 +161,22 @@ def defer(call: Call, inline: Callable[[], R], at: float | None,
     created = now()
     due = created if at is None else max(at, created)
     held = middleware is not None and due < created + HOLD
+    # A request waits for a networked state a budget at most (budget.py).
+    budgeted = middleware is not None and engine.store.networked
+    if budgeted:
+        call.token = os.urandom(16).hex()  # stored once, by the late write or an enqueuer
     run = new_run(call, created, due + HOLD if held else due)  # the caller's TypeError
     try:
-        run_id = engine.store.add_run(run)
+        if budgeted:
+            run_id = budget.store(engine, run, new_run(call, created, due), call.token or "")
+        else:
+            run_id = engine.store.add_run(run)
+    except budget.InFlight as late:
+        if held:
+            assert middleware is not None
+            middleware.hold(late.write, engine, key)
+        _log_spooled(root, "the state did not answer in time")
+        return Result(root, None, token=call.token)
     except StateError as exc:  # a request is never failed by the state
         return _keep(engine, root, call, created, due, exc)
     if held:
@@ -172,9 +185,14 @@ def defer(call: Call, inline: Callable[[], R], at: float | None,
     return Result(root, run_id)
 
 
-def release(engine: Docroot, ids: list[int]) -> None:
+def release(engine: Docroot, held: list[int | budget.Write]) -> None:
     """Let the calls held during a request run (its response has been sent)."""
-    engine.store.release_calls(ids, HOLD)
+    ids = [h for h in held if isinstance(h, int)]
+    if ids:
+        engine.store.release_calls(ids, HOLD)
+    for late in held:
+        if not isinstance(late, int):
+            late.release()
 
 
 def _keep(engine: Docroot, root: str, call: Call, created: float, due: float,
@@ -182,11 +200,15 @@ def _keep(engine: Docroot, root: str, call: Call, created: float, due: float,
     """Keep a call the state would not take in this host's spool (engine/call_spool.py)."""
     from ..engine import call_spool
 
-    call.token = os.urandom(16).hex()
+    call.token = call.token or os.urandom(16).hex()
     call_spool.keep(engine.settings.state_dir, call.token, new_run(call, created, due))
-    _log_once(logging.WARNING, "reqcron: %s: deferred calls wait in this host's spool until "
-              "the state can be reached again: %s", root, error, key=f"spool:{root}")
+    _log_spooled(root, error)
     return Result(root, None, token=call.token)
+
+
+def _log_spooled(root: str, why: object) -> None:
+    _log_once(logging.WARNING, "reqcron: %s: deferred calls wait in this host's spool until "
+              "the state can be reached again: %s", root, why, key=f"spool:{root}")
 
 
 def _when(delay: float, at: datetime | None) -> float | None:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from typing import Any, Protocol
 
     from ..engine.docroot import Docroot
+    from .budget import Write
 
     class Holder(Protocol):
         """A middleware: it holds a request's calls until its response has been sent."""
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
         @property
         def fixed_docroot(self) -> str | None: ...
 
-        def hold(self, run_id: int, engine: Docroot, key: Hashable) -> None: ...
+        def hold(self, run_id: int | Write, engine: Docroot, key: Hashable) -> None: ...
 
         def track_calls(self) -> None: ...
 

@@ -46,6 +46,10 @@ class Store(ABC):
     #: (PostgreSQL's advisory locks; not flock): then a running run's lease, renewed by
     #: its supervisor, keeps it alive in everyone's eyes across the loss.
     leases: bool = False
+    #: Whether a statement may hang on a network (a black-holed route, a stalled server),
+    #: beyond what the store's own timeouts bound: a request then stores its calls on a
+    #: helper thread and waits a budget (calls/budget.py).  SQLite's busy timeout is bound.
+    networked: bool = False
 
     # -- the pulse, and small named values ---------------------------------
 

@@ -49,6 +49,7 @@ class PostgresStore(AdvisoryLocks, SQLStore):
     """The state of one site in a PostgreSQL database."""
 
     leases = True
+    networked = True
 
     dialect = sql.POSTGRES
     site: str

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = 3  # seconds: an unreachable database costs a check this long, never a request
 KEEPALIVE = (10, 5, 3)  # idle, interval, count: a dead peer's session ends within ~25 s
 KEEPALIVE_BOUND = KEEPALIVE[0] + KEEPALIVE[1] * KEEPALIVE[2]
+# Milliseconds data sent may stay unacknowledged before the connection is given up: a
+# black-holed route fails a statement instead of hanging it through the kernel's ~15
+# minutes of retransmissions (keepalives only cover an idle connection).
+TCP_USER_TIMEOUT = 15_000
 # A statement may run this many times the store's lock wait (its busy timeout), at least
 # STATEMENT_FLOOR seconds: 1 s on a request's path (0.1 s), 10 s elsewhere (5 s).
 STATEMENT_FACTOR = 2.0
@@ -127,7 +131,8 @@ def connect(url: str, timeout: float, location: str, owner: object,
         conn: psycopg.Connection = pg.connect(
             url, autocommit=True, connect_timeout=max(1, int(timeout)),
             keepalives=1, keepalives_idle=idle, keepalives_interval=interval,
-            keepalives_count=count, application_name="reqcron",
+            keepalives_count=count, tcp_user_timeout=TCP_USER_TIMEOUT,
+            application_name="reqcron",
             # The server's side too: it ends the session of a host that lost power.
             options=f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval}"
                     f" -c tcp_keepalives_count={count}"

@@ -32,6 +32,7 @@ from ..records import Trigger
 from ..run.spawn import Spawner
 
 if TYPE_CHECKING:
+    from ..calls.budget import Write
     from .status import StatusPage
     from .watch import Watcher
 
@@ -46,7 +47,8 @@ _REAP_EVERY = 30.0  # seconds between looks for runs whose process died (on any 
 #: next look opens them again): a quiet site holds no PostgreSQL session.
 IDLE_CLOSE = 60.0
 
-Held = list[tuple[Docroot, int]]
+# (engine, the call's id, or its write still going on when the request went on)
+Held = list[tuple[Docroot, "int | Write"]]
 
 
 class _Site:
@@ -164,7 +166,7 @@ class Tender(Generic[App]):
         """The DOCROOT given at creation, if any."""
         return self._fixed
 
-    def hold(self, run_id: int, engine: Docroot, key: Hashable) -> None:
+    def hold(self, run_id: int | Write, engine: Docroot, key: Hashable) -> None:
         """Keep call ``run_id`` back until the response of request ``key`` has been sent."""
         with self._held_lock:
             self._held.setdefault(key, []).append((engine, run_id))
@@ -178,14 +180,12 @@ class Tender(Generic[App]):
         with self._held_lock:
             return self._held.pop(key, [])
 
-    def _release(self, key: Hashable) -> None:
-        """Let the calls held for ``key`` run, here and now, and start a process for them."""
-        held = self._take(key)
-        if held:
-            self._let_go(held)
-
     def _release_soon(self, key: Hashable) -> None:
-        """As ``_release``, but the worker thread writes: an event loop must not block on I/O."""
+        """Let the calls held for ``key`` run: the worker thread writes and starts a process.
+
+        Never on the request's thread: a stalled state must not hold a server's worker
+        (nor an event loop) after the response.
+        """
         held = self._take(key)
         if held:
             with self._held_lock:
@@ -197,7 +197,7 @@ class Tender(Generic[App]):
             self._event.set()
 
     def _let_go(self, held: Held, *, start: bool = True) -> None:
-        by_engine: dict[int, tuple[Docroot, list[int]]] = {}
+        by_engine: dict[int, tuple[Docroot, list[int | Write]]] = {}
         for engine, run_id in held:
             by_engine.setdefault(id(engine), (engine, []))[1].append(run_id)
         for engine, ids in by_engine.values():

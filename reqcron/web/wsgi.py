@@ -77,12 +77,12 @@ class ReqCron(Tender[WSGIApp]):
         thread = threading.get_ident()
         if thread not in self._held:  # another thread's, or none left
             return result
-        return _ThenRelease(result, lambda: self._release(thread))
+        return _ThenRelease(result, lambda: self._release_soon(thread))
 
     def _release_this_thread(self) -> None:
         """The app raised: let the calls it deferred go now."""
         if self._held:
-            self._release(threading.get_ident())
+            self._release_soon(threading.get_ident())
 
 
 def _serving(local: dict[str, Any]) -> serving.Serving:

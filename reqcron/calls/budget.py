@@ -1,0 +1,160 @@
+"""Storing a call deferred during a request within the request's budget.
+
+A request never waits long for the state (SPEC, "When the state misbehaves"):
+a database that stops answering (a black-holed network, a table lock, this
+process's own store busy in a stalled statement) must not hold it.  So a call
+made during a request, to a networked state (PostgreSQL: SQLite's busy
+timeout already bounds its wait), is stored by a thread of this process, and the request
+waits for that write WAIT seconds at most.  Past that, the call is kept in
+the host's spool as *in flight* (engine/call_spool.py) and the request gets
+a "spooled" Result; the write goes on, and when it ends the thread settles
+the spooled call: stored (its id left for the Result), or waiting for an
+enqueuer.  The call's token is in its stored JSON either way, so whoever
+stores it, it is stored once.
+
+One thread serves the process: writes are short, and while one is stuck
+the next requests see it and do not wait at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+
+from ..engine import call_spool
+from ..engine.stored_calls import HOLD
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
+if TYPE_CHECKING:
+    from ..engine.docroot import Docroot
+    from ..records import Run
+
+log = logging.getLogger("reqcron")
+
+#: Seconds a request waits for its call to be stored before the host's spool takes it.
+WAIT = 0.1
+
+
+class Write:
+    """Storing one call; once the request has gone on, the thread settles what came of it."""
+
+    __slots__ = ("engine", "run", "spooled", "token", "done", "run_id", "error", "given_up",
+                 "released", "lock")
+
+    def __init__(self, engine: Docroot, run: Run, spooled: Run, token: str):
+        self.engine, self.run, self.spooled, self.token = engine, run, spooled, token
+        self.done = threading.Event()
+        self.run_id: int | None = None
+        self.error: BaseException | None = None
+        self.given_up = False  # the request went on: the thread settles the spooled call
+        self.released = False  # the request's response was sent: the call may run
+        self.lock = threading.Lock()
+
+    def release(self) -> None:
+        """The request's response has been sent: let the call run (now, or once stored)."""
+        with self.lock:
+            self.released = True
+            run_id = self.run_id if self.done.is_set() else None
+        if run_id is not None:
+            self.engine.store.release_calls([run_id], HOLD)
+
+    def _ended(self) -> None:
+        """On the thread, once the write ended: settle the call if the request went on."""
+        with self.lock:
+            self.done.set()
+            given_up, released = self.given_up, self.released
+        if not given_up:
+            return
+        state_dir = self.engine.settings.state_dir
+        try:
+            call_spool.settle(state_dir, self.token, self.run_id)
+        except OSError as exc:  # the spooled file stays; an enqueuer takes it in time
+            log.error("reqcron: cannot settle a spooled call in %s: %s", state_dir, exc)
+        if self.error is not None:
+            log.warning("reqcron: %s: a call deferred during a request waits in this host's "
+                        "spool: %s", self.engine.path, self.error)
+        elif released:
+            try:
+                self.engine.store.release_calls([self.run_id], HOLD)  # type: ignore[list-item]
+            except Exception as exc:  # noqa: BLE001 - it runs when its hold ends instead
+                log.error("reqcron: %s: cannot release a deferred call: %s",
+                          self.engine.path, exc)
+
+
+class InFlight(Exception):
+    """The write outlasted the request's wait: the call is spooled, in flight."""
+
+    def __init__(self, write: Write):
+        super().__init__("in flight")
+        self.write = write
+
+
+class _Writer:
+    """The process's thread that stores calls made during requests."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[Write] = queue.SimpleQueue()
+        self.busy_since = 0.0  # monotonic start of the write in progress, 0 when idle
+        self.thread = threading.Thread(target=self._serve, name="reqcron-calls", daemon=True)
+        self.thread.start()
+
+    def stuck(self) -> bool:
+        since = self.busy_since
+        return bool(since) and time.monotonic() - since > WAIT
+
+    def _serve(self) -> None:
+        while True:
+            job = self.jobs.get()
+            self.busy_since = time.monotonic()
+            try:
+                job.run_id = job.engine.store.add_run(job.run)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller or settled
+                job.error = exc
+            finally:
+                self.busy_since = 0.0
+            job._ended()
+
+
+_writer: _Writer | None = None
+_writer_lock = threading.Lock()
+
+
+def _reset() -> None:
+    global _writer, _writer_lock
+    _writer, _writer_lock = None, threading.Lock()  # no thread survives a fork
+
+
+os.register_at_fork(after_in_child=_reset)
+
+
+def store(engine: Docroot, run: Run, spooled: Run, token: str) -> int:
+    """Store ``run`` (a held call whose JSON holds ``token``) and return its id, within WAIT.
+
+    Raises the store's error if it failed in time; InFlight if it did not
+    end in time, once ``spooled`` (the call unheld) is kept in the spool.
+    """
+    global _writer
+    with _writer_lock:
+        if _writer is None or not _writer.thread.is_alive():
+            _writer = _Writer()
+        writer = _writer
+    job = Write(engine, run, spooled, token)
+    stuck = writer.stuck()  # the write before is stuck: this one would wait behind it
+    writer.jobs.put(job)
+    if stuck or not job.done.wait(WAIT):
+        state_dir = engine.settings.state_dir
+        call_spool.keep(state_dir, token, spooled, in_flight=True)
+        with job.lock:
+            job.given_up = not job.done.is_set()
+        if job.given_up:
+            raise InFlight(job)
+        # It ended while the spool was written: settled here instead.
+        call_spool.settle(state_dir, token, job.run_id)
+        if job.error is not None:
+            raise InFlight(job)  # spooled, as settled
+    if job.error is not None:
+        raise job.error
+    return job.run_id  # type: ignore[return-value]
