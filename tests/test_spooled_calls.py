@@ -210,3 +210,71 @@ def test_a_spooled_call_is_stored_once_even_by_two_enqueuers(make_docroot, tmp_p
         assert call_spool.stored_id(state_dir, "t" * 32) == run_id
         assert not call_spool.is_waiting(state_dir, "t" * 32)
         assert len([r for r in doc.history(limit=10) if r.call is not None]) == 1
+
+
+def test_a_database_out_of_connections_costs_requests_nothing_and_loses_no_call(
+        make_docroot, app_module, middleware, monkeypatch, pg_url, caplog):
+    """max_connections reached (here: the site's role at its CONNECTION LIMIT): requests
+    answer at once, the log says why, no task process is started while nothing can
+    connect, and every call deferred meanwhile runs once when connections are back."""
+    import logging
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+    from conftest import processes
+
+    role = f"reqcron_limited_{uuid.uuid4().hex[:8]}"
+    parts = urlsplit(pg_url)
+    url = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port or 5432}"))
+    database = parts.path.lstrip("/")
+
+    def admin(*statements: str) -> None:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement)  # type: ignore[arg-type]
+
+    admin(f'CREATE ROLE "{role}" LOGIN', f'GRANT ALL ON DATABASE "{database}" TO "{role}"',
+          f'GRANT ALL ON SCHEMA public TO "{role}"')
+    try:
+        root = make_docroot("", f'[reqcron]\nstate = "{url}"\nsite = "shop"\n')
+        monkeypatch.setenv("REQCRON_DOCROOT", str(root))
+        results: list[Any] = []
+        mw = middleware(deferring_app(app_module(JOBS), results), root)
+        assert request(mw)[0] == "200 OK"
+        assert results[0].wait(30).result == 5
+        wait_for(lambda: not processes("reqcron.runtask", str(root)), timeout=30,
+                 message="the first call's task process to end")
+
+        # No new session for the role, and its open ones ended: every process must
+        # reconnect, and is refused ("too many connections for role").
+        admin(f'ALTER ROLE "{role}" CONNECTION LIMIT 0',
+              f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+        with caplog.at_level(logging.WARNING, logger="reqcron"):
+            took, started = [], set()
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                began = time.monotonic()
+                assert request(mw)[0] == "200 OK"
+                took.append(time.monotonic() - began)
+                started.update(processes("reqcron.runtask", str(root)))
+                time.sleep(0.05)
+        late = results[1:]
+        assert late and all(r.status == "spooled" for r in late)
+        assert max(took) < 1.0, f"a request took {max(took):.2f} s with no connection to get"
+        assert not started, "a task process was started while none could connect"
+        assert any("too many connections" in r.getMessage() for r in caplog.records), \
+            [r.getMessage() for r in caplog.records]
+
+        admin(f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
+        wait_for(lambda: request(mw)[0] == "200 OK" and all(r.id is not None for r in late),
+                 timeout=30, interval=0.1, message="the spooled calls stored")
+        assert [r.wait(60).result for r in late] == [5] * len(late)
+        for result in late:
+            assert stored_ids(root, result._token) == [result.id]
+    finally:
+        admin(f'ALTER ROLE "{role}" CONNECTION LIMIT 0',
+              f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY "{role}"')  # type: ignore[arg-type]
+        admin(f'DROP ROLE "{role}"')
