@@ -108,13 +108,17 @@ def check_url(url: str, what: str = "ping") -> str:
 
 
 def event_for(store: Store, run: Run) -> str | None:
-    """"failed", "recovered" or None (nothing to say) for a run that just ended.
+    """"failed", "recovered", "corrected" or None (nothing to say) for a run that just ended.
 
     The run before it that really ran decides: a failure after a failure is
-    damped, and only the first good run after failures is news.
+    damped, and only the first good run after failures is news.  A run
+    whose failure was told already (a reaper took it for dead while its
+    session was lost) is told again only if its own end proved it good.
     """
     if run.status not in RAN or run.call is not None:  # a Task.delay call: not the schedule's
         return None
+    if "failed: sent to" in (run.notified or ""):  # its failure reached someone
+        return None if run.status in FAILING else "corrected"
     before = next((r for r in store.runs(run.task, 50) if r.id is not None and run.id is not None
                    and r.id < run.id and r.status in RAN and r.call is None), None)
     was_failing = before is not None and before.status in FAILING
@@ -193,7 +197,7 @@ def _mail(address: str, data: dict[str, Any], settings: Settings) -> None:
         raise ValueError("no smtp = \"host:port\" in reqcron.toml to send mail through")
     host, _, port = settings.smtp.rpartition(":")
     message = EmailMessage()
-    what = "recovered" if data["event"] == "recovered" else data["status"]
+    what = data["event"] if data["event"] in ("recovered", "corrected") else data["status"]
     message["Subject"] = f"reqcron: {data['task']} {what} on {data['host']}"
     message["From"] = settings.smtp_from or f"reqcron@{data['host']}"
     message["To"] = address
@@ -208,15 +212,20 @@ def _mail(address: str, data: dict[str, Any], settings: Settings) -> None:
 
 def text(data: dict[str, Any]) -> str:
     """A message people read: what, where, when, the first error line, where the rest is."""
-    head = (f"Task {data['task']} recovered: its run {data['run']} ended ok."
-            if data["event"] == "recovered" else
-            f"Task {data['task']} {data['status']}: run {data['run']}.")
+    if data["event"] == "recovered":
+        head = f"Task {data['task']} recovered: its run {data['run']} ended ok."
+    elif data["event"] == "corrected":
+        head = (f"Task {data['task']}: run {data['run']}, told as failed when its process "
+                f"looked dead, ended {data['status']} after all (it had lost its connection "
+                "to the state).")
+    else:
+        head = f"Task {data['task']} {data['status']}: run {data['run']}."
     lines = [head, "", f"host:    {data['host']}", f"docroot: {data['docroot']}",
              f"start:   {data['start']}", f"end:     {data['end']}"]
     if data["error"]:
         lines.append(f"error:   {data['error']}")
     lines += ["", "The whole output and traceback:", f"    {data['see']}", ""]
-    if data["event"] != "recovered":
+    if data["event"] == "failed":
         lines.append("No more messages are sent while it keeps failing; one comes when it "
                      "recovers.")
     return "\n".join(lines)

@@ -127,6 +127,43 @@ def test_a_failing_task_mails_once_then_once_when_it_recovers(
     assert "Report recovered" in mailbox.messages[1]["Subject"]
 
 
+def test_a_failure_told_for_a_run_taken_for_dead_is_corrected_when_its_own_end_lands(
+        make_docroot, mailbox, tmp_path, docroot):
+    """A reaper that took a live run for dead (its session lost, say) mails "failed"; when
+    the run's own good end lands from the host's spool, a second mail corrects it."""
+    from reqcron.engine import spool
+    from reqcron.records import Run, Status, Trigger
+    from reqcron.store import Attempt
+
+    root = make_docroot(FLAKY.format(notify="mailto:ops@example.org", ping=None,
+                                     flag=str(tmp_path / "never")),
+                        f'[reqcron]\nsmtp = "127.0.0.1:{mailbox.port}"\n')
+    doc = docroot(root)
+    doc.catalog()
+    run_id = doc.store.add_run(Run(task="Report", trigger=Trigger.MANUAL, status=Status.RUNNING,
+                                   created=now() - 5, start=now() - 5, lock="gone"))
+    attempt = Attempt.of(doc.store.get_run(run_id))
+    assert doc.reap() == 1  # no lock held, no lease, nothing spooled: taken for dead
+    wait_for(lambda: len(mailbox.messages) == 1, timeout=15, message="the failure mail")
+    assert "Report failed" in mailbox.messages[0]["Subject"]
+
+    spool.keep(spool.spool_dir(doc.settings.state_dir), attempt,
+               {"status": Status.OK, "end": now(), "exit_code": 0, "return_value": "'ok'"})
+    doc.reap()
+    wait_for(lambda: len(mailbox.messages) == 2, timeout=15, message="the correcting mail")
+    mail = mailbox.messages[1]
+    assert "Report corrected" in mail["Subject"]
+    assert "ended ok after all" in mail.get_payload(decode=True).decode()
+    wait_for(lambda: (doc.store.get_run(run_id).notified or "").startswith("corrected"),
+             timeout=15, message="the correction recorded on the run")
+    run = doc.store.get_run(run_id)
+    assert (run.status, run.error) == (Status.OK, None)
+    doc.reap()  # nothing more to tell: no third mail, from any notifying thread
+    wait_for(lambda: not [t for t in threading.enumerate() if t.name == "reqcron-notify"],
+             timeout=15, message="the notifying threads to end")
+    assert len(mailbox.messages) == 2
+
+
 def test_webhooks_get_json_and_a_callable_gets_the_same(make_docroot, hooks, tmp_path):
     flag = tmp_path / "broken"
     flag.write_text("")

@@ -369,8 +369,13 @@ class Docroot(Pausable):
         from .reaping import reap
         from .spool import spool_dir
 
-        ended = reap(self.store, name, spool_dir(self.settings.state_dir))
-        self._tell([(run.id, run.task) for run in ended if run.call is None and run.id])
+        corrected: list[int] = []
+        ended = reap(self.store, name, spool_dir(self.settings.state_dir), corrected=corrected)
+        told = [(run.id, run.task) for run in ended if run.call is None and run.id]
+        for run_id in corrected:  # their failure may have been told: tell the truth too
+            if (run := self.store.get_run(run_id)) is not None and run.call is None:
+                told.append((run_id, run.task))
+        self._tell(told)
         return len(ended)
 
     def _tell(self, runs: list[tuple[int, str]]) -> None:

@@ -7,7 +7,8 @@ that does not answer) or a second failure keeps the outcome in the host's
 spool (spool.py), which ``replay`` writes when the state is back.  A write
 refused because a reaper took the attempt for dead (its lock looked free
 while the session was lost) corrects that verdict: the attempt's own end
-is the truth.  A write refused because the row moved on to another
+is the truth, and whoever wrote it notifies again (alerts.event_for: a
+failure told that was not one is "corrected").  A write refused because the row moved on to another
 attempt changes nothing.
 """
 
@@ -43,6 +44,7 @@ class Written(StrEnum):
     """What became of an outcome."""
 
     RECORDED = "recorded"  # in the state (now, or found there already)
+    CORRECTED = "corrected"  # recorded over a reaper's "died": a failure told may be undone
     SPOOLED = "spooled"  # kept on this host until the state is back
     REFUSED = "refused"  # the row is another attempt now (or gone): nothing written
 
@@ -81,16 +83,17 @@ def _write(store: Store, attempt: Attempt, values: dict[str, Any]) -> Written:
     if row.status in _REAPED and row.error == DIED:
         # A reaper took this live attempt for dead: its own end is the truth.
         if store.update_run_if(Attempt.of(row), **{"error": None, **values}):
-            return Written.RECORDED
+            return Written.CORRECTED
     return Written.REFUSED
 
 
-def replay(store: Store, folder: Path) -> int:
+def replay(store: Store, folder: Path, corrected: list[int] | None = None) -> int:
     """Write the outcomes waiting in ``folder``; return how many were recorded.
 
     Idempotent and safe beside another replayer: each write is conditional
     on its attempt.  Stops at the first StateError (the state is still
-    away) and keeps what is left.
+    away) and keeps what is left.  The ids of the runs whose reaped verdict
+    was corrected go into ``corrected`` (their notification is to be redone).
     """
     recorded = 0
     for kept in spool.waiting(folder):
@@ -103,5 +106,7 @@ def replay(store: Store, folder: Path) -> int:
                         "attempt now, or gone", kept.attempt.id)
         else:
             recorded += 1
+            if written == Written.CORRECTED and corrected is not None:
+                corrected.append(kept.attempt.id)
         spool.forget(kept)
     return recorded

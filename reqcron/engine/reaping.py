@@ -34,7 +34,7 @@ PENDING_TIMEOUT = 30.0
 
 
 def reap(store: Store, name: str | None = None, folder: Path | None = None, *,
-         calls_only: bool = False) -> list[Run]:
+         calls_only: bool = False, corrected: list[int] | None = None) -> list[Run]:
     """Write the outcomes waiting in ``folder``, then record the runs whose process died;
     return those as recorded.
 
@@ -42,10 +42,11 @@ def reap(store: Store, name: str | None = None, folder: Path | None = None, *,
     while it has retries left, else recorded as lost.  ``calls_only``: leave
     the tasks' runs to a process that knows where their failures are told
     (Docroot.reap), so every failure notifies the same way, whoever finds it.
+    ``corrected`` gets the ids of runs whose spooled end undid a reaper's verdict.
     """
     waiting: set[int] = set()
     if folder is not None:
-        replay(store, folder)
+        replay(store, folder, corrected)
         waiting = spool.waiting_ids(folder)  # left because the state refused them just now
     ended_runs: list[Run] = []
     current = now()

@@ -226,7 +226,7 @@ def _run(docroot: Docroot, task: Task, attempt: Attempt, echo: bool,
     if written == Written.REFUSED:
         log.warning("the outcome of run %s was not recorded: another process ended it",
                     attempt.id)
-    if written != Written.RECORDED:
+    if written not in (Written.RECORDED, Written.CORRECTED):
         return exit_code
     try:
         store.prune(name, docroot.settings.history)
