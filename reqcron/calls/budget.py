@@ -2,15 +2,16 @@
 
 A request never waits long for the state (SPEC, "When the state misbehaves"):
 a database that stops answering (a black-holed network, a table lock, this
-process's own store busy in a stalled statement) must not hold it.  So a call
-made during a request, to a networked state (PostgreSQL: SQLite's busy
-timeout already bounds its wait), is stored by a thread of this process, and the request
-waits for that write WAIT seconds at most.  Past that, the call is kept in
-the host's spool as *in flight* (engine/call_spool.py) and the request gets
-a "spooled" Result; the write goes on, and when it ends the thread settles
-the spooled call: stored (its id left for the Result), or waiting for an
-enqueuer.  The call's token is in its stored JSON either way, so whoever
-stores it, it is stored once.
+process's own store busy in a stalled statement) must not hold it.  So a
+call made during a request, to a networked state (PostgreSQL: SQLite's busy
+timeout bounds its wait already), is stored by a thread of this process,
+and the request waits for that write WAIT seconds at most (FIRST_WAIT when
+a healthy state must be connected to first).  Past that, the call is kept
+in the host's spool as *in flight* (engine/call_spool.py) and the request
+gets a "spooled" Result; the write goes on, and when it ends the thread
+settles the spooled call: stored (its id left for the Result), or waiting
+for an enqueuer.  The call's token is in its stored JSON either way, so
+whoever stores it, it is stored once.
 
 One thread serves the process: writes are short, and while one is stuck
 the next requests see it and do not wait at all.
@@ -36,6 +37,11 @@ log = logging.getLogger("reqcron")
 
 #: Seconds a request waits for its call to be stored before the host's spool takes it.
 WAIT = 0.1
+#: ... when the write must open a connection first (psycopg's import, a TLS handshake, the
+#: schema's check: a worker's first call), unless writes failed or were late lately.
+FIRST_WAIT = 1.5
+#: Seconds after a failed or late write during which every wait is WAIT.
+TROUBLE = 60.0
 
 
 class Write:
@@ -98,6 +104,7 @@ class _Writer:
     def __init__(self) -> None:
         self.jobs: queue.SimpleQueue[Write] = queue.SimpleQueue()
         self.busy_since = 0.0  # monotonic start of the write in progress, 0 when idle
+        self.troubled_until = 0.0  # monotonic: short waits only, a write failed or was late
         self.thread = threading.Thread(target=self._serve, name="reqcron-calls", daemon=True)
         self.thread.start()
 
@@ -113,9 +120,16 @@ class _Writer:
                 job.run_id = job.engine.store.add_run(job.run)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller or settled
                 job.error = exc
+                self.troubled_until = time.monotonic() + TROUBLE
             finally:
                 self.busy_since = 0.0
             job._ended()
+
+    def wait_for(self, engine: Docroot) -> float:
+        """How long a request waits for its write to ``engine``'s state."""
+        if engine.store.connected() or time.monotonic() < self.troubled_until:
+            return WAIT
+        return FIRST_WAIT
 
 
 _writer: _Writer | None = None
@@ -144,7 +158,8 @@ def store(engine: Docroot, run: Run, spooled: Run, token: str) -> int:
     job = Write(engine, run, spooled, token)
     stuck = writer.stuck()  # the write before is stuck: this one would wait behind it
     writer.jobs.put(job)
-    if stuck or not job.done.wait(WAIT):
+    if stuck or not job.done.wait(writer.wait_for(engine)):
+        writer.troubled_until = time.monotonic() + TROUBLE
         state_dir = engine.settings.state_dir
         call_spool.keep(state_dir, token, spooled, in_flight=True)
         with job.lock:

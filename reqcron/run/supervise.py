@@ -162,9 +162,7 @@ def supervise(
                 time.sleep(pause)
                 pause = min(pause * 2, 0.05)
             if status is None:
-                done, code = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    status = code
+                status = _exit_status(pid)
             if status is not None and (not streams or _drained(streams)):
                 break
             stop.check(stop_signal, alive=status is None)
@@ -173,6 +171,8 @@ def supervise(
                 tick()
         if stop.kill_at is not None:  # a stopped run leaves nothing of its group behind
             _signal_group(pid, signal.SIGKILL)
+        if _PEEK:
+            os.waitpid(pid, 0)  # its zombie, kept until the group's last signal
     finally:
         restore_signals(previous)
         for fd in streams:
@@ -228,6 +228,29 @@ class Stopper:
         elif self.kill_at is not None and clock >= self.kill_at and alive:
             _signal_group(self.pgid, signal.SIGKILL)
             self.kill_at = float("inf")
+
+
+#: Whether a child's exit can be seen without reaping it (waitid's WNOWAIT).
+_PEEK = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
+
+
+def _exit_status(pid: int) -> int | None:
+    """The child's wait status once it has exited, else None.
+
+    Seen without reaping it where the system allows: while its zombie holds
+    the pid, which is also its group's id, no new process can take that id,
+    so a signal sent to the group after the child ended never reaches a
+    stranger.  The caller reaps it last.
+    """
+    if not _PEEK:
+        done, code = os.waitpid(pid, os.WNOHANG)
+        return code if done else None
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    if info is None or info.si_pid == 0:
+        return None
+    if info.si_code == os.CLD_EXITED:
+        return (info.si_status & 0xFF) << 8  # as waitpid() reports an exit
+    return info.si_status & 0x7F  # killed (or dumped) by this signal
 
 
 def _pidfd(pid: int) -> int | None:

@@ -227,6 +227,10 @@ class Store(ABC):
         """Sockets a forked task process must close, so nothing it starts keeps them open."""
         return ()
 
+    def connected(self) -> bool:
+        """Whether a statement now needs no connection opened first (a file: always)."""
+        return True
+
     # -- health ---------------------------------------------------------------
 
     def verify(self) -> None:  # noqa: B027 - a file can be replaced, a server cannot

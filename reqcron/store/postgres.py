@@ -147,6 +147,10 @@ class PostgresStore(AdvisoryLocks, SQLStore):
         return tuple(c.fileno() for c in (self._conn, self._locker)
                      if c is not None and not c.closed and self._pid == os.getpid())
 
+    def connected(self) -> bool:
+        conn = self._conn
+        return conn is not None and not conn.closed and self._pid == os.getpid()
+
     def set_aside(self) -> str | None:
         raise StateError(self.location, "a shared PostgreSQL state is not reset by reqcron; "
                          "every host uses it")
