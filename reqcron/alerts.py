@@ -107,6 +107,10 @@ def check_url(url: str, what: str = "ping") -> str:
 # -- when to notify -----------------------------------------------------------------
 
 
+#: The event of a run still going after its task's warn_after (sent once, while it runs).
+RUNNING_LONG = "running_long"
+
+
 def event_for(store: Store, run: Run) -> str | None:
     """"failed", "recovered", "corrected" or None (nothing to say) for a run that just ended.
 
@@ -142,20 +146,22 @@ def payload(event: str, run: Run, docroot: os.PathLike[str] | str,
 
 
 def notify_run(settings: Settings, store: Store, run: Run, task_targets: Sequence[str],
-               zone: tzinfo) -> None:
-    """Send what the end of ``run`` calls for, and record how it went on the run."""
+               zone: tzinfo, event: str | None = None) -> None:
+    """Send what the end of ``run`` calls for (or ``event``), and record how it went on the
+    run, after what was recorded there before (a "running long" sent while it ran)."""
     wanted = [*task_targets, *settings.notify]
     if not wanted or run.id is None:
         return
-    try:
-        event = event_for(store, run)
-    except Exception as exc:  # the state is what failed; the run is recorded already
-        log.error("reqcron: cannot tell whether to notify for run %s: %s", run.id, exc)
-        return
+    if event is None:
+        try:
+            event = event_for(store, run)
+        except Exception as exc:  # the state is what failed; the run is recorded already
+            log.error("reqcron: cannot tell whether to notify for run %s: %s", run.id, exc)
+            return
     if event is None:
         return
     data = payload(event, run, settings.docroot, zone)
-    outcomes = []
+    outcomes = [run.notified] if run.notified else []
     for target in dict.fromkeys(wanted):
         try:
             send(target, data, settings)
@@ -197,7 +203,9 @@ def _mail(address: str, data: dict[str, Any], settings: Settings) -> None:
         raise ValueError("no smtp = \"host:port\" in reqcron.toml to send mail through")
     host, _, port = settings.smtp.rpartition(":")
     message = EmailMessage()
-    what = data["event"] if data["event"] in ("recovered", "corrected") else data["status"]
+    what = (data["event"].replace("_", " ") if data["event"] in ("recovered", "corrected",
+                                                                 RUNNING_LONG)
+            else data["status"])
     message["Subject"] = f"reqcron: {data['task']} {what} on {data['host']}"
     message["From"] = settings.smtp_from or f"reqcron@{data['host']}"
     message["To"] = address
@@ -214,6 +222,9 @@ def text(data: dict[str, Any]) -> str:
     """A message people read: what, where, when, the first error line, where the rest is."""
     if data["event"] == "recovered":
         head = f"Task {data['task']} recovered: its run {data['run']} ended ok."
+    elif data["event"] == RUNNING_LONG:
+        head = (f"Task {data['task']}: run {data['run']} is still running, longer than its "
+                "warn_after.")
     elif data["event"] == "corrected":
         head = (f"Task {data['task']}: run {data['run']}, told as failed when its process "
                 f"looked dead, ended {data['status']} after all (it had lost its connection "

@@ -160,6 +160,9 @@ def summary(doc: Docroot, history: int = 0, recent: int = 0) -> dict[str, Any]:
             marks.append("starved")
         if pause is not None and not info.even_when_paused:
             marks.append("paused")
+        if info.warn_after and any(r.status == Status.RUNNING and r.call is None and r.start
+                                   and current - r.start > info.warn_after for r in runs):
+            marks.append("running long")
         entries.append({
             "name": name,
             "schedule": info.describe,

@@ -154,7 +154,7 @@ def test_a_failure_told_for_a_run_taken_for_dead_is_corrected_when_its_own_end_l
     mail = mailbox.messages[1]
     assert "Report corrected" in mail["Subject"]
     assert "ended ok after all" in mail.get_payload(decode=True).decode()
-    wait_for(lambda: (doc.store.get_run(run_id).notified or "").startswith("corrected"),
+    wait_for(lambda: "corrected: sent to" in (doc.store.get_run(run_id).notified or ""),
              timeout=15, message="the correction recorded on the run")
     run = doc.store.get_run(run_id)
     assert (run.status, run.error) == (Status.OK, None)
@@ -331,3 +331,39 @@ def test_a_dead_run_found_by_a_process_for_calls_is_still_told_about(make_docroo
     reqcron_cmd("list", str(root))  # finds the dead run, and tells
     wait_for(lambda: hooks.seen, timeout=15, message="the notification")
     assert json.loads(hooks.seen[0][2])["status"] == "failed"
+
+
+def test_a_run_past_warn_after_says_so_once_and_is_marked_while_it_runs(
+        make_docroot, hooks, tmp_path):
+    go = tmp_path / "go"
+    root = make_docroot(f"""
+        import pathlib, time
+        from reqcron import Task
+
+        class Export(Task):
+            notify = "{hooks.url}/hook"
+            warn_after = 1
+            def run(self):
+                while not pathlib.Path({str(go)!r}).exists():
+                    time.sleep(0.05)
+                return "exported"
+    """)
+    proc = start_runtask(root, "Export")
+    try:
+        wait_for(lambda: hooks.seen, timeout=20, message="the running long message")
+        data = json.loads(hooks.seen[0][2])
+        assert (data["event"], data["task"], data["status"]) == ("running_long", "Export",
+                                                                 "running")
+        listed = reqcron_cmd("list", str(root), "--json")
+        (task,) = json.loads(listed.stdout)["tasks"]
+        assert "running long" in task["marks"] and listed.returncode == 0, listed.stdout
+    finally:
+        go.touch()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "still running after warn_after" in err
+    (run,) = read_history(root, "Export")
+    assert run.status == "ok" and run.notified == f"running_long: sent to {hooks.url}/hook"
+    assert len(hooks.seen) == 1  # once, and a good end after nothing bad says nothing
+    (task,) = json.loads(reqcron_cmd("list", str(root), "--json").stdout)["tasks"]
+    assert "running long" not in task["marks"]

@@ -167,7 +167,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         sys.stdout.write(out)
     if data["load_errors"]:
         return ExitCode.USAGE
-    return ExitCode.FAILED if any(set(t["marks"]) - {"disabled", "paused"}
+    return ExitCode.FAILED if any(set(t["marks"]) - {"disabled", "paused", "running long"}
                                for t in data["tasks"]) else ExitCode.OK
 
 

@@ -213,7 +213,7 @@ def _run(docroot: Docroot, task: Task, attempt: Attempt, echo: bool,
         is_disabled=lambda: not docroot.is_enabled(name),
         echo=echo,
         close_in_child=(*locks, *store.connection_fds()),
-        tick=Keeper(store, name, attempt),
+        tick=Keeper(docroot, task, attempt),
     )
     exit_code = _EXIT_CODES.get(outcome.status, ExitCode.FAILED)
     if outcome.status == Status.TIMEOUT:
@@ -254,11 +254,17 @@ class Keeper:
     """What the supervisor does every second while the task runs: hold its locks again
     after their session went away, and renew its lease (PostgreSQL)."""
 
-    def __init__(self, store: Store, name: str, attempt: Attempt):
-        self.store, self.name, self.attempt = store, name, attempt
+    def __init__(self, docroot: Docroot, task: Task, attempt: Attempt):
+        self.docroot, self.task, self.attempt = docroot, task, attempt
+        self.store, self.name = docroot.store, task.name
         self.renew_at = time.monotonic() + LEASE / 3
+        warn_after = task.seconds("warn_after")
+        self.warn_at = time.monotonic() + warn_after if warn_after else None
 
     def __call__(self) -> None:
+        if self.warn_at is not None and time.monotonic() >= self.warn_at:
+            self.warn_at = None
+            self._running_long()
         try:
             lost = self.store.keep_locks()
             if self.store.leases and time.monotonic() >= self.renew_at:
@@ -270,6 +276,32 @@ class Keeper:
         if lost:
             log.warning("task %r: its locks were lost with their session and taken by another "
                         "process meanwhile (%s)", self.name, ", ".join(lost))
+
+
+    def _running_long(self) -> None:
+        """Say once that the run goes on past its task's warn_after (a thread sends it)."""
+        log.warning("task %r: run %s is still running after warn_after (%g s)", self.name,
+                    self.attempt.id, self.task.seconds("warn_after"))
+        doc, task, run_id = self.docroot, self.task, self.attempt.id
+        if not (task.notify or doc.settings.notify):
+            return
+
+        def tell() -> None:
+            from .. import alerts
+
+            try:
+                run = doc.store.get_run(run_id)
+            except StateError as exc:
+                log.error("reqcron: cannot say run %s runs long: %s", run_id, exc)
+                return
+            if run is not None and run.status == Status.RUNNING:
+                alerts.notify_run(doc.settings, doc.store, run, alerts.targets(task.notify),
+                                  doc.zone, event=alerts.RUNNING_LONG)
+
+        import threading
+
+        # Not a daemon: a run that ends meanwhile still lets the message go out.
+        threading.Thread(target=tell, name="reqcron-notify").start()
 
 
 def _leased_elsewhere(store: Store, name: str, attempt: Attempt | None) -> bool:

@@ -1,0 +1,468 @@
+"""A PostgreSQL state that stalls, is cut off, or flaps: what requests and runs pay for it.
+
+Prints, for a DOCROOT whose reqcron.toml has ``state = "postgresql://...:<port>/<db>"``
+and ``site = "bench"``, where the port is a TCP proxy in front of the server
+(tests/faultproxy.py: ``stall()`` keeps connections open and forwards nothing,
+``cut()`` closes them and refuses new ones, ``restore()`` forwards again):
+
+1. how long a WSGI request through ``ReqCron`` takes (ms, median and max of N,
+   in-process, a minimal environ), a request that defers one ``@delay`` call
+   beside one that defers nothing, interleaved, with the state healthy,
+   stalled and cut; for the deferring ones how many Results were "spooled"
+   and how many had an id, then, after ``restore()`` (the middleware tended
+   by a few more requests), how long until every Result had an id and had
+   run (``wait()`` returning the value), and how many rows were stored per
+   call (its token in the stored call): duplicates and calls missing must be 0;
+2. a flap: an ``overlap = False`` task (run() sleeps 8 s, returns 42) started
+   by ``python -m reqcron.runtask`` through the proxy, the proxy cut for
+   0.3 s every 0.7 s ten times while it runs, and meanwhile a second host
+   (a copy of the DOCROOT with its own state_dir, reaching PostgreSQL
+   directly) starting ``runtask`` for the same task every second: exit codes,
+   how many runs entered run() and whether any overlapped (run() logs its
+   start and end to a file), the statuses in the history, and whether the
+   first run's outcome (ok, 42) was recorded.
+
+Every figure is compared with one measured in this same run (these machines
+are noisy: read the ratios).  The PostgreSQL server is $REQCRON_TEST_POSTGRES
+or postgresql://root@127.0.0.1:5432/postgres; the run makes its own database
+(reqcron_bench_<random>) and drops it at the end; everything else lives in a
+temporary directory, state included (XDG_STATE_HOME).  Takes about a minute.
+Not a test.
+
+    .venv/bin/python benchmarks/state_faults.py [N]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+from wsgiref.util import setup_testing_defaults
+
+from common import leftovers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from faultproxy import FaultProxy  # noqa: E402
+
+SERVER = os.environ.get("REQCRON_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/postgres")
+SITE = "bench"
+FLAPS = 10
+CUT_FOR = 0.3  # seconds each cut lasts
+FLAP_EVERY = 0.7  # seconds from one cut to the next
+SECOND_HOST_EVERY = 1.0  # seconds between the second host's runtask starts
+RUN_FOR = 8.0  # seconds Held's run() takes
+
+#: The app's own module, on sys.path (task processes import it from there too).
+JOBS = """\
+from reqcron import delay
+
+@delay
+def add(a, b):
+    return a + b
+"""
+
+#: The same on every host; LOG is where run() says when it started and ended.
+TASKS = """\
+import os, time
+from reqcron import Task
+
+LOG = {log!r}
+
+class Held(Task):
+    overlap = False
+
+    def run(self):
+        with open(LOG, "a") as fh:
+            fh.write(f"start {{time.time()!r}} {{os.getpid()}}\\n")
+        time.sleep({run_for!r})
+        with open(LOG, "a") as fh:
+            fh.write(f"end {{time.time()!r}} {{os.getpid()}}\\n")
+        return 42
+"""
+
+
+class Collect(logging.Handler):
+    """reqcron's log lines in this process, counted instead of printed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: Counter[str] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen[f"{record.levelname}: {record.getMessage()[:150]}"] += 1
+
+
+def ms(samples: list[float]) -> tuple[float, float]:
+    return statistics.median(samples) * 1000, max(samples) * 1000
+
+
+# -- the database and the DOCROOTs ----------------------------------------------------
+
+
+def create_database() -> str:
+    import psycopg
+
+    name = f"reqcron_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(SERVER, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_database(name: str) -> None:
+    import psycopg
+
+    assert name.startswith("reqcron_bench_")
+    with psycopg.connect(SERVER, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def with_port(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}"))
+
+
+def make_root(where: Path, tasks: str, url: str, state_dir: Path) -> Path:
+    where.mkdir()
+    (where / "__tasks__.py").write_text(tasks)
+    (where / "reqcron.toml").write_text(
+        f'[reqcron]\ntimezone = "UTC"\nstate = "{url}"\nsite = "{SITE}"\n'
+        f'state_dir = "{state_dir}"\n')
+    return where
+
+
+def spooled_files(state_dir: Path) -> list[str]:
+    from reqcron.engine.spool import spool_dir
+
+    try:
+        return sorted(n for n in os.listdir(spool_dir(state_dir)) if not n.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+# -- 1. requests --------------------------------------------------------------------------
+
+
+def request(app, path: str) -> float:
+    """One WSGI request to ``app`` (the response closed, as a server does); its seconds."""
+    environ = {"PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": ""}
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    began = time.perf_counter()
+    body = app(environ, lambda s, h, exc_info=None: status.append(s))
+    try:
+        b"".join(body)
+    finally:
+        if hasattr(body, "close"):
+            body.close()
+    took = time.perf_counter() - began
+    assert status and status[0] == "200 OK", status
+    return took
+
+
+def settle(mw, results: list, root: Path, restored: float) -> dict[str, object]:
+    """After restore(): tend the site until every Result has an id, then wait for each to
+    run; count the stored rows per call."""
+    from reqcron import Docroot
+
+    deadline = restored + 60
+    while any(r.id is None for r in results) and time.monotonic() < deadline:
+        request(mw, "/")  # the next check stores the spooled calls
+        time.sleep(0.1)
+    ids_at = time.monotonic() - restored
+    no_id = sum(1 for r in results if r.id is None)
+    values, not_done = [], 0
+    for r in results:
+        try:
+            values.append(r.wait(max(0.1, min(60.0, deadline - time.monotonic()))).result)
+        except (TimeoutError, LookupError):
+            not_done += 1
+    done_at = time.monotonic() - restored
+    with Docroot(root) as doc:
+        rows = doc.history(limit=100_000)
+    per_token = Counter(json.loads(r.call).get("token") for r in rows if r.call is not None)
+    tokens = [r._token for r in results]
+    statuses = Counter(r.status for r in results if r.id is not None)
+    return {"no_id": no_id, "ids_at": ids_at, "done_at": done_at, "not_done": not_done,
+            "wrong": sum(1 for v in values if v != 5),
+            "duplicates": sum(max(0, per_token[t] - 1) for t in tokens),
+            "missing": sum(1 for t in tokens if per_token[t] == 0),
+            "statuses": dict(statuses)}
+
+
+def section_requests(tmp: Path, root: Path, proxy: FaultProxy, n: int,
+                     log: Collect) -> None:
+    import importlib
+
+    from reqcron import ReqCron
+
+    folder = tmp / "app"
+    folder.mkdir()
+    (folder / "benchjobs.py").write_text(JOBS)
+    sys.path.insert(0, str(folder))
+    importlib.invalidate_caches()
+    jobs = importlib.import_module("benchjobs")
+    results: list = []
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/defer":
+            results.append(jobs.add(2, 3))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"hello"]
+
+    mw = ReqCron(app, root, watch=False)
+    rows: list[tuple[str, dict[str, object]]] = []
+    try:
+        request(mw, "/defer")  # the worker wakes, connects, loads the catalog
+        assert results[0].wait(60).result == 5, "the warm-up call did not run"
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:  # steady traffic until the worker is settled
+            request(mw, "/")
+            time.sleep(0.02)
+        for state, fault in (("healthy", None), ("stalled", proxy.stall),
+                             ("cut", proxy.cut)):
+            log.seen.clear()
+            before = len(results)
+            plain: list[float] = []
+            defer: list[float] = []
+            if fault is not None:
+                fault()
+            try:
+                for _ in range(n):  # interleaved: a busy moment hits both
+                    plain.append(request(mw, "/"))
+                    defer.append(request(mw, "/defer"))
+            finally:
+                proxy.restore()
+            restored = time.monotonic()
+            batch = results[before:]
+            spooled = sum(1 for r in batch if r._id is None)
+            with_id = sum(1 for r in batch if r._id is not None)
+            figures = settle(mw, batch, root, restored)
+            rows.append((state, {"plain": plain, "defer": defer, "spooled": spooled,
+                                 "with_id": with_id, **figures,
+                                 "logged": sum(log.seen.values())}))
+            if log.seen:
+                print(f"  ({state}: reqcron logged {sum(log.seen.values())} lines here:"
+                      f" {'; '.join(f'{k} x{v}' for k, v in log.seen.most_common(3))})")
+    finally:
+        mw.close()
+        sys.path.remove(str(folder))
+
+    floor = statistics.median(rows[0][1]["plain"]) * 1000  # type: ignore[arg-type]
+    healthy = statistics.median(rows[0][1]["defer"]) * 1000  # type: ignore[arg-type]
+    print(f"1. a request through ReqCron, state on PostgreSQL behind a TCP proxy"
+          f" (ms, median / max of {n}, the two kinds interleaved)")
+    print(f"  {'state':8s} {'request':14s} {'median':>7s} {'max':>8s} {'x floor':>8s}"
+          f" {'x healthy':>9s} {'spooled':>7s} {'had id':>6s} {'ids at':>6s} {'ran at':>6s}"
+          f" {'not run':>7s} {'dup':>4s} {'missing':>7s}")
+    for state, r in rows:
+        med, top = ms(r["plain"])  # type: ignore[arg-type]
+        print(f"  {state:8s} {'no deferral':14s} {med:7.2f} {top:8.2f} {med / floor:8.2f}")
+        med, top = ms(r["defer"])  # type: ignore[arg-type]
+        print(f"  {'':8s} {'defers a call':14s} {med:7.2f} {top:8.2f} {med / floor:8.2f}"
+              f" {med / healthy:9.2f} {r['spooled']:7d} {r['with_id']:6d}"
+              f" {r['ids_at']:6.1f} {r['done_at']:6.1f}"
+              f" {r['no_id'] + r['not_done'] + r['wrong']:7d} {r['duplicates']:4d}"
+              f" {r['missing']:7d}")
+    print("  floor: the healthy request deferring nothing; ids at / ran at: seconds after"
+          " restore()\n  until every Result had an id / had run and returned 5; not run:"
+          " no id, not ready\n  or a wrong value by the deadline (60 s); dup: rows stored"
+          " beyond one per call; missing:\n  calls with no row")
+    bad = [(s, r["statuses"]) for s, r in rows if set(r["statuses"]) - {"ok"}]
+    if bad:
+        print(f"  statuses other than ok: {bad}")
+    print()
+
+
+# -- 2. a flapping connection under a running task --------------------------------------
+
+
+def read_log(path: Path) -> list[tuple[int, float, float | None]]:
+    """(pid, start, end or None) for each run that entered run()."""
+    starts: dict[int, float] = {}
+    ends: dict[int, float] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            what, at, pid = line.split()
+            (starts if what == "start" else ends)[int(pid)] = float(at)
+    return [(pid, at, ends.get(pid)) for pid, at in sorted(starts.items(), key=lambda x: x[1])]
+
+
+def section_flap(tmp: Path, root_a: Path, root_b: Path, state_a: Path, proxy: FaultProxy,
+                 task_log: Path) -> None:
+    from reqcron import Docroot
+
+    py = sys.executable
+    first = subprocess.Popen([py, "-m", "reqcron.runtask", str(root_a), "Held"], cwd=root_a,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    began = time.monotonic()
+    others: list[tuple[subprocess.Popen[str], float]] = []
+    stop = threading.Event()
+
+    def second_host() -> None:
+        while not stop.is_set():
+            proc = subprocess.Popen([py, "-m", "reqcron.runtask", str(root_b), "Held"],
+                                    cwd=root_b, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            others.append((proc, time.monotonic()))
+            stop.wait(SECOND_HOST_EVERY)
+
+    starter = threading.Thread(target=second_host, daemon=True)
+    cuts: list[float] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not read_log(task_log):
+            if time.monotonic() > deadline or first.poll() is not None:
+                raise RuntimeError(f"the first run did not enter run(): {first.poll()}")
+            time.sleep(0.01)
+        entered = time.monotonic() - began
+        starter.start()
+        for _ in range(FLAPS):
+            at = time.monotonic()
+            proxy.cut()
+            time.sleep(CUT_FOR)
+            proxy.restore()
+            cuts.append(time.monotonic() - at)
+            time.sleep(max(0.0, FLAP_EVERY - (time.monotonic() - at)))
+        try:
+            out, err = first.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            first.kill()
+            out, err = first.communicate()
+        exited = time.monotonic()
+    finally:
+        proxy.restore()
+        stop.set()
+        if starter.is_alive():
+            starter.join(10)
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    codes: list[int] = []
+    odd: list[str] = []
+    for proc, _ in others:
+        try:
+            o, e = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            o, e = proc.communicate()
+        codes.append(proc.returncode)
+        if proc.returncode != 75:
+            odd.append(f"exit {proc.returncode}: {(e or o).strip().splitlines()[-1:]}")
+
+    runs = read_log(task_log)
+    overlaps = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]
+                if b[1] < (a[2] if a[2] is not None else float("inf"))]
+    run_end = max((r[2] for r in runs if r[2] is not None), default=None)
+    with Docroot(root_b) as doc:  # the host that reaches PostgreSQL directly
+        history = doc.history("Held", limit=1000)
+    rows = Counter(r.status for r in history)
+    slots = Counter()
+    for r in history:
+        slots[r.status] += r.slots
+    mine = [r for r in history if r.pid == first.pid] or sorted(history, key=lambda r: r.id)[:1]
+    outcome = mine[0] if mine else None
+    recorded = (outcome is not None and outcome.status == "ok"
+                and outcome.return_value is not None and json.loads(outcome.return_value) == 42)
+
+    print(f"2. a flap: Held (overlap = False, run() {RUN_FOR:g} s, returns 42) run through the"
+          f" proxy, cut for {CUT_FOR:g} s\n   every {FLAP_EVERY:g} s x {FLAPS}; a second host"
+          f" (PostgreSQL directly) starts runtask Held every {SECOND_HOST_EVERY:g} s")
+    print(f"  first runtask: entered run() {entered:.2f} s after its start, exit"
+          f" {first.returncode}, {exited - began:.1f} s in all"
+          + (f", exited {time.time() - (time.monotonic() - exited) - run_end:.2f} s after"
+             " run() ended" if run_end is not None else ""))
+    print(f"  cuts: {len(cuts)}, {min(cuts):.2f}-{max(cuts):.2f} s each")
+    print(f"  second host: {len(codes)} runtask started, exit codes"
+          f" {dict(sorted(Counter(codes).items()))}")
+    for line in odd[:5]:
+        print(f"    {line}")
+    print(f"  runs that entered run(): {len(runs)}; overlapping pairs: {len(overlaps)}"
+          + (f"; unfinished: {sum(1 for r in runs if r[2] is None)}"
+             if any(r[2] is None for r in runs) else ""))
+    for a, b in overlaps[:5]:
+        print(f"    pid {a[0]} {a[1]:.2f}-{a[2]} overlaps pid {b[0]} {b[1]:.2f}-{b[2]}")
+    print(f"  history of Held (rows): {dict(sorted(rows.items()))};"
+          f" slots: {dict(sorted(slots.items()))}")
+    if outcome is not None:
+        print(f"  first run's row: status {outcome.status}, return_value"
+              f" {outcome.return_value}, exit_code {outcome.exit_code}"
+              f" ({'its pid' if mine and outcome.pid == first.pid else 'the oldest row'})")
+    print(f"  first run's outcome (ok, 42) recorded: {'yes' if recorded else 'NO'};"
+          f" skipped slots {slots.get('skipped', 0)} vs exits 75 {codes.count(75)};"
+          f" outcomes left in host A's spool: {len(spooled_files(state_a))}")
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    if lines:
+        print(f"  first runtask's stderr ({len(lines)} lines):")
+        for line in lines[:6]:
+            print(f"    {line[:160]}")
+    if out.strip():
+        print(f"  first runtask's stdout: {out.strip()[:200]!r}")
+    print()
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    began = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="reqcron-faults-"))
+    os.environ["XDG_STATE_HOME"] = str(tmp / "state")
+    log = Collect()
+    logging.getLogger("reqcron").addHandler(log)
+    database = create_database()
+    url = SERVER.rsplit("/", 1)[0] + "/" + database
+    parts = urlsplit(url)
+    proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    try:
+        import psycopg
+
+        task_log = tmp / "held.log"
+        tasks = TASKS.format(log=str(task_log), run_for=RUN_FOR)
+        state_a, state_b = tmp / "state-a", tmp / "state-b"
+        root_a = make_root(tmp / "host-a", tasks, with_port(url, proxy.port), state_a)
+        root_b = make_root(tmp / "host-b", tasks, url, state_b)
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, psycopg"
+              f" {psycopg.__version__} ({psycopg.pq.__impl__}), PostgreSQL at"
+              f" {SERVER.rsplit('/', 1)[0]} behind a proxy on port {proxy.port};"
+              "\nratios are against figures measured in this run")
+        print()
+        section_requests(tmp, root_a, proxy, n, log)
+        section_flap(tmp, root_a, root_b, state_a, proxy, task_log)
+        if log.seen:
+            print(f"reqcron logged in this process: {sum(log.seen.values())} lines")
+            for line, count in log.seen.most_common(4):
+                print(f"  x{count} {line}")
+    finally:
+        proxy.close()
+        left = leftovers(tmp)  # task processes end by themselves
+        deadline = time.monotonic() + 15
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = leftovers(tmp)
+        if left:
+            print(f"killed {len(left)} processes still running after 15 s")
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        drop_database(database)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"total {time.monotonic() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
