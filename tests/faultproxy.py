@@ -33,8 +33,17 @@ class FaultProxy:
         self.port: int = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()
+        # Every connection closed, and each pipe let to finish, before the loop goes: a
+        # transport left to the garbage collector warns (ResourceWarning, an error here).
+        for w in list(self._writers):
+            w.transport.abort()
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self._server.close()
         self._loop.run_until_complete(self._server.wait_closed())
+        self._loop.run_until_complete(asyncio.sleep(0.01))  # the transports' last callbacks
         self._loop.close()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
