@@ -101,7 +101,7 @@ class Collect(logging.Handler):
         self.seen: Counter[str] = Counter()
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.seen[f"{record.levelname}: {record.getMessage()[:150]}"] += 1
+        self.seen[f"{record.levelname}: {record.getMessage()[:300]}"] += 1
 
 
 def ms(samples: list[float]) -> tuple[float, float]:
@@ -142,13 +142,18 @@ def make_root(where: Path, tasks: str, url: str, state_dir: Path) -> Path:
     return where
 
 
-def spooled_files(state_dir: Path) -> list[str]:
+def spool_left(state_dir: Path) -> str:
+    """What waits in a host's spool: outcomes (run-*.json) and calls (call-*.json,
+    .pending); ``call-*.id`` files only remember where a stored call went."""
     from reqcron.engine.spool import spool_dir
 
     try:
-        return sorted(n for n in os.listdir(spool_dir(state_dir)) if not n.startswith("."))
+        names = os.listdir(spool_dir(state_dir))
     except FileNotFoundError:
-        return []
+        names = []
+    outcomes = sum(1 for n in names if n.startswith("run-") and n.endswith(".json"))
+    calls = sum(1 for n in names if n.startswith("call-") and n.endswith((".json", ".pending")))
+    return f"{outcomes} outcomes, {calls} calls waiting"
 
 
 # -- 1. requests --------------------------------------------------------------------------
@@ -172,38 +177,55 @@ def request(app, path: str) -> float:
 
 
 def settle(mw, results: list, root: Path, restored: float) -> dict[str, object]:
-    """After restore(): tend the site until every Result has an id, then wait for each to
-    run; count the stored rows per call."""
+    """After restore(): tend the site with requests (as steady traffic would) until every
+    Result has an id and has run; then count the stored rows per call."""
     from reqcron import Docroot
 
     deadline = restored + 60
-    while any(r.id is None for r in results) and time.monotonic() < deadline:
-        request(mw, "/")  # the next check stores the spooled calls
+    ids_at = done_at = None
+    tended = 0
+    while time.monotonic() < deadline:
+        request(mw, "/")  # the next check stores the spooled calls and starts their runs
+        tended += 1
+        if ids_at is None and all(r.id is not None for r in results):
+            ids_at = time.monotonic() - restored
+        if ids_at is not None and all(ready(r) for r in results):
+            done_at = time.monotonic() - restored
+            break
         time.sleep(0.1)
-    ids_at = time.monotonic() - restored
-    no_id = sum(1 for r in results if r.id is None)
     values, not_done = [], 0
     for r in results:
         try:
             values.append(r.wait(max(0.1, min(60.0, deadline - time.monotonic()))).result)
         except (TimeoutError, LookupError):
             not_done += 1
-    done_at = time.monotonic() - restored
     with Docroot(root) as doc:
         rows = doc.history(limit=100_000)
-    per_token = Counter(json.loads(r.call).get("token") for r in rows if r.call is not None)
-    tokens = [r._token for r in results]
-    statuses = Counter(r.status for r in results if r.id is not None)
-    return {"no_id": no_id, "ids_at": ids_at, "done_at": done_at, "not_done": not_done,
+    calls = [r for r in rows if r.call is not None]
+    per_token = Counter(json.loads(r.call).get("token") for r in calls)
+    by_id = {r.id: json.loads(r.call).get("token") for r in calls}
+    # A call stored within its request's wait has no token in its Result: its row has one.
+    tokens = [r._token or by_id.get(r.id) for r in results]
+    return {"no_id": sum(1 for r in results if r.id is None), "ids_at": ids_at,
+            "done_at": done_at, "not_done": not_done, "tended": tended,
             "wrong": sum(1 for v in values if v != 5),
-            "duplicates": sum(max(0, per_token[t] - 1) for t in tokens),
-            "missing": sum(1 for t in tokens if per_token[t] == 0),
-            "statuses": dict(statuses)}
+            "duplicates": sum(max(0, per_token[t] - 1) for t in tokens if t),
+            "missing": sum(1 for t in tokens if not t or per_token[t] == 0),
+            "statuses": dict(Counter(r.status for r in results if r.id is not None))}
 
 
-def section_requests(tmp: Path, root: Path, proxy: FaultProxy, n: int,
+def ready(result) -> bool:
+    try:
+        return result.is_ready()
+    except LookupError:
+        return False
+
+
+def section_requests(tmp: Path, root: Path, url: str, proxy: FaultProxy, n: int,
                      log: Collect) -> None:
     import importlib
+
+    import psycopg
 
     from reqcron import ReqCron
 
@@ -221,14 +243,26 @@ def section_requests(tmp: Path, root: Path, proxy: FaultProxy, n: int,
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"hello"]
 
+    # The baseline for storing a call: one committed INSERT of a row, through the proxy.
+    baseline = psycopg.connect(url, autocommit=True, connect_timeout=3)
+    baseline.execute("CREATE TABLE bench_insert (id bigserial PRIMARY KEY, body text)")
+    body = json.dumps({"target": "benchjobs:add", "args": [2, 3], "token": "0" * 32})
+
+    def insert() -> float:
+        began = time.perf_counter()
+        baseline.execute("INSERT INTO bench_insert (body) VALUES (%s) RETURNING id", (body,))
+        return time.perf_counter() - began
+
     mw = ReqCron(app, root, watch=False)
-    rows: list[tuple[str, dict[str, object]]] = []
+    rows: list[tuple[str, dict]] = []
+    inserts: list[float] = []
     try:
         request(mw, "/defer")  # the worker wakes, connects, loads the catalog
         assert results[0].wait(60).result == 5, "the warm-up call did not run"
         end = time.monotonic() + 1.0
         while time.monotonic() < end:  # steady traffic until the worker is settled
             request(mw, "/")
+            insert()
             time.sleep(0.02)
         for state, fault in (("healthy", None), ("stalled", proxy.stall),
                              ("cut", proxy.cut)):
@@ -239,9 +273,11 @@ def section_requests(tmp: Path, root: Path, proxy: FaultProxy, n: int,
             if fault is not None:
                 fault()
             try:
-                for _ in range(n):  # interleaved: a busy moment hits both
+                for _ in range(n):  # interleaved: a busy moment hits all
                     plain.append(request(mw, "/"))
                     defer.append(request(mw, "/defer"))
+                    if fault is None:
+                        inserts.append(insert())
             finally:
                 proxy.restore()
             restored = time.monotonic()
@@ -250,35 +286,48 @@ def section_requests(tmp: Path, root: Path, proxy: FaultProxy, n: int,
             with_id = sum(1 for r in batch if r._id is not None)
             figures = settle(mw, batch, root, restored)
             rows.append((state, {"plain": plain, "defer": defer, "spooled": spooled,
-                                 "with_id": with_id, **figures,
-                                 "logged": sum(log.seen.values())}))
+                                 "with_id": with_id, **figures}))
             if log.seen:
-                print(f"  ({state}: reqcron logged {sum(log.seen.values())} lines here:"
-                      f" {'; '.join(f'{k} x{v}' for k, v in log.seen.most_common(3))})")
+                print(f"  ({state}, reqcron logged {sum(log.seen.values())} lines in this"
+                      " process:")
+                for line, count in log.seen.most_common(3):
+                    print(f"     x{count} {line.replace(str(tmp), '$TMP')}")
+                print("  )")
     finally:
         mw.close()
+        baseline.close()
         sys.path.remove(str(folder))
 
-    floor = statistics.median(rows[0][1]["plain"]) * 1000  # type: ignore[arg-type]
-    healthy = statistics.median(rows[0][1]["defer"]) * 1000  # type: ignore[arg-type]
+    floor = statistics.median(rows[0][1]["plain"]) * 1000
+    healthy = statistics.median(rows[0][1]["defer"]) * 1000
+    ins_med, ins_max = ms(inserts)
+
+    def when(at: float | None) -> str:
+        return "-" if at is None else f"{at:.1f}"
+
     print(f"1. a request through ReqCron, state on PostgreSQL behind a TCP proxy"
-          f" (ms, median / max of {n}, the two kinds interleaved)")
+          f" (ms, median / max of {n};\n   the two kinds, and the INSERT while healthy,"
+          " interleaved)")
     print(f"  {'state':8s} {'request':14s} {'median':>7s} {'max':>8s} {'x floor':>8s}"
           f" {'x healthy':>9s} {'spooled':>7s} {'had id':>6s} {'ids at':>6s} {'ran at':>6s}"
           f" {'not run':>7s} {'dup':>4s} {'missing':>7s}")
     for state, r in rows:
-        med, top = ms(r["plain"])  # type: ignore[arg-type]
-        print(f"  {state:8s} {'no deferral':14s} {med:7.2f} {top:8.2f} {med / floor:8.2f}")
-        med, top = ms(r["defer"])  # type: ignore[arg-type]
-        print(f"  {'':8s} {'defers a call':14s} {med:7.2f} {top:8.2f} {med / floor:8.2f}"
+        med, top = ms(r["plain"])
+        print(f"  {state:8s} {'no deferral':14s} {med:7.3f} {top:8.3f} {med / floor:8.2f}")
+        med, top = ms(r["defer"])
+        print(f"  {'':8s} {'defers a call':14s} {med:7.3f} {top:8.3f} {med / floor:8.0f}"
               f" {med / healthy:9.2f} {r['spooled']:7d} {r['with_id']:6d}"
-              f" {r['ids_at']:6.1f} {r['done_at']:6.1f}"
+              f" {when(r['ids_at']):>6s} {when(r['done_at']):>6s}"
               f" {r['no_id'] + r['not_done'] + r['wrong']:7d} {r['duplicates']:4d}"
               f" {r['missing']:7d}")
+    print(f"  baseline: a committed INSERT (psycopg, autocommit, through the proxy), healthy:"
+          f" {ins_med:.3f} / {ins_max:.3f};\n  a healthy deferring request costs"
+          f" {healthy / ins_med:.2f}x that")
     print("  floor: the healthy request deferring nothing; ids at / ran at: seconds after"
-          " restore()\n  until every Result had an id / had run and returned 5; not run:"
-          " no id, not ready\n  or a wrong value by the deadline (60 s); dup: rows stored"
-          " beyond one per call; missing:\n  calls with no row")
+          " restore()\n  until every Result had an id / had run and returned 5 (requests"
+          " every 0.1 s meanwhile);\n  not run: no id, not ready or a wrong value by the"
+          " deadline (60 s after restore);\n  dup: rows stored beyond one per call; missing:"
+          " calls with no row")
     bad = [(s, r["statuses"]) for s, r in rows if set(r["statuses"]) - {"ok"}]
     if bad:
         print(f"  statuses other than ok: {bad}")
@@ -304,6 +353,7 @@ def section_flap(tmp: Path, root_a: Path, root_b: Path, state_a: Path, proxy: Fa
     from reqcron import Docroot
 
     py = sys.executable
+    first_wall = time.time()
     first = subprocess.Popen([py, "-m", "reqcron.runtask", str(root_a), "Held"], cwd=root_a,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     began = time.monotonic()
@@ -315,7 +365,7 @@ def section_flap(tmp: Path, root_a: Path, root_b: Path, state_a: Path, proxy: Fa
             proc = subprocess.Popen([py, "-m", "reqcron.runtask", str(root_b), "Held"],
                                     cwd=root_b, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
-            others.append((proc, time.monotonic()))
+            others.append((proc, time.time()))
             stop.wait(SECOND_HOST_EVERY)
 
     starter = threading.Thread(target=second_host, daemon=True)
@@ -335,6 +385,7 @@ def section_flap(tmp: Path, root_a: Path, root_b: Path, state_a: Path, proxy: Fa
             proxy.restore()
             cuts.append(time.monotonic() - at)
             time.sleep(max(0.0, FLAP_EVERY - (time.monotonic() - at)))
+        stop.set()  # no more starts once the flapping ends (the first run ends ~1 s later)
         try:
             out, err = first.communicate(timeout=60)
         except subprocess.TimeoutExpired:
@@ -350,8 +401,8 @@ def section_flap(tmp: Path, root_a: Path, root_b: Path, state_a: Path, proxy: Fa
             first.kill()
             first.communicate()
     codes: list[int] = []
-    odd: list[str] = []
-    for proc, _ in others:
+    odd: list[tuple[float, int, list[str]]] = []
+    for proc, launched in others:
         try:
             o, e = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
@@ -359,12 +410,12 @@ def section_flap(tmp: Path, root_a: Path, root_b: Path, state_a: Path, proxy: Fa
             o, e = proc.communicate()
         codes.append(proc.returncode)
         if proc.returncode != 75:
-            odd.append(f"exit {proc.returncode}: {(e or o).strip().splitlines()[-1:]}")
+            odd.append((launched, proc.returncode, (e or o).strip().splitlines()[-2:]))
 
     runs = read_log(task_log)
     overlaps = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]
                 if b[1] < (a[2] if a[2] is not None else float("inf"))]
-    run_end = max((r[2] for r in runs if r[2] is not None), default=None)
+    run_end = runs[0][2] if runs else None  # the first to enter run() is the first runtask
     with Docroot(root_b) as doc:  # the host that reaches PostgreSQL directly
         history = doc.history("Held", limit=1000)
     rows = Counter(r.status for r in history)
@@ -386,8 +437,9 @@ def section_flap(tmp: Path, root_a: Path, root_b: Path, state_a: Path, proxy: Fa
     print(f"  cuts: {len(cuts)}, {min(cuts):.2f}-{max(cuts):.2f} s each")
     print(f"  second host: {len(codes)} runtask started, exit codes"
           f" {dict(sorted(Counter(codes).items()))}")
-    for line in odd[:5]:
-        print(f"    {line}")
+    for launched, code, last in odd[:5]:
+        since = "" if run_end is None else f", {launched - run_end:+.2f} s from the first run's end"
+        print(f"    exit {code}: started at {launched - first_wall:.2f} s{since}; {last}")
     print(f"  runs that entered run(): {len(runs)}; overlapping pairs: {len(overlaps)}"
           + (f"; unfinished: {sum(1 for r in runs if r[2] is None)}"
              if any(r[2] is None for r in runs) else ""))
@@ -401,7 +453,7 @@ def section_flap(tmp: Path, root_a: Path, root_b: Path, state_a: Path, proxy: Fa
               f" ({'its pid' if mine and outcome.pid == first.pid else 'the oldest row'})")
     print(f"  first run's outcome (ok, 42) recorded: {'yes' if recorded else 'NO'};"
           f" skipped slots {slots.get('skipped', 0)} vs exits 75 {codes.count(75)};"
-          f" outcomes left in host A's spool: {len(spooled_files(state_a))}")
+          f" host A's spool: {spool_left(state_a)}")
     lines = [line for line in err.strip().splitlines() if line.strip()]
     if lines:
         print(f"  first runtask's stderr ({len(lines)} lines):")
@@ -439,12 +491,13 @@ def main() -> None:
               f" {SERVER.rsplit('/', 1)[0]} behind a proxy on port {proxy.port};"
               "\nratios are against figures measured in this run")
         print()
-        section_requests(tmp, root_a, proxy, n, log)
+        section_requests(tmp, root_a, with_port(url, proxy.port), proxy, n, log)
+        log.seen.clear()
         section_flap(tmp, root_a, root_b, state_a, proxy, task_log)
         if log.seen:
-            print(f"reqcron logged in this process: {sum(log.seen.values())} lines")
+            print(f"reqcron logged in this process during 2.: {sum(log.seen.values())} lines")
             for line, count in log.seen.most_common(4):
-                print(f"  x{count} {line}")
+                print(f"  x{count} {line.replace(str(tmp), '$TMP')}")
     finally:
         proxy.close()
         left = leftovers(tmp)  # task processes end by themselves

@@ -93,6 +93,29 @@ def test_actions_need_post_and_csrf(status_app, site, docroot):
     assert unknown.status_int == 404 and b"known tasks" in unknown.body
 
 
+def test_the_page_pauses_and_resumes_the_whole_site(status_app, site, docroot):
+    page = authed(status_app, "/_reqcron/").text
+    assert "Pause every task" in page and "PAUSED" not in page
+    csrf = json.loads(authed(status_app, "/_reqcron/?format=json").body)["csrf"]
+    paused = authed(status_app, "/_reqcron/action", POST={"action": "pause", "csrf": csrf})
+    assert paused.status_int == 303
+    doc = docroot(site)
+    assert doc.paused() is not None and doc.paused().until is None  # until resumed
+    page = authed(status_app, "/_reqcron/").text
+    assert "PAUSED" in page and "until resumed" in page and ">Resume<" in page
+    data = json.loads(authed(status_app, "/_reqcron/?format=json").body)
+    assert data["paused"]["until"] is None
+    assert all("paused" in t["marks"] for t in data["tasks"])
+    resumed = authed(status_app, "/_reqcron/action", POST={"action": "resume", "csrf": csrf,
+                                                           "format": "json"},
+                     headers={"Accept": "application/json"})
+    assert resumed.status_int in (200, 303) and doc.paused() is None
+    assert "PAUSED" not in authed(status_app, "/_reqcron/").text
+    # Without the CSRF token nothing changes.
+    assert authed(status_app, "/_reqcron/action", POST={"action": "pause"}).status_int == 403
+    assert doc.paused() is None
+
+
 def test_login_form_sets_a_strict_httponly_cookie(status_app):
     bad = get(status_app, "/_reqcron/login", POST={"token": "wrong"})
     assert bad.status_int == 401

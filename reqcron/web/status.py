@@ -33,12 +33,12 @@ from .. import report
 from ..engine import registry
 from ..engine.docroot import Docroot
 from ..errors import ReqCronError, TaskLookupError
+from . import actions
 from . import status_html as html
 from .gate import SESSION_SECONDS, Gate
 
 COOKIE = "reqcron_session"
 FORM_LIMIT = 8 * 1024  # bytes of a POST's body: a token, a task name, a CSRF token
-ACTIONS = ("run", "enable", "disable")
 
 
 class StatusPage:
@@ -210,10 +210,9 @@ class StatusPage:
     def _action(self, request: Request) -> Response:
         form = request.POST
         action, name = form.get("action", ""), form.get("task", "")
-        if action not in ACTIONS:
+        if action not in actions.ACTIONS:
             return _plain(400, f"Unknown action {action!r}.")
-        doc = self._docroot()
-        {"run": doc.run_now, "enable": doc.enable, "disable": doc.disable}[action](name)
+        actions.perform(self._docroot(), action, name)
         if _wants_json(request):
             return Response(json_body={"ok": True, "action": action, "task": name})
         return Response(status=303, location=request.application_url + self.path + "/")

@@ -99,6 +99,14 @@ def status_page(data: dict[str, Any], runs: list[Run], csrf: str, path: str,
         return f"{path}/" + (f"?{query}" if query else "")
 
     task = data["task"]
+    paused = data.get("paused")
+    if paused:
+        until = f' until {_when(paused["until"])}' if paused["until"] else " until resumed"
+        banner = (f'<p class="paused"><b>PAUSED</b> since {_when(paused["since"])}{until}: '
+                  "slots are recorded as skipped, but those of tasks with even_when_paused. "
+                  f'{button("resume", "", "Resume")}</p>')
+    else:
+        banner = f'<p class="site">{button("pause", "", "Pause every task")}</p>'
     rows = []
     for t in data["tasks"]:
         last = t["last_run"]
@@ -157,6 +165,7 @@ def status_page(data: dict[str, Any], runs: list[Run], csrf: str, path: str,
 <form method="post" action="{escape(path)}/logout" class="signout">
 <input type="hidden" name="{escape(csrf_field)}" value="{escape(csrf)}">
 <button>Sign out</button></form>
+{banner}
 {f'<h2>Load errors</h2><ul class="bad">{errors}</ul>' if errors else ""}
 <h2>Tasks</h2>
 <table><tr><th>Task</th><th>Schedule</th><th>Next run</th><th>Last run</th><th>Latest runs</th>
@@ -183,7 +192,8 @@ background:#fde68a;padding:0 .3rem;border-radius:3px;text-transform:uppercase}.b
 .signout{float:right;margin-top:-2.6rem}.strip svg{display:block}.strip line{stroke:#ccc}
 .bar{stroke-width:1}.b-ok{fill:#16a34a}.b-bad{fill:#dc2626}.b-skip{fill:#f59e0b}
 .b-miss{fill:none;stroke:#9ca3af}.b-run{fill:#2563eb}.b-wait{fill:none;stroke:#2563eb}
-.filter{margin:.5rem 0}.pages{text-align:center}"""
+.filter{margin:.5rem 0}.pages{text-align:center}.paused{background:#fde68a;padding:.5rem}
+.paused form,.site form{display:inline;margin-left:.5rem}"""
 SCRIPT = """/* refresh while nobody reads an opened output */
 setTimeout(function r() { if (document.querySelector("details[open]")) setTimeout(r, 5000);
 else location.reload(); }, 5000);"""

@@ -27,6 +27,7 @@ from django.urls import reverse
 from ... import report
 from ...engine import registry
 from ...errors import TaskLookupError
+from ...web import actions
 from ...web import status_html as html
 from ...web.status import HEADERS, _history_query
 from .conf import docroot
@@ -99,14 +100,13 @@ def status(request: HttpRequest) -> HttpResponse:
 
 @staff_only("POST")
 def action(request: HttpRequest) -> HttpResponse:
-    """Run now, enable or disable a task (Django's CSRF check has passed)."""
+    """Run now, enable or disable a task, pause or resume the site (Django's CSRF check has
+    passed)."""
     name, what = request.POST.get("task", ""), request.POST.get("action", "")
-    doc = registry.engine(docroot())
-    actions = {"run": doc.run_now, "enable": doc.enable, "disable": doc.disable}
-    if what not in actions:
+    if what not in actions.ACTIONS:
         return HttpResponse(f"Unknown action {what!r}.", status=400, content_type="text/plain")
     try:
-        actions[what](name)
+        actions.perform(registry.engine(docroot()), what, name)
     except TaskLookupError as exc:
         return HttpResponse(str(exc), status=404, content_type="text/plain")
     if request.GET.get("format") == "json":
