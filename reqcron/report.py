@@ -228,11 +228,14 @@ def history_page(doc: Docroot, task: str | None = None, *, before: int | None = 
 
 
 def explain(doc: Docroot, name: str, count: int) -> list[dict[str, Any]]:
-    """The next ``count`` runs of a task, each marking a daylight-saving change it crosses."""
+    """The next ``count`` runs of a task, each marking a daylight-saving change it crosses
+    and whether the site's pause will skip it."""
     from .engine.catch_up import Window
 
     schedule = doc.schedule_of(name)
-    window = Window(doc.info(name))  # slots outside `between` are not run: not shown
+    info = doc.info(name)
+    window = Window(info)  # slots outside `between` are not run: not shown
+    pause = None if info.even_when_paused else doc.paused()
     zone = getattr(schedule, "zone", doc.zone)
     moment = datetime.now(UTC)
     offset = moment.astimezone(zone).utcoffset()
@@ -248,7 +251,9 @@ def explain(doc: Docroot, name: str, count: int) -> list[dict[str, Any]]:
             change = f"crosses a change from UTC{_offset(offset)} to UTC{after}"
             offset = local_time.utcoffset()
         out.append({"at": local_time.isoformat(timespec="seconds"),
-                    "local": local_time.strftime("%Y-%m-%d %H:%M:%S %Z"), "dst_change": change})
+                    "local": local_time.strftime("%Y-%m-%d %H:%M:%S %Z"), "dst_change": change,
+                    "paused": pause is not None and (pause.until is None
+                                                     or nxt.timestamp() < pause.until)})
         moment = nxt
     return out
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from conftest import (
     STATUS_TOKEN,
@@ -450,3 +450,23 @@ def test_explain_shows_only_the_slots_inside_between(make_docroot):
     assert done.returncode == 0, done.stderr
     hours = [datetime.fromisoformat(r["at"]).hour for r in json.loads(done.stdout)["runs"]]
     assert len(hours) == 6 and set(hours) == {9, 10, 11}
+
+
+def test_explain_shows_the_sites_pause_and_which_slots_it_skips(make_docroot):
+    root = make_docroot(slot_task(cron="0 * * * *", extra='between = "09:00-12:00"'))
+    until = (datetime.now(UTC) + timedelta(days=1, hours=1)).isoformat(timespec="seconds")
+    assert reqcron_cmd("pause", str(root), "--until", until).returncode == 0
+    done = reqcron_cmd("explain", str(root), "Report", "--count", "6", "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["between"] == "09:00-12:00" and data["site_paused"]["until"]
+    ends = datetime.fromisoformat(until).timestamp()
+    for r in data["runs"]:
+        assert r["paused"] == (datetime.fromisoformat(r["at"]).timestamp() < ends), r
+    assert any(r["paused"] for r in data["runs"]) and not all(r["paused"] for r in data["runs"])
+    text = reqcron_cmd("explain", str(root), "Report", "--count", "6").stdout
+    assert "the site is PAUSED since" in text and "only between 09:00-12:00" in text
+    assert "paused: recorded as skipped" in text
+    assert reqcron_cmd("resume", str(root)).returncode == 0
+    data = json.loads(reqcron_cmd("explain", str(root), "Report", "--json").stdout)
+    assert data["site_paused"] is None and not any(r["paused"] for r in data["runs"])

@@ -361,12 +361,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
         sys.stderr.write(f"reqcron: {args.task} does not load; these are the times of its last "
                          f"good schedule: {doc.catalog().error_of(args.task)}\n")
     runs = report.explain(doc, args.task, args.count)
+    pause = doc.paused()
+    paused = None
+    if pause is not None:
+        paused = {"since": times.iso(pause.since, doc.zone), "until": times.iso(pause.until,
+                                                                                doc.zone)}
     if args.json:
-        _emit({"task": args.task, "schedule": describe, "runs": runs})
+        _emit({"task": args.task, "schedule": describe, "between": info.between,
+               "even_when_paused": info.even_when_paused, "site_paused": paused, "runs": runs})
         return ExitCode.OK
     out = f"{args.task}: {describe}\n"
+    if info.between:
+        out += f"  only between {info.between} ({info.zone or doc.zone}): other slots are skipped\n"
+    if paused is not None:
+        until = f"until {paused['until']}" if paused["until"] else "until `reqcron resume`"
+        out += (f"  the site is PAUSED since {paused['since']} {until}"
+                + ("; this task runs anyway (even_when_paused)\n" if info.even_when_paused
+                   else ": its slots meanwhile are recorded as skipped\n"))
     for r in runs:
-        out += f"  {r['local']}" + (f"   <- {r['dst_change']}" if r["dst_change"] else "") + "\n"
+        notes = [*([r["dst_change"]] if r["dst_change"] else []),
+                 *(["paused: recorded as skipped"] if r["paused"] else [])]
+        out += f"  {r['local']}" + (f"   <- {'; '.join(notes)}" if notes else "") + "\n"
     if not runs:
         out += "  no future runs\n"
     sys.stdout.write(out)
