@@ -206,12 +206,33 @@ def settle(mw, results: list, root: Path, restored: float) -> dict[str, object]:
     by_id = {r.id: json.loads(r.call).get("token") for r in calls}
     # A call stored within its request's wait has no token in its Result: its row has one.
     tokens = [r._token or by_id.get(r.id) for r in results]
-    return {"no_id": sum(1 for r in results if r.id is None), "ids_at": ids_at,
+    mine = [r for r in calls if r.id in {x.id for x in results} and r.start is not None]
+    waited = [r.start - r.created for r in mine] or [float("nan")]
+    return {"waited": waited, "no_id": sum(1 for r in results if r.id is None), "ids_at": ids_at,
             "done_at": done_at, "not_done": not_done, "tended": tended,
             "wrong": sum(1 for v in values if v != 5),
             "duplicates": sum(max(0, per_token[t] - 1) for t in tokens if t),
             "missing": sum(1 for t in tokens if not t or per_token[t] == 0),
             "statuses": dict(Counter(r.status for r in results if r.id is not None))}
+
+
+def drainers_failed(root: Path) -> int:
+    """Task processes for calls that could not use the state, from the spawn log."""
+    from reqcron import Docroot
+    from reqcron.run.spawn import SPAWN_LOG
+
+    with Docroot(root) as doc:
+        log = doc.settings.state_dir / SPAWN_LOG
+    try:
+        return log.read_text().count("cannot be used")
+    except FileNotFoundError:
+        return 0
+
+
+def wall(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
 
 
 def ready(result) -> bool:
@@ -253,7 +274,21 @@ def section_requests(tmp: Path, root: Path, url: str, proxy: FaultProxy, n: int,
         baseline.execute("INSERT INTO bench_insert (body) VALUES (%s) RETURNING id", (body,))
         return time.perf_counter() - began
 
+    startup = statistics.median(
+        wall([sys.executable, "-c", "import psycopg"]) for _ in range(3))
     mw = ReqCron(app, root, watch=False)
+    # Count the task processes started for calls (runtask --calls): wrap this middleware's
+    # own spawner (an internal, as benchmarks/postgres.py pokes _wake_at).
+    drainers = [0]
+    spawner = mw._spawner
+    start_drainer = spawner.start_drainer
+
+    def counted(doc) -> bool:
+        started = start_drainer(doc)
+        drainers[0] += started
+        return started
+
+    spawner.start_drainer = counted
     rows: list[tuple[str, dict]] = []
     inserts: list[float] = []
     try:
@@ -268,6 +303,8 @@ def section_requests(tmp: Path, root: Path, url: str, proxy: FaultProxy, n: int,
                              ("cut", proxy.cut)):
             log.seen.clear()
             before = len(results)
+            failed_before = drainers_failed(root)
+            drainers_before = drainers[0]
             plain: list[float] = []
             defer: list[float] = []
             if fault is not None:
@@ -286,7 +323,9 @@ def section_requests(tmp: Path, root: Path, url: str, proxy: FaultProxy, n: int,
             with_id = sum(1 for r in batch if r._id is not None)
             figures = settle(mw, batch, root, restored)
             rows.append((state, {"plain": plain, "defer": defer, "spooled": spooled,
-                                 "with_id": with_id, **figures}))
+                                 "with_id": with_id, **figures,
+                                 "failed": drainers_failed(root) - failed_before,
+                                 "started": drainers[0] - drainers_before}))
             if log.seen:
                 print(f"  ({state}, reqcron logged {sum(log.seen.values())} lines in this"
                       " process:")
@@ -308,26 +347,38 @@ def section_requests(tmp: Path, root: Path, url: str, proxy: FaultProxy, n: int,
     print(f"1. a request through ReqCron, state on PostgreSQL behind a TCP proxy"
           f" (ms, median / max of {n};\n   the two kinds, and the INSERT while healthy,"
           " interleaved)")
-    print(f"  {'state':8s} {'request':14s} {'median':>7s} {'max':>8s} {'x floor':>8s}"
-          f" {'x healthy':>9s} {'spooled':>7s} {'had id':>6s} {'ids at':>6s} {'ran at':>6s}"
-          f" {'not run':>7s} {'dup':>4s} {'missing':>7s}")
+    print(f"  {'state':8s} {'request':30s} {'median':>8s} {'max':>8s} {'x floor':>8s}"
+          f" {'x healthy':>9s}")
     for state, r in rows:
         med, top = ms(r["plain"])
-        print(f"  {state:8s} {'no deferral':14s} {med:7.3f} {top:8.3f} {med / floor:8.2f}")
+        print(f"  {state:8s} {'defers nothing':30s} {med:8.3f} {top:8.3f} {med / floor:8.2f}")
         med, top = ms(r["defer"])
-        print(f"  {'':8s} {'defers a call':14s} {med:7.3f} {top:8.3f} {med / floor:8.0f}"
-              f" {med / healthy:9.2f} {r['spooled']:7d} {r['with_id']:6d}"
-              f" {when(r['ids_at']):>6s} {when(r['done_at']):>6s}"
+        print(f"  {'':8s} {'defers one call':30s} {med:8.3f} {top:8.3f} {med / floor:8.0f}"
+              f" {med / healthy:9.2f}")
+        if state == "healthy":
+            print(f"  {'':8s} {'INSERT + commit, via proxy':30s} {ins_med:8.3f} {ins_max:8.3f}"
+                  f" {ins_med / floor:8.0f} {ins_med / healthy:9.2f}")
+    print("  floor: the healthy request deferring nothing; INSERT + commit: one row, psycopg"
+          " in autocommit,\n  through the same proxy (what storing a call cannot beat)")
+    print()
+    print(f"  the calls ({n} per state); ids at / ran at: seconds after restore() until every"
+          " Result had an id /\n  had run and returned 5, requests every 0.1 s meanwhile;"
+          " wait: a call's start - its request\n  (s, median / max; a task process started"
+          f" from scratch: python -c 'import psycopg' takes {startup:.2f} s here)")
+    print(f"  {'state':8s} {'spooled':>7s} {'had id':>6s} {'ids at':>6s} {'ran at':>6s}"
+          f" {'wait':>11s} {'not run':>7s} {'dup':>4s} {'missing':>7s} {'processes':>9s}"
+          f" {'failed':>6s}")
+    for state, r in rows:
+        waited = f"{statistics.median(r['waited']):.2f} / {max(r['waited']):.2f}"
+        print(f"  {state:8s} {r['spooled']:7d} {r['with_id']:6d}"
+              f" {when(r['ids_at']):>6s} {when(r['done_at']):>6s} {waited:>11s}"
               f" {r['no_id'] + r['not_done'] + r['wrong']:7d} {r['duplicates']:4d}"
-              f" {r['missing']:7d}")
-    print(f"  baseline: a committed INSERT (psycopg, autocommit, through the proxy), healthy:"
-          f" {ins_med:.3f} / {ins_max:.3f};\n  a healthy deferring request costs"
-          f" {healthy / ins_med:.2f}x that")
-    print("  floor: the healthy request deferring nothing; ids at / ran at: seconds after"
-          " restore()\n  until every Result had an id / had run and returned 5 (requests"
-          " every 0.1 s meanwhile);\n  not run: no id, not ready or a wrong value by the"
-          " deadline (60 s after restore);\n  dup: rows stored beyond one per call; missing:"
-          " calls with no row")
+              f" {r['missing']:7d} {r['started']:9d} {r['failed']:6d}")
+    print("  not run: no id, not ready or a wrong value 60 s after restore(); dup: rows stored"
+          " beyond one\n  per call (by its token); missing: calls with no row; processes:"
+          " task processes started for\n  calls (runtask --calls; max_processes = 4 may hold"
+          " a drain slot at once); failed: those that\n  could not use the state"
+          " (runtask.log), each doubling the pause before the next is started")
     bad = [(s, r["statuses"]) for s, r in rows if set(r["statuses"]) - {"ok"}]
     if bad:
         print(f"  statuses other than ok: {bad}")
@@ -488,8 +539,9 @@ def main() -> None:
         root_b = make_root(tmp / "host-b", tasks, url, state_b)
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, psycopg"
               f" {psycopg.__version__} ({psycopg.pq.__impl__}), PostgreSQL at"
-              f" {SERVER.rsplit('/', 1)[0]} behind a proxy on port {proxy.port};"
-              "\nratios are against figures measured in this run")
+              f" {SERVER.rsplit('/', 1)[0]} behind a proxy on port {proxy.port}"
+              f";\nload average {os.getloadavg()[0]:.1f}; ratios are against figures"
+              " measured in this run")
         print()
         section_requests(tmp, root_a, with_port(url, proxy.port), proxy, n, log)
         log.seen.clear()

@@ -46,6 +46,7 @@ class Status(StrEnum):
     SKIPPED = "skipped"  # not run: disabled, or the previous run still going
     MISSED = "missed"  # found later than the task's grace
     LOST = "lost"  # its process died without recording an end
+    CANCELLED = "cancelled"  # a deferred call cancelled while queued: never run
 
     # The one classification of statuses; every surface and store asks these.
     @property

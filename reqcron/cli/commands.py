@@ -13,6 +13,9 @@ from ..engine import registry
 from ..engine.docroot import Docroot
 from ..errors import ExitCode, ReqCronError
 from ..records import Trigger
+from .call_commands import add_call_commands
+from .output import emit as _emit
+from .output import table as _table
 from .time_commands import add_time_commands, paused_line
 
 #: Which exit code of several runs is the worst, for `due --wait`.
@@ -69,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("enable", cmd_enable, "turn a task's schedule on, for every trigger", task=True)
     command("disable", cmd_disable, "turn a task's schedule off, for every trigger", task=True)
     add_time_commands(command)
+    add_call_commands(command)
     command("check", cmd_check, "load __tasks__.py and reqcron.toml; report problems")
     command("crontab", cmd_crontab, "print crontab lines that run the same schedule")
     explain = command("explain", cmd_explain, "the next run times of a task", task=True,
@@ -101,17 +105,6 @@ def _open(args: argparse.Namespace) -> Docroot:
     """The DOCROOT's engine, closed with every other when the command ends (cli/main.py)."""
     return registry.engine(args.docroot, busy_timeout=registry.BACKGROUND_BUSY_TIMEOUT,
                            log_load_errors=False)  # each command reports them
-
-
-def _emit(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in [header, *rows]]
-    return "\n".join(lines) + "\n"
 
 
 def cmd_run(args: argparse.Namespace) -> int:

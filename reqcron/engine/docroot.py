@@ -23,6 +23,7 @@ from ..schedule.zones import local_zone, zone_name, zone_named
 from ..store import Store, open_store
 from . import call_queue, call_spool
 from . import catalog_sync as sync
+from .call_admin import CallAdmin
 from .pause import Pausable, active
 from .positions import Schedules
 from .site_files import SiteFiles
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("reqcron")
 
 
-class Docroot(Pausable):
+class Docroot(Pausable, CallAdmin):
     """One DOCROOT: its settings, its tasks and its shared state."""
 
     def __init__(
@@ -143,15 +144,6 @@ class Docroot(Pausable):
         pulse = self.store.pulse()
         calls = call_queue.next_wait(pulse, now())
         return min((t for t in (pulse.earliest, calls) if t is not None), default=None)
-
-    def queue(self) -> dict[str, int]:
-        """How many deferred calls wait (for their time, or a process) and how many run."""
-        return call_queue.counts(self.store)
-
-    def drainers_wanted(self, at: float | None = None) -> int:
-        """How many task processes to start for the deferred calls due now (max_processes)."""
-        return call_queue.drainers_wanted(self.store, self.settings.max_processes,
-                                          now() if at is None else at)
 
     def catalog(self) -> Catalog:
         """The tasks as data (the last good definitions while the file is broken)."""

@@ -32,7 +32,7 @@ from webob import Request, Response
 from .. import report
 from ..engine import registry
 from ..engine.docroot import Docroot
-from ..errors import ReqCronError, TaskLookupError
+from ..errors import ReqCronError, TaskLookupError, UsageError
 from . import actions
 from . import status_html as html
 from .gate import SESSION_SECONDS, Gate
@@ -212,7 +212,10 @@ class StatusPage:
         action, name = form.get("action", ""), form.get("task", "")
         if action not in actions.ACTIONS:
             return _plain(400, f"Unknown action {action!r}.")
-        actions.perform(self._docroot(), action, name)
+        try:
+            actions.perform(self._docroot(), action, name, form.get("call", ""))
+        except UsageError as exc:  # a call gone, or taken by a process meanwhile
+            return _plain(409, f"{exc}.")
         if _wants_json(request):
             return Response(json_body={"ok": True, "action": action, "task": name})
         return Response(status=303, location=request.application_url + self.path + "/")

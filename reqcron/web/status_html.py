@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from .. import report, times
+from ..engine.call_admin import RETRYABLE
 from ..records import RAN, Run, now
 
 
@@ -86,12 +87,13 @@ def status_page(data: dict[str, Any], runs: list[Run], csrf: str, path: str,
                 csrf_field: str = "csrf") -> str:
     """The page: ``data`` from report.summary with the history's ``runs``, its forms at ``path``
     (carrying ``csrf`` as the field ``csrf_field``: Django's is csrfmiddlewaretoken)."""
-    def button(action: str, task: str, label: str) -> str:
+    def button(action: str, task: str, label: str, call: int | None = None) -> str:
+        target = (f'<input type="hidden" name="call" value="{call}">' if call is not None
+                  else f'<input type="hidden" name="task" value="{escape(task)}">')
         return (f'<form method="post" action="{escape(path)}/action">'
                 f'<input type="hidden" name="{escape(csrf_field)}" value="{escape(csrf)}">'
                 f'<input type="hidden" name="action" value="{action}">'
-                f'<input type="hidden" name="task" value="{escape(task)}">'
-                f'<button>{label}</button></form>')
+                f'{target}<button>{label}</button></form>')
 
     def page(**params: Any) -> str:
         """The page's URL with these query parameters (None: left out)."""
@@ -134,6 +136,11 @@ def status_page(data: dict[str, Any], runs: list[Run], csrf: str, path: str,
             detail = ("<details><summary>output</summary><pre>"
                       + "\n".join(p for p in parts if p) + "</pre></details>")
         repeated = f" x{h['slots']}" if h["slots"] > 1 else ""
+        steer = ""
+        if run.call is not None and run.status == "queued":
+            steer = button("cancel", "", "Cancel", call=run.id)
+        elif run.call is not None and run.status in RETRYABLE:
+            steer = button("retry", "", "Retry", call=run.id)
         history.append(
             f'<tr><td>{h["id"]}</td><td><a href="{escape(page(task=h["task"]))}#runs">'
             f'{escape(h.get("call", {}).get("label") or h["task"])}</a>'
@@ -141,7 +148,7 @@ def status_page(data: dict[str, Any], runs: list[Run], csrf: str, path: str,
             f'<td>{_when(h["start"] or h["end"])}</td>'
             f'<td>{escape(times.duration(h["duration"]))}</td>'
             f'<td class="s-{escape(h["status"])}">{escape(h["status"])}{repeated}</td>'
-            f'<td>{escape(h["error"] or "")}{detail}</td></tr>')
+            f'<td>{escape(h["error"] or "")}{detail}</td><td class="actions">{steer}</td></tr>')
     options = "".join(
         f'<option value="{escape(t["name"])}"{" selected" if t["name"] == task else ""}>'
         f'{escape(t["name"])}</option>' for t in data["tasks"])
@@ -175,7 +182,7 @@ def status_page(data: dict[str, Any], runs: list[Run], csrf: str, path: str,
 <select name="task"><option value="">all tasks and calls</option>{options}</select></label>
 <button>Show</button></form>
 <table id="history"><tr><th>Run</th><th>Task</th><th>Trigger</th><th>Start</th><th>Duration</th>
-<th>Status</th><th>Result</th></tr>{"".join(history)}</table>
+<th>Status</th><th>Result</th><th></th></tr>{"".join(history)}</table>
 {f'<p class="pages">{nav}</p>' if nav else ""}
 {"" if history else "<p>No runs yet.</p>"}</main>
 <script>{SCRIPT}</script></html>"""

@@ -33,6 +33,7 @@ STATUSES = {
     Status.QUEUED: "READY", Status.PENDING: "READY", Status.RUNNING: "RUNNING",
     Status.OK: "SUCCESSFUL", Status.FAILED: "FAILED", Status.TIMEOUT: "FAILED",
     Status.LOST: "FAILED", Status.SKIPPED: "FAILED", Status.MISSED: "FAILED",
+    Status.CANCELLED: "FAILED",
 }
 log = logging.getLogger("reqcron")
 ROLLED_BACK = "its transaction was rolled back: not run"

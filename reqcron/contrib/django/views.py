@@ -26,7 +26,7 @@ from django.urls import reverse
 
 from ... import report
 from ...engine import registry
-from ...errors import TaskLookupError
+from ...errors import TaskLookupError, UsageError
 from ...web import actions
 from ...web import status_html as html
 from ...web.status import HEADERS, _history_query
@@ -106,9 +106,11 @@ def action(request: HttpRequest) -> HttpResponse:
     if what not in actions.ACTIONS:
         return HttpResponse(f"Unknown action {what!r}.", status=400, content_type="text/plain")
     try:
-        actions.perform(registry.engine(docroot()), what, name)
+        actions.perform(registry.engine(docroot()), what, name, request.POST.get("call", ""))
     except TaskLookupError as exc:
         return HttpResponse(str(exc), status=404, content_type="text/plain")
+    except UsageError as exc:  # a call gone, or taken by a process meanwhile
+        return HttpResponse(f"{exc}.", status=409, content_type="text/plain")
     if request.GET.get("format") == "json":
         return JsonResponse({"ok": True, "action": what, "task": name})
     return HttpResponseRedirect(_path() + "/")
