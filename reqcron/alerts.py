@@ -28,7 +28,7 @@ from .records import FAILING, RAN
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from datetime import tzinfo
     from typing import Any
 
@@ -180,7 +180,35 @@ def notify_run(settings: Settings, store: Store, run: Run, task_targets: Sequenc
 
 
 def send(target: str, data: dict[str, Any], settings: Settings) -> None:
-    """Deliver ``data`` to one target; raise on failure (after at most TIMEOUT per call)."""
+    """Deliver ``data`` to one target within TIMEOUT in all; raise on failure."""
+    within(TIMEOUT, lambda: _send(target, data, settings))
+
+
+def within(seconds: float, action: Callable[[], None]) -> None:
+    """Do ``action`` in a thread, waiting ``seconds`` in all; TimeoutError past that.
+
+    A socket's timeout bounds each read, not the whole: an endpoint that
+    drips a byte now and then would hold the caller for good.  The thread
+    left behind is a daemon; what it still does is of no one's concern.
+    """
+    failure: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            action()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            failure.append(exc)
+
+    thread = threading.Thread(target=attempt, name="reqcron-send", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    if failure:
+        raise failure[0]
+
+
+def _send(target: str, data: dict[str, Any], settings: Settings) -> None:
     if target.startswith("mailto:"):
         _mail(target[len("mailto:"):], data, settings)
     elif target.startswith(("http://", "https://")):
@@ -283,7 +311,7 @@ def ping_end(url: str | None, ok: bool, output: str | None,
 
 def _ping(method: str, url: str, body: bytes | None) -> None:
     try:
-        _http(method, url, body)
+        within(TIMEOUT, lambda: _http(method, url, body))
     except Exception as exc:
         log.warning("reqcron: ping %s failed: %s", url, exc)
 

@@ -367,3 +367,79 @@ def test_a_run_past_warn_after_says_so_once_and_is_marked_while_it_runs(
     assert len(hooks.seen) == 1  # once, and a good end after nothing bad says nothing
     (task,) = json.loads(reqcron_cmd("list", str(root), "--json").stdout)["tasks"]
     assert "running long" not in task["marks"]
+
+
+class Drip:
+    """An HTTP endpoint that answers GETs at once and POSTs one byte every half second for a
+    minute: each read is quick, the whole never ends (a socket timeout alone never fires)."""
+
+    def __init__(self) -> None:
+        self.posts = threading.Event()
+        self.stop = threading.Event()
+        drip = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's names
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"OK")
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                drip.posts.set()
+                self.send_response(200)
+                self.send_header("Content-Length", "120")
+                self.end_headers()
+                for _ in range(120):
+                    if drip.stop.wait(0.5):
+                        return
+                    try:
+                        self.wfile.write(b".")
+                        self.wfile.flush()
+                    except OSError:
+                        return
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ping"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_dripping_ping_endpoint_holds_neither_the_next_run_nor_its_process(
+        make_docroot, tmp_path, monkeypatch):
+    drip = Drip()
+    try:
+        monkeypatch.setenv("REQCRON_NOTIFY_TIMEOUT", "2")
+        root = make_docroot(f"""
+            from reqcron import Task
+
+            class Export(Task):
+                overlap = False
+                ping = {drip.url!r}
+                def run(self):
+                    return "exported"
+        """)
+        began = time.monotonic()
+        first = start_runtask(root, "Export")
+        assert drip.posts.wait(30), "the end ping never came"
+        # The first runtask now waits on the ping: its task lock is let go already, so a
+        # second run of this overlap = False task runs instead of being skipped.
+        second = runtask(root, "Export")
+        assert second.returncode == 0, second.stderr
+        out, err = first.communicate(timeout=30)
+        assert first.returncode == 0, err
+        assert "no answer within 2 s" in err
+        # Far less than the minute the endpoint drips: the whole send has a deadline.
+        assert time.monotonic() - began < 30
+        assert [r.status for r in read_history(root, "Export")] == ["ok", "ok"]
+    finally:
+        drip.close()

@@ -23,6 +23,7 @@ from .supervise import supervise
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
     import threading
+    from collections.abc import Callable
     from typing import Any
 
     from ..engine.docroot import Docroot
@@ -75,6 +76,7 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
     # host sees this process alive, however long the task takes to load.
     run_lock = store.take_run_lock()
     task_lock = None
+    after: Callable[[], None] | None = None
     try:
         attempt = _take(store, run_id, name, run_lock.token) if run_id is not None else None
         task, trigger = _load(docroot, name, attempt)
@@ -117,12 +119,15 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
         else:  # a reaper or a second process ended this attempt meanwhile: never run it twice
             raise NotRun(ExitCode.NOT_RUN, f"run {attempt.id} of {name!r} was ended by another "
                                            "process before it started; not run")
-        return _run(docroot, task, attempt, echo, (*run_lock.fds, *(
+        code, after = _run(docroot, task, attempt, echo, (*run_lock.fds, *(
             task_lock.fds if task_lock else ())))
     finally:
         run_lock.release()
         if task_lock is not None:
             task_lock.release()
+    if after is not None:
+        after()  # once the locks are let go: a slow endpoint holds no later slot back
+    return code
 
 
 def _take(store: Store, run_id: int, name: str, token: str) -> Attempt:
@@ -190,8 +195,9 @@ def _stands_for(docroot: Docroot, task: Task, claimed: Run | None) -> None:
 
 
 def _run(docroot: Docroot, task: Task, attempt: Attempt, echo: bool,
-         locks: tuple[int, ...]) -> int:
-    """Run the task in a supervised child and record its end; return its exit code.
+         locks: tuple[int, ...]) -> tuple[int, Callable[[], None] | None]:
+    """Run the task in a supervised child and record its end; return its exit code, and
+    what is to follow once its locks are let go (pruning, pings, notifications).
 
     Nothing here fails on the state: the outcome is written (retried, or
     kept in the spool) and the task's own exit code returned.
@@ -227,15 +233,18 @@ def _run(docroot: Docroot, task: Task, attempt: Attempt, echo: bool,
         log.warning("the outcome of run %s was not recorded: another process ended it",
                     attempt.id)
     if written not in (Written.RECORDED, Written.CORRECTED):
-        return exit_code
-    try:
-        store.prune(name, docroot.settings.history)
-        if task.notify or docroot.settings.notify or task.ping:
-            _tell(docroot, task, attempt.id, outcome.status in (Status.OK, Status.SKIPPED),
-                  outcome.output, pinged)
-    except StateError as exc:  # the run is recorded; tidying waits for the next run
-        log.warning("after run %s: %s", attempt.id, exc)
-    return exit_code
+        return exit_code, None
+
+    def after() -> None:
+        try:
+            store.prune(name, docroot.settings.history)
+            if task.notify or docroot.settings.notify or task.ping:
+                _tell(docroot, task, attempt.id, outcome.status in (Status.OK, Status.SKIPPED),
+                      outcome.output, pinged)
+        except StateError as exc:  # the run is recorded; tidying waits for the next run
+            log.warning("after run %s: %s", attempt.id, exc)
+
+    return exit_code, after
 
 
 def _tell(docroot: Docroot, task: Task, run_id: int, ok: bool, output: str,
