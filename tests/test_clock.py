@@ -253,3 +253,34 @@ def test_a_fixed_time_slot_runs_again_when_the_clock_goes_back_a_day(
               message="Fixed's slot S a day earlier")
     assert [(r.slot, r.status) for r in runs_of(root, "Fixed")] == [
         (slot - 86400, "ok"), (slot, "ok")]
+
+
+def test_a_host_is_told_apart_by_its_boot_not_only_its_name(make_docroot, caplog):
+    """Two machines of one name (cloned VMs, containers named alike on other kernels) do
+    not share a clock offset: one that booted later, its offset larger, would make the
+    other think its clock went back at every look."""
+    import logging
+
+    from reqcron.schedule import clock as wall
+    from reqcron.store import CLOCK_KEY
+
+    name = os.uname().nodename
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        pytest.skip("this kernel tells no boot id")
+    assert CLOCK_KEY == f"clock:{name}:{boot}"
+
+    root = make_docroot("""
+        from reqcron import Task
+        class Every2(Task):
+            every = 2
+    """, UTC_TOML)
+    with Docroot(root) as doc, caplog.at_level(logging.WARNING, logger="reqcron"):
+        doc.due()
+        # What a machine of the same name that booted an hour later writes under the name
+        # alone (as reqcron did before): its offset an hour larger than this host's.
+        doc.store.set_meta(f"clock:{name}", repr(wall.offset() + 3600))
+        doc.pulse()
+        doc.due()
+    assert not [r for r in caplog.records if "set back" in r.getMessage()]

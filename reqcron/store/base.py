@@ -24,8 +24,20 @@ __all__ = ["CLOCK_KEY", "REMOVED", "Attempt", "CatalogRow", "Dump", "Lock", "Pul
 
 #: The signature of a task that is no longer in __tasks__.py.
 REMOVED = "removed"
-#: Where a host keeps its clock offset (a monotonic clock is one host's alone).
-CLOCK_KEY = f"clock:{os.uname().nodename}"
+
+
+def _host() -> str:
+    """This host as the state tells hosts apart: its name and, where the kernel tells, its
+    boot.  Two machines may share a name, and a monotonic clock starts at each boot."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return f"{os.uname().nodename}:{fh.read().strip()}"
+    except OSError:
+        return os.uname().nodename
+
+
+#: Where a host keeps its clock offset (a monotonic clock is one host's, one boot's alone).
+CLOCK_KEY = f"clock:{_host()}"
 
 
 class Lock(Protocol):
