@@ -43,10 +43,11 @@ class CallAdmin:
         """How many deferred calls wait (for their time, or a process) and how many run."""
         return call_queue.counts(self.store)
 
-    def drainers_wanted(self, at: float | None = None) -> int:
-        """How many task processes to start for the deferred calls due now (max_processes)."""
+    def drainers_wanted(self, at: float | None = None, mine: int = 0) -> int:
+        """How many task processes to start for the deferred calls due now (max_processes),
+        ``mine`` of the caller's own still alive (see call_queue.drainers_wanted)."""
         return call_queue.drainers_wanted(self.store, self.settings.max_processes,
-                                          now() if at is None else at)
+                                          now() if at is None else at, mine)
 
     def calls(self, statuses: tuple[str, ...] = (), limit: int = 50) -> list[Run]:
         """The latest deferred calls (in ``statuses``, if given), newest first."""

@@ -25,12 +25,17 @@ def counts(store: Store) -> dict[str, int]:
             "running": store.calls_running()}
 
 
-def drainers_wanted(store: Store, most: int, current: float) -> int:
-    """How many task processes to start for the calls due now, ``most`` at once in all."""
+def drainers_wanted(store: Store, most: int, current: float, mine: int = 0) -> int:
+    """How many task processes to start for the calls due now, ``most`` at once in all.
+
+    ``mine``: the caller's own processes still alive, some perhaps still
+    starting with no slot taken yet: at least that many slots count as taken
+    (else each look during a burst would start ``most`` more).
+    """
     waiting = store.due_calls(current, most)  # one small query, as a pulse is
     if not waiting:
         return 0
-    started = store.held_task_locks([SLOT_LOCK.format(i) for i in range(most)])
+    started = max(mine, store.held_task_locks([SLOT_LOCK.format(i) for i in range(most)]))
     if started:
         # A process between two calls (or lingering after its last) takes the next.
         waiting -= max(0, started - store.calls_running())

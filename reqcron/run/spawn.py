@@ -50,10 +50,13 @@ class Spawner:
 
         Not while the last one failed, for a pause that doubles with each failure:
         calls wait in the queue rather than a storm of processes that cannot work.
+        After the pause one process tries alone; the others follow once one ends well.
         """
-        until, _ = self._paused.get(str(docroot.path), (0.0, 0.0))
-        if time.monotonic() < until:
-            return False
+        key = str(docroot.path)
+        if key in self._paused:
+            until, _ = self._paused[key]
+            if time.monotonic() < until or self.drainers(docroot):
+                return False
         return self._start(docroot, ["--calls", str(docroot.path)], None)
 
     def _start(self, docroot: Docroot, args: list[str], run_id: int | None) -> bool:
@@ -88,6 +91,14 @@ class Spawner:
             self._children.append((child, docroot, run_id))
         return True
 
+    def drainers(self, docroot: Docroot) -> int:
+        """How many processes for ``docroot``'s calls this spawner started that have not
+        been reaped (some may still be starting, with no slot taken yet; one that ended
+        counts until reap() has seen how, and paused the next ones if it failed)."""
+        with self._lock:
+            return sum(1 for _, doc, run_id in self._children
+                       if run_id is None and doc.path == docroot.path)
+
     def reap(self) -> int:
         """Collect the children that have exited; return how many still run.
 
@@ -121,7 +132,10 @@ class Spawner:
             self._paused.pop(key, None)
             return
         first, most = DRAINER_PAUSE
-        pause = min(most, max(first, self._paused.get(key, (0.0, 0.0))[1] * 2))
+        until, last = self._paused.get(key, (0.0, 0.0))
+        if time.monotonic() < until:
+            return  # started before the pause, failed of the same cause: no longer pause
+        pause = min(most, max(first, last * 2))
         self._paused[key] = (time.monotonic() + pause, pause)
         self._log_once(logging.ERROR, "reqcron: %s: a process for deferred calls exited with "
                        "code %s (its message is in %s); the next waits %g s or more", docroot.path,

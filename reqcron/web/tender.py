@@ -319,7 +319,7 @@ class Tender(Generic[App]):
             if requested:
                 for claim in doc.due(Trigger.REQUEST):
                     self._spawner.start(doc, claim)
-                for _ in range(doc.drainers_wanted()):
+                for _ in range(doc.drainers_wanted(mine=self._spawner.drainers(doc))):
                     self._spawner.start_drainer(doc)
             else:
                 doc.pulse()
