@@ -7,12 +7,15 @@ and ``site = "bench"``, where the port is a TCP proxy in front of the server
 
 1. how long a WSGI request through ``ReqCron`` takes (ms, median and max of N,
    in-process, a minimal environ), a request that defers one ``@delay`` call
-   beside one that defers nothing, interleaved, with the state healthy,
-   stalled and cut; for the deferring ones how many Results were "spooled"
-   and how many had an id, then, after ``restore()`` (the middleware tended
-   by a few more requests), how long until every Result had an id and had
-   run (``wait()`` returning the value), and how many rows were stored per
-   call (its token in the stored call): duplicates and calls missing must be 0;
+   beside one that defers nothing (the floor) and, while healthy, a plain
+   committed INSERT through the same proxy, interleaved, with the state
+   healthy, stalled and cut; for the deferring ones how many Results were
+   "spooled" and how many had an id, then, after ``restore()`` (the
+   middleware tended by a request every 0.1 s), how long until every Result
+   had an id and had run (``wait()`` returning the value), how long each call
+   waited for its process, how many rows were stored per call (its token in
+   the stored call: duplicates and calls missing must be 0), and how many
+   task processes for calls were started and failed;
 2. a flap: an ``overlap = False`` task (run() sleeps 8 s, returns 42) started
    by ``python -m reqcron.runtask`` through the proxy, the proxy cut for
    0.3 s every 0.7 s ten times while it runs, and meanwhile a second host
@@ -20,13 +23,14 @@ and ``site = "bench"``, where the port is a TCP proxy in front of the server
    directly) starting ``runtask`` for the same task every second: exit codes,
    how many runs entered run() and whether any overlapped (run() logs its
    start and end to a file), the statuses in the history, and whether the
-   first run's outcome (ok, 42) was recorded.
+   first run's outcome (ok, 42) was recorded; its timings beside the same
+   runtask run just before with nothing cut and no second host.
 
 Every figure is compared with one measured in this same run (these machines
 are noisy: read the ratios).  The PostgreSQL server is $REQCRON_TEST_POSTGRES
 or postgresql://root@127.0.0.1:5432/postgres; the run makes its own database
 (reqcron_bench_<random>) and drops it at the end; everything else lives in a
-temporary directory, state included (XDG_STATE_HOME).  Takes about a minute.
+temporary directory, state included (XDG_STATE_HOME).  Takes ~30 s on 2 cores.
 Not a test.
 
     .venv/bin/python benchmarks/state_faults.py [N]
@@ -183,10 +187,8 @@ def settle(mw, results: list, root: Path, restored: float) -> dict[str, object]:
 
     deadline = restored + 60
     ids_at = done_at = None
-    tended = 0
     while time.monotonic() < deadline:
         request(mw, "/")  # the next check stores the spooled calls and starts their runs
-        tended += 1
         if ids_at is None and all(r.id is not None for r in results):
             ids_at = time.monotonic() - restored
         if ids_at is not None and all(ready(r) for r in results):
@@ -206,25 +208,23 @@ def settle(mw, results: list, root: Path, restored: float) -> dict[str, object]:
     by_id = {r.id: json.loads(r.call).get("token") for r in calls}
     # A call stored within its request's wait has no token in its Result: its row has one.
     tokens = [r._token or by_id.get(r.id) for r in results]
-    mine = [r for r in calls if r.id in {x.id for x in results} and r.start is not None]
+    ids = {r.id for r in results}
+    mine = [r for r in calls if r.id in ids and r.start is not None]
     waited = [r.start - r.created for r in mine] or [float("nan")]
     return {"waited": waited, "no_id": sum(1 for r in results if r.id is None), "ids_at": ids_at,
-            "done_at": done_at, "not_done": not_done, "tended": tended,
+            "done_at": done_at, "not_done": not_done,
             "wrong": sum(1 for v in values if v != 5),
             "duplicates": sum(max(0, per_token[t] - 1) for t in tokens if t),
             "missing": sum(1 for t in tokens if not t or per_token[t] == 0),
             "statuses": dict(Counter(r.status for r in results if r.id is not None))}
 
 
-def drainers_failed(root: Path) -> int:
+def drainers_failed(state_dir: Path) -> int:
     """Task processes for calls that could not use the state, from the spawn log."""
-    from reqcron import Docroot
     from reqcron.run.spawn import SPAWN_LOG
 
-    with Docroot(root) as doc:
-        log = doc.settings.state_dir / SPAWN_LOG
     try:
-        return log.read_text().count("cannot be used")
+        return (state_dir / SPAWN_LOG).read_text().count("cannot be used")
     except FileNotFoundError:
         return 0
 
@@ -242,8 +242,8 @@ def ready(result) -> bool:
         return False
 
 
-def section_requests(tmp: Path, root: Path, url: str, proxy: FaultProxy, n: int,
-                     log: Collect) -> None:
+def section_requests(tmp: Path, root: Path, state_dir: Path, url: str, proxy: FaultProxy,
+                     n: int, log: Collect) -> None:
     import importlib
 
     import psycopg
@@ -303,7 +303,7 @@ def section_requests(tmp: Path, root: Path, url: str, proxy: FaultProxy, n: int,
                              ("cut", proxy.cut)):
             log.seen.clear()
             before = len(results)
-            failed_before = drainers_failed(root)
+            failed_before = drainers_failed(state_dir)
             drainers_before = drainers[0]
             plain: list[float] = []
             defer: list[float] = []
@@ -324,7 +324,7 @@ def section_requests(tmp: Path, root: Path, url: str, proxy: FaultProxy, n: int,
             figures = settle(mw, batch, root, restored)
             rows.append((state, {"plain": plain, "defer": defer, "spooled": spooled,
                                  "with_id": with_id, **figures,
-                                 "failed": drainers_failed(root) - failed_before,
+                                 "failed": drainers_failed(state_dir) - failed_before,
                                  "started": drainers[0] - drainers_before}))
             if log.seen:
                 print(f"  ({state}, reqcron logged {sum(log.seen.values())} lines in this"
@@ -399,10 +399,29 @@ def read_log(path: Path) -> list[tuple[int, float, float | None]]:
     return [(pid, at, ends.get(pid)) for pid, at in sorted(starts.items(), key=lambda x: x[1])]
 
 
-def section_flap(tmp: Path, root_a: Path, root_b: Path, state_a: Path, proxy: FaultProxy,
+def baseline_run(root_a: Path, task_log: Path) -> dict[str, float]:
+    """The same runtask through the proxy, nothing cut and no second host: the baseline."""
+    began, began_wall = time.monotonic(), time.time()
+    done = subprocess.run([sys.executable, "-m", "reqcron.runtask", str(root_a), "Held"],
+                          cwd=root_a, capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - began
+    ended_wall = time.time()
+    runs = read_log(task_log)
+    task_log.rename(task_log.with_name("held-baseline.log"))
+    assert done.returncode == 0 and len(runs) == 1 and runs[0][2] is not None, (done, runs)
+    return {"took": took, "entered": runs[0][1] - began_wall,
+            "after": ended_wall - runs[0][2]}
+
+
+def section_flap(root_a: Path, root_b: Path, state_a: Path, proxy: FaultProxy,
                  task_log: Path) -> None:
     from reqcron import Docroot
 
+    with Docroot(root_b) as doc:
+        before = max((r.id for r in doc.history("Held", limit=1)), default=0)
+    base = baseline_run(root_a, task_log)
+    with Docroot(root_b) as doc:
+        baseline_id = max((r.id for r in doc.history("Held", limit=1)), default=before)
     py = sys.executable
     first_wall = time.time()
     first = subprocess.Popen([py, "-m", "reqcron.runtask", str(root_a), "Held"], cwd=root_a,
@@ -427,7 +446,6 @@ def section_flap(tmp: Path, root_a: Path, root_b: Path, state_a: Path, proxy: Fa
             if time.monotonic() > deadline or first.poll() is not None:
                 raise RuntimeError(f"the first run did not enter run(): {first.poll()}")
             time.sleep(0.01)
-        entered = time.monotonic() - began
         starter.start()
         for _ in range(FLAPS):
             at = time.monotonic()
@@ -443,6 +461,14 @@ def section_flap(tmp: Path, root_a: Path, root_b: Path, state_a: Path, proxy: Fa
             first.kill()
             out, err = first.communicate()
         exited = time.monotonic()
+    except BaseException:
+        stop.set()
+        if starter.is_alive():
+            starter.join(10)
+        for proc, _ in others:
+            proc.kill()
+            proc.communicate()
+        raise
     finally:
         proxy.restore()
         stop.set()
@@ -467,8 +493,9 @@ def section_flap(tmp: Path, root_a: Path, root_b: Path, state_a: Path, proxy: Fa
     overlaps = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]
                 if b[1] < (a[2] if a[2] is not None else float("inf"))]
     run_end = runs[0][2] if runs else None  # the first to enter run() is the first runtask
+    entered = runs[0][1] - first_wall
     with Docroot(root_b) as doc:  # the host that reaches PostgreSQL directly
-        history = doc.history("Held", limit=1000)
+        history = [r for r in doc.history("Held", limit=1000) if r.id > baseline_id]
     rows = Counter(r.status for r in history)
     slots = Counter()
     for r in history:
@@ -481,10 +508,16 @@ def section_flap(tmp: Path, root_a: Path, root_b: Path, state_a: Path, proxy: Fa
     print(f"2. a flap: Held (overlap = False, run() {RUN_FOR:g} s, returns 42) run through the"
           f" proxy, cut for {CUT_FOR:g} s\n   every {FLAP_EVERY:g} s x {FLAPS}; a second host"
           f" (PostgreSQL directly) starts runtask Held every {SECOND_HOST_EVERY:g} s")
-    print(f"  first runtask: entered run() {entered:.2f} s after its start, exit"
-          f" {first.returncode}, {exited - began:.1f} s in all"
-          + (f", exited {time.time() - (time.monotonic() - exited) - run_end:.2f} s after"
-             " run() ended" if run_end is not None else ""))
+    after = (time.time() - (time.monotonic() - exited) - run_end) if run_end else float("nan")
+    print(f"  {'':42s} {'flapping':>9s} {'healthy':>9s} {'x healthy':>9s}")
+    for what, flap, healthy in (("first runtask: start to run(), no cut yet", entered,
+                                 base["entered"]),
+                                ("first runtask: run() ended to exit", after, base["after"]),
+                                ("first runtask: in all", exited - began, base["took"])):
+        print(f"  {what:42s} {flap:9.2f} {healthy:9.2f} {flap / healthy:9.2f}")
+    print(f"  first runtask's exit code: {first.returncode} (healthy: 0; seconds above,"
+          f" the healthy run is the same\n  runtask through the proxy just before, nothing cut,"
+          " no second host)")
     print(f"  cuts: {len(cuts)}, {min(cuts):.2f}-{max(cuts):.2f} s each")
     print(f"  second host: {len(codes)} runtask started, exit codes"
           f" {dict(sorted(Counter(codes).items()))}")
@@ -543,9 +576,9 @@ def main() -> None:
               f";\nload average {os.getloadavg()[0]:.1f}; ratios are against figures"
               " measured in this run")
         print()
-        section_requests(tmp, root_a, with_port(url, proxy.port), proxy, n, log)
+        section_requests(tmp, root_a, state_a, with_port(url, proxy.port), proxy, n, log)
         log.seen.clear()
-        section_flap(tmp, root_a, root_b, state_a, proxy, task_log)
+        section_flap(root_a, root_b, state_a, proxy, task_log)
         if log.seen:
             print(f"reqcron logged in this process during 2.: {sum(log.seen.values())} lines")
             for line, count in log.seen.most_common(4):
