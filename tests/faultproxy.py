@@ -19,6 +19,9 @@ class FaultProxy:
         self._target = (host, port)
         self._mode = "open"
         self._writers: set[asyncio.StreamWriter] = set()
+        # Every connection ever made, kept until close(): one left to the garbage collector
+        # (a stalled pipe's paused transport has no other reference) warns, an error here.
+        self._every: list[asyncio.StreamWriter] = []
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -35,7 +38,7 @@ class FaultProxy:
         self._loop.run_forever()
         # Every connection closed, and each pipe let to finish, before the loop goes: a
         # transport left to the garbage collector warns (ResourceWarning, an error here).
-        for w in list(self._writers):
+        for w in self._every:
             w.transport.abort()
         pending = asyncio.all_tasks(self._loop)
         for task in pending:
@@ -47,6 +50,7 @@ class FaultProxy:
         self._loop.close()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._every.append(writer)
         if self._mode == "cut":
             writer.close()
             return
@@ -55,6 +59,7 @@ class FaultProxy:
         except OSError:
             writer.close()
             return
+        self._every.append(up_writer)
         self._writers |= {writer, up_writer}
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer),
                              return_exceptions=True)
