@@ -21,7 +21,7 @@ from ..paths import docroot_path
 from ..records import Claim, LoadError, Run, TaskState, Trigger, now
 from ..schedule.zones import local_zone, zone_name, zone_named
 from ..store import Store, open_store
-from . import call_queue, call_spool
+from . import call_queue, call_spool, site_owner
 from . import catalog_sync as sync
 from .call_admin import CallAdmin
 from .pause import Pausable, active
@@ -120,6 +120,7 @@ class Docroot(Pausable, CallAdmin):
         pulse = self.store.pulse()
         call_spool.enqueue(self.settings.state_dir, self.store)  # a look at a folder, mostly
         if pulse.catalog_key != key:
+            site_owner.claim(self.store, self.path, self.settings)
             sync.read_once(self.store, self.path, self.settings.python, self.zone_name(), key,
                            current, self._schedules.get, self._log_load_errors,
                            self.settings.modules, self.settings.django_settings)

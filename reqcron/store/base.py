@@ -26,7 +26,7 @@ __all__ = ["CLOCK_KEY", "REMOVED", "Attempt", "CatalogRow", "Dump", "Lock", "Pul
 REMOVED = "removed"
 
 
-def _host() -> str:
+def host_id() -> str:
     """This host as the state tells hosts apart: its name and, where the kernel tells, its
     boot.  Two machines may share a name, and a monotonic clock starts at each boot."""
     try:
@@ -36,8 +36,10 @@ def _host() -> str:
         return os.uname().nodename
 
 
+#: This host, as the state tells hosts apart.
+HOST = host_id()
 #: Where a host keeps its clock offset (a monotonic clock is one host's, one boot's alone).
-CLOCK_KEY = f"clock:{_host()}"
+CLOCK_KEY = f"clock:{HOST}"
 
 
 class Lock(Protocol):
