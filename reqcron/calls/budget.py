@@ -45,48 +45,52 @@ TROUBLE = 60.0
 
 
 class Write:
-    """Storing one call; once the request has gone on, the thread settles what came of it."""
+    """Storing a request's calls (one, or a batch); once the request has gone on, the thread
+    settles what came of them."""
 
-    __slots__ = ("engine", "run", "spooled", "token", "done", "run_id", "error", "given_up",
-                 "released", "lock")
+    __slots__ = ("engine", "runs", "spooled", "tokens", "done", "run_ids", "error",
+                 "given_up", "released", "lock")
 
-    def __init__(self, engine: Docroot, run: Run, spooled: Run, token: str):
-        self.engine, self.run, self.spooled, self.token = engine, run, spooled, token
+    def __init__(self, engine: Docroot, runs: list[Run], spooled: list[Run], tokens: list[str]):
+        self.engine, self.runs, self.spooled, self.tokens = engine, runs, spooled, tokens
         self.done = threading.Event()
-        self.run_id: int | None = None
+        self.run_ids: list[int] | None = None
         self.error: BaseException | None = None
-        self.given_up = False  # the request went on: the thread settles the spooled call
-        self.released = False  # the request's response was sent: the call may run
+        self.given_up = False  # the request went on: the thread settles the spooled calls
+        self.released = False  # the request's response was sent: the calls may run
         self.lock = threading.Lock()
 
     def release(self) -> None:
-        """The request's response has been sent: let the call run (now, or once stored)."""
+        """The request's response has been sent: let the calls run (now, or once stored)."""
         with self.lock:
             self.released = True
-            run_id = self.run_id if self.done.is_set() else None
-        if run_id is not None:
-            self.engine.store.release_calls([run_id], HOLD)
+            run_ids = self.run_ids if self.done.is_set() else None
+        if run_ids:
+            self.engine.store.release_calls(run_ids, HOLD)
 
     def _ended(self) -> None:
-        """On the thread, once the write ended: settle the call if the request went on."""
+        """On the thread, once the write ended: settle the calls if the request went on."""
         with self.lock:
             self.done.set()
             given_up, released = self.given_up, self.released
         if not given_up:
             return
         state_dir = self.engine.settings.state_dir
+        ids: list[int | None] = ([*self.run_ids] if self.run_ids is not None
+                                else [None] * len(self.tokens))
         try:
-            call_spool.settle(state_dir, self.token, self.run_id)
-        except OSError as exc:  # the spooled file stays; an enqueuer takes it in time
+            for token, run_id in zip(self.tokens, ids, strict=True):
+                call_spool.settle(state_dir, token, run_id)
+        except OSError as exc:  # the spooled files stay; an enqueuer takes them in time
             log.error("reqcron: cannot settle a spooled call in %s: %s", state_dir, exc)
         if self.error is not None:
-            log.warning("reqcron: %s: a call deferred during a request waits in this host's "
+            log.warning("reqcron: %s: calls deferred during a request wait in this host's "
                         "spool: %s", self.engine.path, self.error)
-        elif released:
+        elif released and self.run_ids:
             try:
-                self.engine.store.release_calls([self.run_id], HOLD)  # type: ignore[list-item]
-            except Exception as exc:  # noqa: BLE001 - it runs when its hold ends instead
-                log.error("reqcron: %s: cannot release a deferred call: %s",
+                self.engine.store.release_calls(self.run_ids, HOLD)
+            except Exception as exc:  # noqa: BLE001 - they run when their hold ends instead
+                log.error("reqcron: %s: cannot release deferred calls: %s",
                           self.engine.path, exc)
 
 
@@ -117,7 +121,7 @@ class _Writer:
             job = self.jobs.get()
             self.busy_since = time.monotonic()
             try:
-                job.run_id = job.engine.store.add_run(job.run)
+                job.run_ids = job.engine.store.add_runs(job.runs)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller or settled
                 job.error = exc
                 self.troubled_until = time.monotonic() + TROUBLE
@@ -144,32 +148,38 @@ def _reset() -> None:
 os.register_at_fork(after_in_child=_reset)
 
 
-def store(engine: Docroot, run: Run, spooled: Run, token: str) -> int:
-    """Store ``run`` (a held call whose JSON holds ``token``) and return its id, within WAIT.
+def store(engine: Docroot, runs: list[Run], spooled: list[Run], tokens: list[str]) -> list[int]:
+    """Store ``runs`` (held calls whose JSON holds ``tokens``) and return their ids, within
+    WAIT.
 
     Raises the store's error if it failed in time; InFlight if it did not
-    end in time, once ``spooled`` (the call unheld) is kept in the spool.
+    end in time, once ``spooled`` (the calls unheld) are kept in the spool.
     """
     global _writer
     with _writer_lock:
         if _writer is None or not _writer.thread.is_alive():
             _writer = _Writer()
         writer = _writer
-    job = Write(engine, run, spooled, token)
+    job = Write(engine, runs, spooled, tokens)
     stuck = writer.stuck()  # the write before is stuck: this one would wait behind it
     writer.jobs.put(job)
     if stuck or not job.done.wait(writer.wait_for(engine)):
         writer.troubled_until = time.monotonic() + TROUBLE
         state_dir = engine.settings.state_dir
-        call_spool.keep(state_dir, token, spooled, in_flight=True)
+        for token, run in zip(tokens, spooled, strict=True):
+            call_spool.keep(state_dir, token, run, in_flight=True)
         with job.lock:
             job.given_up = not job.done.is_set()
         if job.given_up:
             raise InFlight(job)
         # It ended while the spool was written: settled here instead.
-        call_spool.settle(state_dir, token, job.run_id)
+        ended: list[int | None] = ([*job.run_ids] if job.run_ids is not None
+                                   else [None] * len(tokens))
+        for token, run_id in zip(tokens, ended, strict=True):
+            call_spool.settle(state_dir, token, run_id)
         if job.error is not None:
             raise InFlight(job)  # spooled, as settled
     if job.error is not None:
         raise job.error
-    return job.run_id  # type: ignore[return-value]
+    assert job.run_ids is not None
+    return job.run_ids

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+import time
 
 from .docroot import Docroot
 
@@ -26,10 +27,23 @@ BACKGROUND_BUSY_TIMEOUT = 5.0
 _lock = threading.Lock()
 _engines: dict[str, Docroot] = {}
 _holds: dict[str, int] = {}
+#: Seconds a path's real path is trusted: a burst of deferred calls resolves it once,
+#: and a symlink switched by a deploy is followed within this long.
+RESOLVED_FOR = 1.0
+_resolved: dict[str, tuple[str, float]] = {}
 
 
 def _key(path: str | os.PathLike[str]) -> str:
-    return os.path.realpath(os.fspath(path))
+    text = os.fspath(path)
+    clock = time.monotonic()
+    known = _resolved.get(text)
+    if known is not None and clock < known[1]:
+        return known[0]
+    real = os.path.realpath(text)
+    if len(_resolved) > 100:  # a process names few DOCROOTs; never grow without end
+        _resolved.clear()
+    _resolved[text] = (real, clock + RESOLVED_FOR)
+    return real
 
 
 def engine(path: str | os.PathLike[str], *, busy_timeout: float = REQUEST_BUSY_TIMEOUT,

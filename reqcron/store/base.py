@@ -148,6 +148,10 @@ class Store(ABC):
     def add_run(self, run: Run, merge: bool = False) -> int:
         """Record ``run``; with ``merge``, fold it into an identical latest not-run row."""
 
+    def add_runs(self, runs: list[Run]) -> list[int]:
+        """Record ``runs`` in one transaction (a burst of calls: one write, not one each)."""
+        return [self.add_run(run) for run in runs]
+
     @abstractmethod
     def update_run(self, run_id: int, /, **values: Any) -> None:
         """Set fields of a run (text capped as a run keeps it)."""

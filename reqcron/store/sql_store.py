@@ -165,6 +165,10 @@ class SQLStore(Store):
         with self._session(write=True) as db:
             return self._record(db, run, merge)
 
+    def add_runs(self, runs: list[Run]) -> list[int]:
+        with self._session(write=True) as db:
+            return [self._record(db, run) for run in runs]
+
     def _record(self, db: Session, run: Run, merge: bool = False) -> int:
         if merge:
             last = db.run(sql.LAST_RUN, task=run.task).fetchone()
@@ -248,11 +252,14 @@ class SQLStore(Store):
         return int(row[0]) if row else None
 
     def release_calls(self, ids: list[int], hold: float) -> None:
-        params: dict[str, Any] = {"hold": hold}
-        marks = sql.in_list("id", ids, params)
-        with self._session() as db:
-            db.run("UPDATE {runs} SET due = due - :hold WHERE {site}status = 'queued'"
-                   f" AND attempts = 0 AND id IN {marks}", params)
+        # In slices: a request that deferred 10,000 calls must not pass a statement more
+        # parameters than the database takes (SQLite's limit was 999 before 3.32).
+        with self._session(write=True) as db:
+            for start in range(0, len(ids), 500):
+                params: dict[str, Any] = {"hold": hold}
+                marks = sql.in_list("id", ids[start:start + 500], params)
+                db.run("UPDATE {runs} SET due = due - :hold WHERE {site}status = 'queued'"
+                       f" AND attempts = 0 AND id IN {marks}", params)
 
     def due_calls(self, now: float, limit: int) -> int:
         with self._session() as db:
