@@ -225,7 +225,7 @@ def test_an_endpoint_that_hangs_or_refuses_costs_only_its_timeout(make_docroot, 
     (run,) = docroot(root).history("Report")
     assert run.status == "failed"  # the run's own status is untouched
     assert run.notified.count("NOT sent") == 2, run.notified
-    assert "timed out" in run.notified and "refused" in run.notified.lower()
+    assert "no answer within" in run.notified and "refused" in run.notified.lower()
 
 
 @pytest.mark.parametrize("attribute, value", [("notify", "bogus"), ("notify", 42),
