@@ -173,6 +173,54 @@ def test_crontab_lines_are_valid_cron(site):
     assert f"* * * * * {sys.prefix}/bin/reqcron due {site}" in proc.stdout
 
 
+def as_cron_runs_it(command: str) -> str:
+    """What cron(8) hands the shell for a crontab command field (Debian's cron and cronie
+    alike): ``\\%`` becomes ``%``, and an unescaped ``%`` ends the command."""
+    out: list[str] = []
+    escaped = False
+    for ch in command:
+        if escaped:
+            escaped = False
+            if ch == "%":
+                out[-1] = "%"
+                continue
+        elif ch == "\\":
+            escaped = True
+        elif ch == "%":
+            break
+        out.append(ch)
+    return "".join(out)
+
+
+def test_crontab_lines_escape_every_percent_sign(make_docroot, tmp_path):
+    root = make_docroot("""
+        from datetime import timedelta
+        from reqcron import Task
+
+        class Nightly(Task):
+            cron = "30 2 * * *"
+
+        class Beat(Task):
+            every = timedelta(minutes=5)
+    """, name="100%site")
+    # An interpreter path with a % too: the venv, reached through a link named so.
+    venv = tmp_path / "venv%1"
+    venv.symlink_to(sys.prefix)
+    proc = subprocess.run([str(venv / "bin" / "python"), "-m", "reqcron", "crontab", str(root)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    # The task lines, and the commented-out `reqcron due` line meant to be uncommented.
+    commands = [line.removeprefix("# ").split(None, 5)[5] for line in proc.stdout.splitlines()
+                if not line.startswith("#") or " due " in line]
+    assert len(commands) == 3, proc.stdout
+    for command in commands:
+        assert "venv\\%1/bin/" in command and "100\\%site" in command, command
+        # Run as cron would: the whole command reaches the shell (a cut one fails).
+        ran = subprocess.run(["sh", "-c", as_cron_runs_it(command)], capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert ran.returncode == 0, (command, ran.stderr)
+
+
 def test_explain_marks_daylight_saving_changes(site):
     proc = reqcron_cmd("explain", str(site), "Nightly", "--count", "400", "--json")
     data = json.loads(proc.stdout)

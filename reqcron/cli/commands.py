@@ -14,6 +14,7 @@ from ..engine.docroot import Docroot
 from ..errors import ExitCode, ReqCronError
 from ..records import Trigger
 from .call_commands import add_call_commands
+from .output import crontab_escaped as _crontab_escaped
 from .output import emit as _emit
 from .output import table as _table
 from .time_commands import add_time_commands, paused_line
@@ -141,7 +142,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for t in data["tasks"]:
             if t["fix"]:
                 out += (f"\n{t['name']} is starved: no request or crontab has triggered it "
-                        f"since its slot. Add this crontab line:\n  {t['fix']}\n")
+                        f"since its slot. Add this crontab line:\n  {_crontab_escaped(t['fix'])}\n")
         for error in data["load_errors"]:
             out += f"\nload error: {error}\n"
         broken = [t["name"] for t in data["tasks"] if t["error"]]
@@ -305,7 +306,11 @@ def _interpreter_problems(python: str) -> list[str]:
 
 def cmd_crontab(args: argparse.Namespace) -> int:
     doc = _open(args)
-    sys.stdout.write("\n".join(report.crontab_lines(doc)) + "\n")
+    # The commented-out `reqcron due` line is meant to be uncommented: escaped too.
+    due = f"# {report.crontab_due_line(doc)}"
+    lines = [line if line.startswith("#") and line != due else _crontab_escaped(line)
+             for line in report.crontab_lines(doc)]
+    sys.stdout.write("\n".join(lines) + "\n")
     errors = doc.load_errors()
     for error in errors:
         sys.stderr.write(f"reqcron: {error}\n")
