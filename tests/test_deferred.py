@@ -218,6 +218,14 @@ def test_a_function_a_task_process_cannot_import_is_refused_at_decoration():
         reqcron.delay(main.job)
 
 
+def test_a_lambda_is_refused_as_a_lambda(app_module):
+    with pytest.raises(TypeError) as refused:
+        app_module("from reqcron import delay\n\njob = delay()(lambda: 1)\n")
+    message = str(refused.value)
+    assert message.startswith("@delay cannot defer a lambda (in jobs_"), message
+    assert "inside another function" not in message and "def" in message
+
+
 def test_without_a_docroot_a_call_runs_inline_and_says_so_once(app_module, monkeypatch, caplog):
     monkeypatch.delenv("REQCRON_DOCROOT", raising=False)
     mod = app_module(JOBS)

@@ -126,7 +126,11 @@ def import_name(function: Callable[..., Any]) -> str:
     qualname = getattr(function, "__qualname__", "")
     if not callable(function) or not module or not qualname:
         raise TypeError(f"@delay needs a function, not {function!r}")
-    if "<locals>" in qualname or "<lambda>" in qualname:
+    if qualname.endswith("<lambda>"):
+        raise TypeError(f"@delay cannot defer a lambda (in {module}): a task process finds "
+                        "the function by its name, which a lambda has not; define it with "
+                        "def, at module level")
+    if "<locals>" in qualname:
         raise TypeError(f"@delay needs a module-level function: {qualname} is defined inside "
                         "another function, where a task process cannot find it")
     if module == "__main__":
