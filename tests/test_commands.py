@@ -272,6 +272,21 @@ def test_bad_input_is_one_sentence_and_exit_2(site, args):
     assert one_sentence(proc)
 
 
+def test_a_missing_psycopg_names_the_state_by_its_url_without_the_password(make_docroot):
+    root = make_docroot("from reqcron import Task\nclass A(Task):\n    pass\n",
+                        '[reqcron]\nstate = "postgresql://reqcron:s3cret@db.invalid/shop"\n'
+                        'site = "shop"\n')
+    # As installed without the postgres extra: importing psycopg fails.
+    without_psycopg = ("import sys; sys.modules['psycopg'] = None; "
+                       "from reqcron.cli.main import main; sys.exit(main())")
+    proc = subprocess.run([sys.executable, "-c", without_psycopg, "list", str(root)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    line = one_sentence(proc)
+    assert "state at postgresql://reqcron@db.invalid/shop (site shop) cannot be used" in line
+    assert "pip install 'reqcron[postgres]'" in line and "s3cret" not in line
+
+
 def test_a_broken_tasks_file_is_reported_by_list(make_docroot):
     root = make_docroot("from reqcron import Task\nimport nope_not_here\n")
     proc = reqcron_cmd("list", str(root))
