@@ -257,6 +257,25 @@ def test_a_starved_task_is_marked_with_the_fixing_crontab_line(make_docroot, doc
     assert proc.returncode == 1
 
 
+def test_the_fixing_crontab_line_is_printed_once_for_all_starved_tasks(make_docroot, docroot):
+    root = make_docroot("""
+        from reqcron import Task
+
+        class A(Task):
+            cron = "* * * * *"
+
+        class B(Task):
+            cron = "*/2 * * * *"
+    """, name="50%off")
+    docroot(root).due(at=time.time() - 3600)  # first seen an hour ago, never triggered since
+    proc = reqcron_cmd("list", str(root))
+    assert proc.returncode == 1
+    assert proc.stdout.count("STARVED") == 2 and "A, B are starved" in proc.stdout
+    assert proc.stdout.count("reqcron due") == 1  # one line starts both
+    escaped = str(root).replace("%", "\\%")
+    assert f"reqcron due {escaped}\n" in proc.stdout  # pasted into a crontab as it is
+
+
 @pytest.mark.parametrize("args", [
     ("list", "/no/such/docroot"),
     ("run", "{site}", "Nope"),

@@ -139,10 +139,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                            *(["pending"] if t["pending"] else [])]).upper() or "ok",
             ])
         out = _table(rows, ["TASK", "SCHEDULE", "NEXT RUN", "LAST RUN", "STATE"])
-        for t in data["tasks"]:
-            if t["fix"]:
-                out += (f"\n{t['name']} is starved: no request or crontab has triggered it "
-                        f"since its slot. Add this crontab line:\n  {_crontab_escaped(t['fix'])}\n")
+        out += _starved(data["tasks"])
         for error in data["load_errors"]:
             out += f"\nload error: {error}\n"
         broken = [t["name"] for t in data["tasks"] if t["error"]]
@@ -163,6 +160,19 @@ def cmd_list(args: argparse.Namespace) -> int:
         return ExitCode.USAGE
     return ExitCode.FAILED if any(set(t["marks"]) - {"disabled", "paused", "running long"}
                                for t in data["tasks"]) else ExitCode.OK
+
+
+def _starved(tasks: list[dict[str, Any]]) -> str:
+    """The starved tasks, and once for all of them the crontab line that fixes them (the
+    same `reqcron due` line for each)."""
+    starved = [t for t in tasks if t["fix"]]
+    if not starved:
+        return ""
+    names = ", ".join(t["name"] for t in starved)
+    one = len(starved) == 1
+    return (f"\n{names} {'is' if one else 'are'} starved: no request or crontab has "
+            f"triggered {'it' if one else 'them'} since {'its' if one else 'their'} slot. "
+            f"Add this crontab line:\n  {_crontab_escaped(starved[0]['fix'])}\n")
 
 
 def _ts(value: str | None) -> float | None:
