@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import popen, reqcron_cmd, wait_for
@@ -274,6 +275,22 @@ def test_the_fixing_crontab_line_is_printed_once_for_all_starved_tasks(make_docr
     assert proc.stdout.count("reqcron due") == 1  # one line starts both
     escaped = str(root).replace("%", "\\%")
     assert f"reqcron due {escaped}\n" in proc.stdout  # pasted into a crontab as it is
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_every_state_list_shows_is_in_the_readme(make_docroot, docroot):
+    root = make_docroot("from reqcron import Task\nclass Minutely(Task):\n    cron = '* * * * *'\n")
+    doc = docroot(root)
+    doc.due(at=time.time() - 120)  # first seen two minutes ago
+    assert doc.due()  # its slot claimed here, and no process started: pending
+    proc = reqcron_cmd("list", str(root))
+    state = proc.stdout.splitlines()[1].rsplit("  ", 1)[1].strip()
+    assert "PENDING" in state, proc.stdout
+    row = next(line for line in README.read_text().splitlines()
+               if line.startswith("| `reqcron list"))
+    assert all(word in row for word in state.split(", ")), (state, row)
 
 
 @pytest.mark.parametrize("args", [
