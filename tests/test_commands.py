@@ -301,11 +301,50 @@ def test_every_state_list_shows_is_in_the_readme(make_docroot, docroot):
     ("explain", "{site}", "Nope"),
     ("frobnicate",),
     ("history", "{site}", "--limit", "many"),
+    ("history", "{site}", "--bogus"),
+    ("state", "copy", "{site}", "mysql://db/shop"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(site, args):
     proc = reqcron_cmd(*[a.format(site=site) for a in args])
     assert proc.returncode == 2
-    assert one_sentence(proc)
+    assert one_sentence(proc).startswith("reqcron: ")
+
+
+def test_every_error_of_reqcron_check_and_runtask_is_one_line_with_its_prefix(
+        make_docroot, site):
+    broken = make_docroot("from reqcron import Task\nclass A(Task)\n")
+    checked = reqcron_cmd("check", str(broken))
+    assert checked.returncode == 2 and "__tasks__.py:2: SyntaxError" in checked.stderr
+    assert all(line.startswith("reqcron: ") for line in checked.stderr.splitlines())
+    for args, code in [((), 2), (("/no/such/docroot", "A"), 2), ((str(site), "Nope"), 2),
+                       ((str(broken), "A"), 2)]:
+        proc = subprocess.run([sys.executable, "-m", "reqcron.runtask", *args],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == code
+        assert one_sentence(proc).startswith("runtask: ") and "reqcron:" not in proc.stderr
+
+
+def test_what_a_run_logs_has_the_commands_prefix_alone(make_docroot):
+    from realserver import free_port
+
+    root = make_docroot(f"""
+        from reqcron import Task
+
+        class Pinged(Task):
+            ping = "http://127.0.0.1:{free_port()}/"  # nothing listens: each ping fails
+            def run(self):
+                return "done"
+    """)
+    for command, prefix in ([[sys.executable, "-m", "reqcron.runtask"], "runtask: "],
+                            [[sys.executable, "-m", "reqcron", "run"], "reqcron: "]):
+        proc = subprocess.run([*command, str(root), "Pinged"], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 2 and all(f"{prefix}ping http://127.0.0.1:" in line
+                                       for line in lines), proc.stderr
+        assert all(line.startswith(prefix) and "reqcron: reqcron" not in line
+                   and "runtask: reqcron" not in line for line in lines), proc.stderr
 
 
 def test_a_missing_psycopg_names_the_state_by_its_url_without_the_password(make_docroot):

@@ -37,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors as one sentence and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(ExitCode.USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(ExitCode.USAGE, f"reqcron: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,9 +288,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         warnings += doc.warnings()
     errors += _interpreter_problems(doc.settings.python)
     for error in errors:
-        sys.stderr.write(f"error: {error}\n")
+        sys.stderr.write(f"reqcron: {error}\n")
     for warning in warnings:
-        sys.stderr.write(f"warning: {warning}\n")
+        sys.stderr.write(f"reqcron: warning: {warning}\n")
     if errors:
         return ExitCode.USAGE
     count = len(doc.catalog().tasks)
