@@ -50,7 +50,8 @@ def cron(
     given = [k for k, v in fields.items() if v is not None]
     if expr is not None and given:
         raise TypeError(f"@cron() got a cron expression and {', '.join(given)}; give one form")
-    _check_keywords("cron", attributes)
+    _check_keywords("cron", "its schedule is a cron expression or minutes=, hours=, days=, "
+                    "months=, days_of_week=", attributes)
     problem = None
     if expr is None:
         from .schedule.forms import lists_to_cron
@@ -79,7 +80,8 @@ def every(
 
     Other keywords set Task attributes (``timeout=60``, ``anchor=``, ``name=``).
     """
-    _check_keywords("every", attributes)
+    _check_keywords("every", "its interval is seconds=, minutes=, hours=, days= or weeks=",
+                    attributes)
     interval: timedelta | None = None
     problem = None
     try:
@@ -103,13 +105,15 @@ def _keywords() -> list[str]:
     )
 
 
-def _check_keywords(decorator: str, attributes: dict[str, Any]) -> None:
+def _check_keywords(decorator: str, schedule: str, attributes: dict[str, Any]) -> None:
+    """Refuse a keyword that is neither the schedule's (``schedule`` says which) nor a Task
+    attribute, naming both kinds: a misspelt interval (``secs=``) is the likely one."""
     allowed = _keywords()
     unknown = [k for k in attributes if k not in allowed]
     if unknown:
         raise TypeError(
-            f"@{decorator}() got an unexpected keyword {unknown[0]!r}; the Task attributes "
-            f"it takes are {', '.join(allowed)}"
+            f"@{decorator}() got an unexpected keyword {unknown[0]!r}: {schedule}; other "
+            f"keywords must be Task attributes: {', '.join(allowed)}"
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import textwrap
 import time
 import urllib.error
@@ -122,6 +123,21 @@ def test_each_middleware_refuses_the_other_kind_of_app_in_one_sentence(make_docr
     assert is_async_app(ASGIHandler.__new__(ASGIHandler))  # made without settings
     with pytest.raises(ValueError, match="needs a DOCROOT"):
         ReqCronASGI(asgi_app)
+
+
+def test_a_docroot_that_does_not_exist_is_logged_at_construction_and_the_app_served(
+        tmp_path, asgi, caplog):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    root = tmp_path / "typo"
+    with caplog.at_level(logging.ERROR, logger="reqcron"):
+        wrapped = asgi(app, root)
+        said = [r.getMessage() for r in caplog.records]  # before any request
+        assert len(said) == 1 and f"DOCROOT '{root}' does not exist" in said[0], said
+        sent = call(wrapped, http_scope())
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b"hello"
 
 
 def test_lifespan_and_websocket_scopes_reach_the_app_untouched_and_wake_nothing(

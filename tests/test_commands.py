@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import popen, reqcron_cmd, wait_for
@@ -173,6 +174,54 @@ def test_crontab_lines_are_valid_cron(site):
     assert f"* * * * * {sys.prefix}/bin/reqcron due {site}" in proc.stdout
 
 
+def as_cron_runs_it(command: str) -> str:
+    """What cron(8) hands the shell for a crontab command field (Debian's cron and cronie
+    alike): ``\\%`` becomes ``%``, and an unescaped ``%`` ends the command."""
+    out: list[str] = []
+    escaped = False
+    for ch in command:
+        if escaped:
+            escaped = False
+            if ch == "%":
+                out[-1] = "%"
+                continue
+        elif ch == "\\":
+            escaped = True
+        elif ch == "%":
+            break
+        out.append(ch)
+    return "".join(out)
+
+
+def test_crontab_lines_escape_every_percent_sign(make_docroot, tmp_path):
+    root = make_docroot("""
+        from datetime import timedelta
+        from reqcron import Task
+
+        class Nightly(Task):
+            cron = "30 2 * * *"
+
+        class Beat(Task):
+            every = timedelta(minutes=5)
+    """, name="100%site")
+    # An interpreter path with a % too: the venv, reached through a link named so.
+    venv = tmp_path / "venv%1"
+    venv.symlink_to(sys.prefix)
+    proc = subprocess.run([str(venv / "bin" / "python"), "-m", "reqcron", "crontab", str(root)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    # The task lines, and the commented-out `reqcron due` line meant to be uncommented.
+    commands = [line.removeprefix("# ").split(None, 5)[5] for line in proc.stdout.splitlines()
+                if not line.startswith("#") or " due " in line]
+    assert len(commands) == 3, proc.stdout
+    for command in commands:
+        assert "venv\\%1/bin/" in command and "100\\%site" in command, command
+        # Run as cron would: the whole command reaches the shell (a cut one fails).
+        ran = subprocess.run(["sh", "-c", as_cron_runs_it(command)], capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert ran.returncode == 0, (command, ran.stderr)
+
+
 def test_explain_marks_daylight_saving_changes(site):
     proc = reqcron_cmd("explain", str(site), "Nightly", "--count", "400", "--json")
     data = json.loads(proc.stdout)
@@ -209,6 +258,41 @@ def test_a_starved_task_is_marked_with_the_fixing_crontab_line(make_docroot, doc
     assert proc.returncode == 1
 
 
+def test_the_fixing_crontab_line_is_printed_once_for_all_starved_tasks(make_docroot, docroot):
+    root = make_docroot("""
+        from reqcron import Task
+
+        class A(Task):
+            cron = "* * * * *"
+
+        class B(Task):
+            cron = "*/2 * * * *"
+    """, name="50%off")
+    docroot(root).due(at=time.time() - 3600)  # first seen an hour ago, never triggered since
+    proc = reqcron_cmd("list", str(root))
+    assert proc.returncode == 1
+    assert proc.stdout.count("STARVED") == 2 and "A, B are starved" in proc.stdout
+    assert proc.stdout.count("reqcron due") == 1  # one line starts both
+    escaped = str(root).replace("%", "\\%")
+    assert f"reqcron due {escaped}\n" in proc.stdout  # pasted into a crontab as it is
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_every_state_list_shows_is_in_the_readme(make_docroot, docroot):
+    root = make_docroot("from reqcron import Task\nclass Minutely(Task):\n    cron = '* * * * *'\n")
+    doc = docroot(root)
+    doc.due(at=time.time() - 120)  # first seen two minutes ago
+    assert doc.due()  # its slot claimed here, and no process started: pending
+    proc = reqcron_cmd("list", str(root))
+    state = proc.stdout.splitlines()[1].rsplit("  ", 1)[1].strip()
+    assert "PENDING" in state, proc.stdout
+    row = next(line for line in README.read_text().splitlines()
+               if line.startswith("| `reqcron list"))
+    assert all(word in row for word in state.split(", ")), (state, row)
+
+
 @pytest.mark.parametrize("args", [
     ("list", "/no/such/docroot"),
     ("run", "{site}", "Nope"),
@@ -217,11 +301,65 @@ def test_a_starved_task_is_marked_with_the_fixing_crontab_line(make_docroot, doc
     ("explain", "{site}", "Nope"),
     ("frobnicate",),
     ("history", "{site}", "--limit", "many"),
+    ("history", "{site}", "--bogus"),
+    ("state", "copy", "{site}", "mysql://db/shop"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(site, args):
     proc = reqcron_cmd(*[a.format(site=site) for a in args])
     assert proc.returncode == 2
-    assert one_sentence(proc)
+    assert one_sentence(proc).startswith("reqcron: ")
+
+
+def test_every_error_of_reqcron_check_and_runtask_is_one_line_with_its_prefix(
+        make_docroot, site):
+    broken = make_docroot("from reqcron import Task\nclass A(Task)\n")
+    checked = reqcron_cmd("check", str(broken))
+    assert checked.returncode == 2 and "__tasks__.py:2: SyntaxError" in checked.stderr
+    assert all(line.startswith("reqcron: ") for line in checked.stderr.splitlines())
+    for args, code in [((), 2), (("/no/such/docroot", "A"), 2), ((str(site), "Nope"), 2),
+                       ((str(broken), "A"), 2)]:
+        proc = subprocess.run([sys.executable, "-m", "reqcron.runtask", *args],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == code
+        assert one_sentence(proc).startswith("runtask: ") and "reqcron:" not in proc.stderr
+
+
+def test_what_a_run_logs_has_the_commands_prefix_alone(make_docroot):
+    from realserver import free_port
+
+    root = make_docroot(f"""
+        from reqcron import Task
+
+        class Pinged(Task):
+            ping = "http://127.0.0.1:{free_port()}/"  # nothing listens: each ping fails
+            def run(self):
+                return "done"
+    """)
+    for command, prefix in ([[sys.executable, "-m", "reqcron.runtask"], "runtask: "],
+                            [[sys.executable, "-m", "reqcron", "run"], "reqcron: "]):
+        proc = subprocess.run([*command, str(root), "Pinged"], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 2 and all(f"{prefix}ping http://127.0.0.1:" in line
+                                       for line in lines), proc.stderr
+        assert all(line.startswith(prefix) and "reqcron: reqcron" not in line
+                   and "runtask: reqcron" not in line for line in lines), proc.stderr
+
+
+def test_a_missing_psycopg_names_the_state_by_its_url_without_the_password(make_docroot):
+    root = make_docroot("from reqcron import Task\nclass A(Task):\n    pass\n",
+                        '[reqcron]\nstate = "postgresql://reqcron:s3cret@db.invalid/shop"\n'
+                        'site = "shop"\n')
+    # As installed without the postgres extra: importing psycopg fails.
+    without_psycopg = ("import sys; sys.modules['psycopg'] = None; "
+                       "from reqcron.cli.main import main; sys.exit(main())")
+    proc = subprocess.run([sys.executable, "-c", without_psycopg, "list", str(root)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    line = one_sentence(proc)
+    assert "state at postgresql://reqcron@db.invalid/shop (site shop) cannot be used" in line
+    assert "pip install 'reqcron[postgres]'" in line and "s3cret" not in line
 
 
 def test_a_broken_tasks_file_is_reported_by_list(make_docroot):

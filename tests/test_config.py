@@ -20,7 +20,13 @@ import reqcron.schedule.zones
 from reqcron.config import HISTORY_MAX, Settings, load_settings, path_key
 from reqcron.errors import ConfigError, StateError
 from reqcron.paths import check_tasks_safety, ensure_private_dir, owner_warning
-from reqcron.schedule.zones import local_zone, local_zone_name, zone_name, zone_named
+from reqcron.schedule.zones import (
+    local_zone,
+    local_zone_name,
+    same_zone,
+    zone_name,
+    zone_named,
+)
 
 SYSTEM_ZONEINFO = Path("/usr/share/zoneinfo")
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
@@ -332,6 +338,40 @@ def fake_system(tmp_path, monkeypatch):
 def same_offsets(a: tzinfo, b: tzinfo) -> bool:
     moments = [datetime(2024, m, 15, 12, tzinfo=UTC) for m in (1, 4, 7, 10)]
     return all(t.astimezone(a).utcoffset() == t.astimezone(b).utcoffset() for t in moments)
+
+
+def loads_here(*names: str) -> None:
+    """Skip a test about zone names this system does not have (Debian keeps some apart)."""
+    for name in names:
+        try:
+            zone_named(name)
+        except ValueError:
+            pytest.skip(f"no zone named {name} here")
+
+
+@needs_zoneinfo
+@pytest.mark.parametrize(("a", "b"), [
+    ("UTC", "Etc/UTC"), ("Etc/Universal", "Zulu"), ("Universal", "UTC"), ("GMT-0", "Etc/UTC"),
+    ("GMT", "UTC"), ("US/Eastern", "America/New_York"),
+])
+def test_names_of_one_zone_are_the_same_zone(a, b):
+    loads_here(a, b)
+    assert same_zone(a, b) and same_zone(b, a)
+
+
+@needs_zoneinfo
+@pytest.mark.parametrize(("a", "b"), [
+    ("UTC", "Europe/London"), ("Etc/GMT-1", "UTC"), ("Europe/Amsterdam", "Asia/Tokyo"),
+    ("Nowhere/Such", "UTC"), ("../zoneinfo/UTC", "UTC"),
+])
+def test_names_of_different_zones_are_not_the_same_zone(a, b):
+    assert not same_zone(a, b) and not same_zone(b, a)
+
+
+@pytest.mark.skipif(not Path("/etc/localtime").exists(), reason="no /etc/localtime")
+def test_the_systems_localtime_is_the_same_zone_as_its_own_name():
+    assert same_zone("localtime", zone_name(local_zone()))
+    assert same_zone("Nowhere/Such", "Nowhere/Such")  # an unknown name is only itself
 
 
 @needs_zoneinfo

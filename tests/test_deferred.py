@@ -220,6 +220,31 @@ def test_a_function_a_task_process_cannot_import_is_refused_at_decoration():
         reqcron.delay(main.job)
 
 
+def test_a_delay_takes_seconds_as_every_does(site, app_module, docroot):
+    root = site()
+    mod = app_module(f"""
+        from reqcron import delay
+
+        @delay(seconds=90, docroot={str(root)!r})
+        def later():
+            return 1
+    """)
+    begun = time.time()
+    result = mod.later()
+    run = docroot(root).get_run(result.id)
+    assert begun + 90 - 0.01 <= run.due <= time.time() + 90
+    with pytest.raises(ValueError, match="cannot be negative"):
+        reqcron.delay(seconds=-1)
+
+
+def test_a_lambda_is_refused_as_a_lambda(app_module):
+    with pytest.raises(TypeError) as refused:
+        app_module("from reqcron import delay\n\njob = delay()(lambda: 1)\n")
+    message = str(refused.value)
+    assert message.startswith("@delay cannot defer a lambda (in jobs_"), message
+    assert "inside another function" not in message and "def" in message
+
+
 def test_without_a_docroot_a_call_runs_inline_and_says_so_once(app_module, monkeypatch, caplog):
     monkeypatch.delenv("REQCRON_DOCROOT", raising=False)
     mod = app_module(JOBS)

@@ -255,7 +255,8 @@ def test_a_tasks_file_that_misbehaves_at_import_harms_no_worker(
         checked = reqcron_cmd("check", str(root), env={**os.environ, **env})
         assert time.monotonic() - begun < READ_TIMEOUT + 15
         assert checked.returncode == check_code, checked.stderr
-        errors = [line for line in checked.stderr.splitlines() if line.startswith("error:")]
+        errors = [line for line in checked.stderr.splitlines()
+                  if line.startswith("reqcron: ") and not line.startswith("reqcron: warning:")]
         if problem is None:
             assert errors == []
         else:

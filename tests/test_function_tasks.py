@@ -143,6 +143,19 @@ def test_attribute_keywords_apply_a_timeout_stops_a_hanging_function(site, docro
     assert info.timeout == 60
 
 
+def test_a_misspelt_interval_keyword_names_the_interval_keywords():
+    with pytest.raises(TypeError) as every_error:
+        every(secs=5)
+    message = str(every_error.value)
+    assert "'secs'" in message and "\n" not in message
+    assert all(f"{k}=" in message for k in ("seconds", "minutes", "hours", "days", "weeks"))
+    with pytest.raises(TypeError) as cron_error:
+        cron(minute=5)
+    message = str(cron_error.value)
+    assert "'minute'" in message and "cron expression" in message
+    assert all(f"{k}=" in message for k in ("minutes", "hours", "months", "days_of_week"))
+
+
 def test_an_unknown_keyword_is_a_type_error_naming_it_and_the_allowed_ones():
     with pytest.raises(TypeError, match=r"unexpected keyword 'timout'.*\btimeout\b"):
         every(minutes=5, timout=60)

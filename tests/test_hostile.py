@@ -425,7 +425,8 @@ def test_a_task_class_with_a_misspelt_run_is_a_load_error_naming_it(make_docroot
     root = make_docroot(RUNLESS_TASKS)
     checked = reqcron_cmd("check", str(root))
     assert checked.returncode == 2
-    errors = [line for line in checked.stderr.splitlines() if line.startswith("error:")]
+    errors = [line for line in checked.stderr.splitlines()
+              if line.startswith("reqcron: ") and not line.startswith("reqcron: warning:")]
     assert len(errors) == 1, checked.stderr
     assert "task class Typo defines runn() but no run()" in errors[0]
     with Docroot(root) as doc:

@@ -139,6 +139,22 @@ def test_no_docroot_passes_through_and_logs_once(middleware, caplog):
     assert sum("no DOCROOT" in r.message for r in caplog.records) == 1
 
 
+@pytest.mark.parametrize(("made", "problem"), [
+    (None, "does not exist or is not a directory"),
+    ("", "has no __tasks__.py"),
+])
+def test_a_docroot_that_cannot_be_one_is_logged_at_construction_and_the_app_served(
+        make_docroot, middleware, tmp_path, caplog, made, problem):
+    root = tmp_path / "typo" if made is None else make_docroot(name="typo")
+    with caplog.at_level(logging.ERROR, logger="reqcron"):
+        app = middleware(hello, root)
+        said = [r.getMessage() for r in caplog.records]  # before any request
+        assert len(said) == 1 and f"DOCROOT '{root}' {problem}" in said[0], said
+        assert "\n" not in said[0] and "requests are served as usual" in said[0]
+        for _ in range(3):
+            assert request(app) == ("200 OK", b"hello")
+
+
 def test_docroot_from_the_environ(make_docroot, middleware, docroot):
     root = make_docroot(PROBE)
     app = middleware(hello)

@@ -214,6 +214,22 @@ def test_json_asked_by_accept_header_is_a_json_401_too(status_app):
     assert set(json.loads(response.body)) == {"error"} and b"Reindex" not in response.body
 
 
+def test_an_unusable_state_is_a_503_with_a_one_line_reason(make_docroot, middleware, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    root = make_docroot(TASKS, f'[reqcron]\nstate_dir = "{blocker / "x"}"\n')
+    app = middleware(the_app, root, status_path="/_reqcron", status_token=TOKEN)
+    for path in ("/_reqcron/", "/_reqcron/metrics"):
+        response = authed(app, path)
+        assert response.status_int == 503, response.body
+        reason = response.text
+        assert reason.count("\n") == 1 and "cannot be used" in reason, reason
+    data = authed(app, "/_reqcron/?format=json")
+    assert data.status_int == 503 and data.content_type == "application/json"
+    assert "cannot be used" in json.loads(data.body)["error"]
+    assert get(app, "/").body == b"the app"
+
+
 SERVER_APP = """
 from reqcron import ReqCron
 

@@ -101,36 +101,40 @@ def delay(function: Callable[P, R], /) -> Deferred[P, R]: ...
 
 
 @overload
-def delay(function: None = None, /, *, minutes: float = 0, hours: float = 0, days: float = 0,
-          weeks: float = 0, at: datetime | None = None, retries: int = 0,
+def delay(function: None = None, /, *, seconds: float = 0, minutes: float = 0,
+          hours: float = 0, days: float = 0, weeks: float = 0, at: datetime | None = None,
+          retries: int = 0,
           timeout: float | timedelta | None = None,
           docroot: str | os.PathLike[str] | None = None,
           ) -> Callable[[Callable[P, R]], Deferred[P, R]]: ...
 
 
-def delay(function: Callable[P, R] | None = None, /, *, minutes: float = 0, hours: float = 0,
-          days: float = 0, weeks: float = 0, at: datetime | None = None, retries: int = 0,
+def delay(function: Callable[P, R] | None = None, /, *, seconds: float = 0, minutes: float = 0,
+          hours: float = 0, days: float = 0, weeks: float = 0, at: datetime | None = None,
+          retries: int = 0,
           timeout: float | timedelta | None = None,
           docroot: str | os.PathLike[str] | None = None,
           ) -> Deferred[P, R] | Callable[[Callable[P, R]], Deferred[P, R]]:
     """Mark a module-level function so that calling it runs it later, in a task process.
 
-    ``@delay`` or ``@delay(minutes=5, retries=3, timeout=60)``; the call
-    returns a Result at once.  Arguments must be JSON.
+    ``@delay`` or ``@delay(minutes=5, retries=3, timeout=60)`` (``seconds=`` to
+    ``weeks=``, as ``@every`` takes them); the call returns a Result at once.
+    Arguments must be JSON.
     """
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be a whole number of 0 or more, not {retries!r}")
     if at is not None and (not isinstance(at, datetime) or at.tzinfo is None):
         raise ValueError("at must be an aware datetime (with a tzinfo)")
-    seconds = timedelta(minutes=minutes, hours=hours, days=days, weeks=weeks).total_seconds()
-    if seconds < 0:
+    wait = timedelta(seconds=seconds, minutes=minutes, hours=hours, days=days,
+                     weeks=weeks).total_seconds()
+    if wait < 0:
         raise ValueError("a delay cannot be negative")
     limit = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
     if limit is not None and limit <= 0:
         raise ValueError(f"timeout must be positive, not {timeout!r}")
 
     def mark(fn: Callable[P, R]) -> Deferred[P, R]:
-        return Deferred(fn, delay=seconds, at=at, retries=retries, timeout=limit, docroot=docroot)
+        return Deferred(fn, delay=wait, at=at, retries=retries, timeout=limit, docroot=docroot)
 
     return mark(function) if function is not None else mark
 
@@ -141,7 +145,11 @@ def import_name(function: Callable[..., Any]) -> str:
     qualname = getattr(function, "__qualname__", "")
     if not callable(function) or not module or not qualname:
         raise TypeError(f"@delay needs a function, not {function!r}")
-    if "<locals>" in qualname or "<lambda>" in qualname:
+    if qualname.endswith("<lambda>"):
+        raise TypeError(f"@delay cannot defer a lambda (in {module}): a task process finds "
+                        "the function by its name, which a lambda has not; define it with "
+                        "def, at module level")
+    if "<locals>" in qualname:
         raise TypeError(f"@delay needs a module-level function: {qualname} is defined inside "
                         "another function, where a task process cannot find it")
     if module == "__main__":

@@ -14,6 +14,7 @@ from ..engine.docroot import Docroot
 from ..errors import ExitCode, ReqCronError
 from ..records import Trigger
 from .call_commands import add_call_commands
+from .output import crontab_escaped as _crontab_escaped
 from .output import emit as _emit
 from .output import table as _table
 from .time_commands import add_time_commands, paused_line
@@ -36,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors as one sentence and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(ExitCode.USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(ExitCode.USAGE, f"reqcron: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,10 +139,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                            *(["pending"] if t["pending"] else [])]).upper() or "ok",
             ])
         out = _table(rows, ["TASK", "SCHEDULE", "NEXT RUN", "LAST RUN", "STATE"])
-        for t in data["tasks"]:
-            if t["fix"]:
-                out += (f"\n{t['name']} is starved: no request or crontab has triggered it "
-                        f"since its slot. Add this crontab line:\n  {t['fix']}\n")
+        out += _starved(data["tasks"])
         for error in data["load_errors"]:
             out += f"\nload error: {error}\n"
         broken = [t["name"] for t in data["tasks"] if t["error"]]
@@ -162,6 +160,19 @@ def cmd_list(args: argparse.Namespace) -> int:
         return ExitCode.USAGE
     return ExitCode.FAILED if any(set(t["marks"]) - {"disabled", "paused", "running long"}
                                for t in data["tasks"]) else ExitCode.OK
+
+
+def _starved(tasks: list[dict[str, Any]]) -> str:
+    """The starved tasks, and once for all of them the crontab line that fixes them (the
+    same `reqcron due` line for each)."""
+    starved = [t for t in tasks if t["fix"]]
+    if not starved:
+        return ""
+    names = ", ".join(t["name"] for t in starved)
+    one = len(starved) == 1
+    return (f"\n{names} {'is' if one else 'are'} starved: no request or crontab has "
+            f"triggered {'it' if one else 'them'} since {'its' if one else 'their'} slot. "
+            f"Add this crontab line:\n  {_crontab_escaped(starved[0]['fix'])}\n")
 
 
 def _ts(value: str | None) -> float | None:
@@ -277,9 +288,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         warnings += doc.warnings()
     errors += _interpreter_problems(doc.settings.python)
     for error in errors:
-        sys.stderr.write(f"error: {error}\n")
+        sys.stderr.write(f"reqcron: {error}\n")
     for warning in warnings:
-        sys.stderr.write(f"warning: {warning}\n")
+        sys.stderr.write(f"reqcron: warning: {warning}\n")
     if errors:
         return ExitCode.USAGE
     count = len(doc.catalog().tasks)
@@ -305,7 +316,11 @@ def _interpreter_problems(python: str) -> list[str]:
 
 def cmd_crontab(args: argparse.Namespace) -> int:
     doc = _open(args)
-    sys.stdout.write("\n".join(report.crontab_lines(doc)) + "\n")
+    # The commented-out `reqcron due` line is meant to be uncommented: escaped too.
+    due = f"# {report.crontab_due_line(doc)}"
+    lines = [line if line.startswith("#") and line != due else _crontab_escaped(line)
+             for line in report.crontab_lines(doc)]
+    sys.stdout.write("\n".join(lines) + "\n")
     errors = doc.load_errors()
     for error in errors:
         sys.stderr.write(f"reqcron: {error}\n")

@@ -17,24 +17,55 @@ def _guarded(prog: str, body: Callable[[], int]) -> int:
     """Run ``body``; turn reqcron's errors into one sentence on stderr and exit 2."""
     from ..errors import NotRun
 
+    stop_logging = _log_as(prog)
     try:
         return body()
     except NotRun as exc:
-        sys.stderr.write(f"{prog}: {exc}\n")
+        _say(prog, str(exc))
         return exc.exit_code
     except ReqCronError as exc:
-        sys.stderr.write(f"{prog}: {exc}\n")
+        _say(prog, str(exc))
         return ExitCode.USAGE
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
     except Exception as exc:
         if os.environ.get("REQCRON_DEBUG"):
             raise
-        sys.stderr.write(
-            f"{prog}: internal error: {type(exc).__name__}: {exc} "
-            "(set REQCRON_DEBUG=1 for the traceback)\n"
-        )
+        _say(prog, f"internal error: {type(exc).__name__}: {exc} "
+                   "(set REQCRON_DEBUG=1 for the traceback)")
         return ExitCode.FAILED
+    finally:
+        stop_logging()
+
+
+def _say(prog: str, message: str) -> None:
+    """Write ``message`` to stderr as one line of command ``prog``: ``prog: message``."""
+    # A message of reqcron's own may start with the prefix already (log lines do).
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    sys.stderr.write(f"{prog}: {text.removeprefix('reqcron: ')}\n")
+
+
+def _log_as(prog: str) -> Callable[[], None]:
+    """Print what the command logs (WARNING and up) as its errors are printed: one line,
+    ``prog: ``.  Return what undoes it.  A process that logs somewhere already (a
+    manage.py command in Django's) keeps its own handlers, and basicConfig() in the
+    command's own code, which only configures a process that has none, is passed by."""
+    import logging
+
+    root = logging.getLogger()
+    if root.handlers:
+        return lambda: None
+
+    class Line(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                _say(prog, record.getMessage())
+            except Exception:
+                self.handleError(record)
+
+    handler = Line(logging.WARNING)
+    root.addHandler(handler)
+    return lambda: root.removeHandler(handler)
 
 
 RUNTASK_USAGE = "usage: runtask [--if-due] DOCROOT TASKNAME"
@@ -66,7 +97,7 @@ def runtask_main(argv: Sequence[str] | None = None) -> int:
     if_due = "--if-due" in args
     args = [a for a in args if a != "--if-due"]
     if len(args) != 2 or any(a.startswith("-") for a in args):
-        sys.stderr.write(f"runtask: expected DOCROOT and TASKNAME ({RUNTASK_USAGE})\n")
+        _say("runtask", f"expected DOCROOT and TASKNAME ({RUNTASK_USAGE})")
         return ExitCode.USAGE
     docroot, name = args
 

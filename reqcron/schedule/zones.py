@@ -53,6 +53,62 @@ def zone_name(zone: tzinfo) -> str:
     raise ValueError(f"time zone {zone!r} has no IANA name")
 
 
+def same_zone(a: str, b: str) -> bool:
+    """Whether the zone names ``a`` and ``b`` name one zone, as a schedule sees it.
+
+    The tz database gives many zones several names (links: ``UTC``,
+    ``Etc/UTC``, ``Etc/Universal``, ``Zulu``; ``GMT-0``, ``Etc/GMT``;
+    ``US/Eastern``, ``America/New_York``), and a system names its own zone
+    by whichever its /etc/localtime or $TZ uses, so names alone disagree
+    where the zones do not.  Compare names with this, never with ``==``.
+    """
+    return a == b or _identity(a) == _identity(b)
+
+
+_UTC = b"UTC"  # the identity of every zone that is UTC under some name
+
+
+def _identity(name: str) -> bytes | str:
+    """What ``name`` stands for: its zone file's bytes, else (unknown) the name itself."""
+    known = _identities.get(name)
+    if known is not None:
+        return known
+    data = _zone_data(name)
+    if data is not None and data in (_zone_data("Etc/UTC"), _zone_data("Etc/GMT")):
+        # UTC and GMT differ only in their abbreviation, never in an offset.
+        data = _UTC
+    if len(_identities) > 256:  # names come from settings and tasks: few, but bounded
+        _identities.clear()
+    found = _identities[name] = data if data is not None else name
+    return found
+
+
+_identities: dict[str, bytes | str] = {}
+
+
+def _zone_data(name: str) -> bytes | None:
+    """The bytes of zone ``name``'s file, where zoneinfo reads it from; None when none."""
+    try:
+        zone_named(name)  # refuses paths that are no zone name ("../x", "/etc/passwd")
+    except ValueError:
+        return None
+    if name == LOCALTIME:
+        paths = [Path("/etc/localtime")]
+    else:
+        paths = [Path(top, name) for top in _system_tzdirs()]
+    for path in paths:
+        try:
+            return path.read_bytes()
+        except OSError:
+            continue
+    try:  # no system zone files: zoneinfo reads the tzdata package's
+        from importlib import resources
+
+        return resources.files("tzdata.zoneinfo").joinpath(*name.split("/")).read_bytes()
+    except (ImportError, OSError, ValueError):
+        return None
+
+
 def local_zone(etc: Path | None = None, tzdirs: Sequence[Path] | None = None) -> ZoneInfo:
     """Return the system's local zone, under its IANA name where one can be found."""
     return zone_named(local_zone_name(etc, tzdirs), etc=etc)

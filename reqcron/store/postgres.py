@@ -80,7 +80,7 @@ class PostgresStore(AdvisoryLocks, SQLStore):
                 ensure_schema(conn, self.site, self.location)
             except BaseException as exc:
                 conn.close()
-                if isinstance(exc, driver().Error):
+                if isinstance(exc, driver(self.location).Error):
                     raise StateError(self.location, first(exc)) from None
                 raise
             self._schema_ok = True
@@ -107,7 +107,7 @@ class PostgresStore(AdvisoryLocks, SQLStore):
     @contextmanager
     def _session_cursor(self, write: bool = False,
                         snapshot: bool = False) -> Iterator[psycopg.Cursor[Any]]:
-        pg = driver()
+        pg = driver(self.location)
         with self._lock:
             try:
                 db = self._db

@@ -91,12 +91,13 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def driver() -> Any:
-    """The psycopg module, or a StateError naming the extra that installs it."""
+def driver(location: str) -> Any:
+    """The psycopg module, or a StateError naming the state at ``location`` (its URL,
+    redacted) and the extra that installs it."""
     try:
         import psycopg
     except ImportError:
-        raise StateError("state", "a PostgreSQL state needs psycopg: pip install "
+        raise StateError(location, "a PostgreSQL state needs psycopg: pip install "
                          "'reqcron[postgres]'") from None
     return psycopg
 
@@ -123,7 +124,7 @@ def connect(url: str, timeout: float, location: str, owner: object,
     as SQLite's busy timeout) and run at most ``statement_timeout()``: a table
     locked by another session fails a call fast instead of hanging it.
     """
-    pg = driver()
+    pg = driver(location)
     idle, interval, count = KEEPALIVE
     locks = max(1, round(busy_timeout * 1000))
     statements = max(1, round(statement_timeout(busy_timeout) * 1000))
@@ -148,7 +149,7 @@ def connect(url: str, timeout: float, location: str, owner: object,
 
 def ensure_schema(conn: psycopg.Connection, site: str, location: str) -> None:
     """Create or migrate the schema (one host at a time), and the site's catalog row."""
-    pg = driver()
+    pg = driver(location)
     try:
         row = conn.execute("SELECT max(version) FROM reqcron_schema").fetchone()
         version = row[0] if row else None

@@ -69,7 +69,7 @@ class AdvisoryLocks(ABC):
         return self._locker
 
     def _try_lock(self, key: int) -> PgLock | None:
-        pg = driver()
+        pg = driver(self.location)
         with self._lock:
             try:
                 conn = self._locker_conn()
@@ -96,7 +96,7 @@ class AdvisoryLocks(ABC):
     def keep_locks(self) -> list[str]:
         """Re-take the held locks on a new session when theirs went away (terminated,
         timed out, cut); return the tokens another session took meanwhile."""
-        pg = driver()
+        pg = driver(self.location)
         with self._lock:
             if (self._pid != os.getpid() or self._locker is None or not self._held
                     or not went_away(self._locker)):

@@ -32,7 +32,7 @@ from webob import Request, Response
 from .. import report
 from ..engine import registry
 from ..engine.docroot import Docroot
-from ..errors import ReqCronError, TaskLookupError, UsageError
+from ..errors import ReqCronError, StateError, TaskLookupError, UsageError
 from . import actions
 from . import status_html as html
 from .gate import SESSION_SECONDS, Gate
@@ -117,6 +117,8 @@ class StatusPage:
             if sub == "" and request.method in ("GET", "HEAD"):
                 return self._page(request, csrf)
             return _plain(404, "Not found.")
+        except StateError as exc:
+            return _unavailable(request, exc)
         except ReqCronError as exc:
             return _plain(500 if not isinstance(exc, LookupError) else 404, str(exc))
 
@@ -149,6 +151,8 @@ class StatusPage:
 
         try:
             status, content_type, body = exposition(self._docroot())
+        except StateError as exc:
+            return _unavailable(request, exc)
         except ReqCronError as exc:
             return _plain(500, str(exc))
         response = Response(body=body, status=status)
@@ -340,6 +344,15 @@ def _bad_request(request: Request, message: str) -> Response:
     if _wants_json(request):
         return Response(json_body={"error": message}, status=400)
     return _plain(400, message)
+
+
+def _unavailable(request: Request, exc: StateError) -> Response:
+    """503: the state cannot be used now (a database away, a state dir refused), and why,
+    in one line; the page works again by itself once it can."""
+    reason = (str(exc).strip().splitlines() or ["the state cannot be used"])[0]
+    if _wants_json(request):
+        return Response(json_body={"error": reason}, status=503)
+    return _plain(503, reason)
 
 
 def _plain(status: int, text: str, **headers: str) -> Response:

@@ -78,6 +78,11 @@ def _ticker(ref: weakref.ref[Tender[Any]]) -> Callable[[], None]:
     return tick
 
 
+def _cause(root: str, exc: Exception) -> str:
+    """What makes a problem with DOCROOT ``root`` the same one, for logging it once."""
+    return f"{root}:{type(exc).__name__}:{exc}"
+
+
 def is_async_app(app: object) -> bool:
     """True for an ASGI 3 app: an async function, or an object whose ``__call__`` is one."""
     import inspect  # only at construction: the hot paths never need it
@@ -147,11 +152,26 @@ class Tender(Generic[App]):
         self._probe_path = self._status.health_path if self._status is not None else None
         # Deferred calls made during a request, per request key, until its response is sent.
         self._held: dict[Hashable, Held] = {}
+        if self._fixed is not None:
+            self._check_docroot(self._fixed)
         self._reset()
         self._ready()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _reset_if_alive(ref))
         serving.register(self)
+
+    def _check_docroot(self, root: str) -> None:
+        """Log at once a DOCROOT that cannot be one: else each worker would stay silent
+        until its first request.  The app is served all the same."""
+        from ..errors import DocrootError
+        from ..paths import docroot_path
+
+        try:
+            docroot_path(root)
+        except DocrootError as exc:
+            # The key _tend() logs it under: a worker's first request does not repeat it.
+            self._log_once(logging.ERROR, "reqcron: %s; no task will run from it (requests are "
+                           "served as usual)", exc, key=_cause(root, exc))
 
     def _accept(self, app: App, docroot: str | os.PathLike[str] | None) -> None:
         """Raise if this middleware cannot wrap ``app`` (an app of the other protocol)."""
@@ -330,7 +350,7 @@ class Tender(Generic[App]):
             return upcoming if upcoming is not None else float("inf")
         except Exception as exc:
             self._log_once(logging.ERROR, "reqcron: %s: %s", site.path, exc,
-                           key=f"{site.path}:{type(exc).__name__}:{exc}")
+                           key=_cause(site.path, exc))
             return _time() + self._poll
 
     def close(self, timeout: float = 10.0) -> None:
