@@ -44,6 +44,16 @@ def test_triggers_in_different_local_zones_share_one_schedule(make_docroot):
     assert "local zone is Europe/Amsterdam" in check.stderr and "UTC" in check.stderr
 
 
+def test_processes_naming_one_zone_differently_agree_without_a_warning(make_docroot):
+    # A state made by a process in TZ=UTC, checked from one in TZ=Etc/UTC: one zone.
+    root = make_docroot("from reqcron import Task\nclass Nine(Task):\n    cron = '0 * * * *'\n")
+    subprocess.run([sys.executable, "-c", ZONED_DUE, str(root), str(T0)], capture_output=True,
+                   text=True, env={**os.environ, "TZ": "UTC"}, check=True)
+    check = reqcron_cmd("check", str(root), env={**os.environ, "TZ": "Etc/UTC"})
+    assert check.returncode == 0, check.stderr
+    assert "local zone" not in check.stderr
+
+
 def test_a_task_with_a_bad_value_keeps_its_state_and_records_its_slots(make_docroot, docroot):
     root = make_docroot(MINUTE_TASK + "class Other(Task):\n    cron = '* * * * *'\n")
     doc = docroot(root)

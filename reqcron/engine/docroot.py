@@ -19,7 +19,7 @@ from ..loading.loader import load_tasks
 from ..logonce import LogOnce
 from ..paths import docroot_path
 from ..records import Claim, LoadError, Run, TaskState, Trigger, now
-from ..schedule.zones import local_zone, zone_name, zone_named
+from ..schedule.zones import local_zone, same_zone, zone_name, zone_named
 from ..store import Store, open_store
 from . import call_queue, call_spool, site_owner
 from . import catalog_sync as sync
@@ -169,7 +169,7 @@ class Docroot(Pausable, CallAdmin):
         if self._zone_name is None:
             here = zone_name(local_zone())
             self._zone_name = self.store.init_meta("zone", here)
-            if self._zone_name != here:
+            if not same_zone(self._zone_name, here):
                 self.zone_warning = (
                     f"this process's local zone is {here}, but the schedules of {self.path} "
                     f"are read in {self._zone_name}, kept in the state since it was created; "
