@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 
 from ..errors import ExitCode, NotRun, StateError, TaskLookupError
@@ -51,8 +50,8 @@ def run_command(docroot_path: str, name: str, *, run_id: int | None = None,
             from ..paths import owner_warning
 
             warning = owner_warning(docroot.path)
-            if warning:
-                sys.stderr.write(f"runtask: warning: {warning}\n")
+            if warning:  # the command's own prefix: runtask's, or reqcron's for `reqcron run`
+                log.warning("warning: %s", warning)
         return run_task(docroot, name, run_id=run_id, if_due=if_due)
     finally:
         registry.close_all()
