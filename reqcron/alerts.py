@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 
 from .records import FAILING, RAN
@@ -139,7 +138,7 @@ def payload(event: str, run: Run, docroot: os.PathLike[str] | str,
     error = (run.error or "").splitlines()[0] if run.error else None
     return {
         "event": event, "task": run.task, "status": run.status, "run": run.id,
-        "host": socket.gethostname(), "docroot": os.fspath(docroot),
+        "host": os.uname().nodename, "docroot": os.fspath(docroot),
         "start": iso(run.start, zone), "end": iso(run.end, zone), "error": error,
         "see": f"reqcron history {os.fspath(docroot)} {run.task} --run {run.id}",
     }

@@ -34,9 +34,12 @@ log = logging.getLogger("reqcron")
 def files_key(paths: Sequence[Path], context: str) -> str:
     """Identify the contents of the files a catalog is read from, and what else it
     depends on (``context``: the zone it is read in, a refusal of the files)."""
-    import hashlib
+    try:  # the module behind hashlib.blake2b: hashlib itself loads OpenSSL (~4 ms)
+        from _blake2 import blake2b
+    except ImportError:  # an interpreter without it
+        from hashlib import blake2b
 
-    digest = hashlib.blake2b(catalogs.FORMAT.encode(), digest_size=16)
+    digest = blake2b(catalogs.FORMAT.encode(), digest_size=16)
     for path in paths:
         try:
             digest.update(path.read_bytes())

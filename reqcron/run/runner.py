@@ -79,7 +79,6 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
     try:
         attempt = _take(store, run_id, name, run_lock.token) if run_id is not None else None
         task, trigger = _load(docroot, name, attempt)
-        started = now()  # the run starts once its code is loaded
         if attempt is None:
             claim = docroot.claim_due(name)
             if claim is not None:  # this process claimed it: no other can have taken it
@@ -87,6 +86,9 @@ def run_task(docroot: Docroot, name: str, *, run_id: int | None = None, echo: bo
                 _stands_for(docroot, task, store.get_run(claim.run_id))
             elif if_due:
                 return ExitCode.OK
+        # The run starts once its code is loaded and the state is open (a first connection
+        # to PostgreSQL is not the task's time).
+        started = now()
 
         if not docroot.is_enabled(name):
             _record_not_run(docroot, name, attempt, trigger, started, "disabled")
