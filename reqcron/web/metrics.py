@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from ..engine.docroot import Docroot
 from ..errors import ScheduleError
+from ..marks import is_starved
 from ..records import Status, now
-from ..report import is_starved
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
