@@ -148,7 +148,7 @@ class StatusPage:
         from .metrics import exposition  # prometheus_client only when scraped
 
         try:
-            status, content_type, body = exposition(self._docroot())
+            status, content_type, body = exposition(self._docroot(), request.GET.get("per_task"))
         except ReqCronError as exc:
             return _plain(500, str(exc))
         response = Response(body=body, status=status)
