@@ -69,9 +69,21 @@ def running_long(info: TaskInfo, runs: Iterable[Run], at: float) -> bool:
 def marks(*, enabled: bool, broken: bool, last_status: str | None, starved: bool,
           paused: bool, running_long: bool) -> list[str]:
     """A task's marks, in MARKS order; ``last_status``: that of its last run that ran."""
-    held = {"disabled": not enabled, "broken": broken, "failing": last_status in FAILING,
-            "starved": starved, "paused": paused, "running long": running_long}
-    return [mark for mark in MARKS if held[mark]]
+    # Spelled out, not a table: glance() calls this for every task of a site.
+    found = []
+    if not enabled:
+        found.append("disabled")
+    if broken:
+        found.append("broken")
+    if last_status in FAILING:
+        found.append("failing")
+    if starved:
+        found.append("starved")
+    if paused:
+        found.append("paused")
+    if running_long:
+        found.append("running long")
+    return found
 
 
 def open_runs(doc: Docroot) -> dict[str, list[Run]]:
