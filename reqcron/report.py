@@ -23,7 +23,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-
 #: Runs per task in the status page's strip, and per page of its history.
 STRIP_RUNS = 30
 PAGE_SIZE = 50
@@ -139,21 +138,21 @@ def summary(doc: Docroot, history: int = 0, recent: int = 0,
     doc.reap()
     pause = doc.paused(current)
     opened = open_runs(doc)
+    stats = doc.run_stats()
+    # The tasks with a run of their own that ran: only theirs is worth looking for.
+    ran = {c.task for c in stats.counts if not c.call and c.status in RAN}
     names = sorted(catalog.tasks)
     paging = None
     if tasks is not None:
-        marked = glance(doc, current, states, pause, opened, doc.run_stats())
+        marked = glance(doc, current, states, pause, opened, stats)
         names, paging = _page_of(names, marked, tasks)
-        ran = set(names)  # for so few, a look each beats reading the aggregate
-    else:
-        ran = {c.task for c in doc.run_stats().counts if not c.call and c.status in RAN}
     entries = []
     for name in names:
         info, state = catalog.tasks[name], states.get(name)
-        runs = doc.recent_runs(name, recent) if recent and name in ran else []
+        runs = doc.recent_runs(name, recent) if recent else []
         # The task's own last run: its Task.delay calls are apart from its schedule.
         last = next((r for r in runs if r.status in RAN and r.call is None), None)
-        if last is None and name in ran and len(runs) == recent:  # further back, maybe
+        if last is None and name in ran and len(runs) == recent:  # further back
             last = _last_ran(doc, name)
         enabled = state.enabled if state else info.enabled
         next_due = state.next_due if state and enabled else None
