@@ -11,6 +11,9 @@ OUTPUT_LIMIT = 64 * 1024  # characters of a run's output kept (its end)
 ERROR_LIMIT = 4 * 1024  # characters of a run's error message
 TRACEBACK_LIMIT = 64 * 1024  # characters of a run's traceback kept (its end)
 RETURN_VALUE_LIMIT = 64 * 1024  # characters of a run's return value, as JSON or repr
+# Characters of a return value (as JSON) the status page lists with a run; a longer one
+# only on the run's own page (?run=ID): 150 runs of 64 KiB would make a page of 10 MB.
+PAGE_VALUE_LIMIT = 1024
 # Characters of a deferred call's arguments, as JSON: more is refused at the call.
 CALL_LIMIT = 256 * 1024
 # Bytes the supervisor reads from the child's result pipe: the capped

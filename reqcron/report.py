@@ -13,7 +13,8 @@ import sys
 from datetime import UTC, datetime, timedelta, tzinfo
 
 from .engine.docroot import Docroot
-from .records import FAILING, RAN, Run, Status, now
+from .marks import count, glance, marks, open_runs, running_long, starved
+from .records import RAN, Record, Run, Status, now
 from .schedule.forms import Cron, Every
 from .schedule.zones import local_zone, zone_name
 from .times import iso
@@ -22,17 +23,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from .records import TaskState
-    from .schedule.forms import Schedule
-
-#: A task is starved when its first unclaimed slot is older than this many
-#: periods (and at least STARVED_MIN seconds): nothing triggered it.
-STARVED_MIN = 120.0
-#: The statuses of runs that ran.  A task's last run is its last of these: a
-#: slot skipped or missed after a failure must not hide it (nor clear FAILING).
 #: Runs per task in the status page's strip, and per page of its history.
 STRIP_RUNS = 30
 PAGE_SIZE = 50
+#: Tasks per page of the status page's table.
+TASKS_PAGE = 100
 
 
 def crontab_due_line(doc: Docroot) -> str:
@@ -114,21 +109,27 @@ def run_dict(run: Run, zone: tzinfo, full: bool = False) -> dict[str, Any]:
     return data
 
 
-def is_starved(schedule: Schedule, state: TaskState | None, at: float) -> bool:
-    """Whether the task's first unclaimed slot passed long ago: nothing triggers it."""
-    if state is None or not state.enabled or state.next_due is None:
-        return False
-    following = schedule.next_run(datetime.fromtimestamp(state.next_due, UTC))
-    period = (following.timestamp() - state.next_due) if following else 0.0
-    return at - state.next_due > max(2 * period, STARVED_MIN)
+class TasksWanted(Record):
+    """Which tasks a page of the status page shows: page ``page`` (from 1) of those whose
+    name holds ``filter`` (any case), ``size`` a page, tasks with marks first."""
+
+    __slots__ = ("page", "filter", "size")
+
+    def __init__(self, page: int = 1, filter: str | None = None, size: int = TASKS_PAGE):
+        self.page = page
+        self.filter = filter
+        self.size = size
 
 
-def summary(doc: Docroot, history: int = 0, recent: int = 0) -> dict[str, Any]:
+def summary(doc: Docroot, history: int = 0, recent: int = 0,
+            tasks: TasksWanted | None = None) -> dict[str, Any]:
     """Every task with its schedule, next and last run and marks; load errors; where state is.
 
     While ``__tasks__.py`` is broken, its tasks are the last ones that loaded,
     each marked ``broken``, so users see what is being missed.  With
     ``recent``, each task also has its latest runs (newest first, in short).
+    With ``tasks``, only that page of tasks, and ``tasks_page`` saying where it is.
+    A task's runs are read only for the tasks shown, and only for those that ran.
     """
     current = now()
     zone = doc.zone
@@ -136,33 +137,27 @@ def summary(doc: Docroot, history: int = 0, recent: int = 0) -> dict[str, Any]:
     states = doc.states()
     doc.reap()
     pause = doc.paused(current)
+    opened = open_runs(doc)
+    stats = doc.run_stats()
+    # The tasks with a run of their own that ran: only theirs is worth looking for.
+    ran = {c.task for c in stats.counts if not c.call and c.status in RAN}
+    names = sorted(catalog.tasks)
+    paging = None
+    if tasks is not None:
+        marked = glance(doc, current, states, pause, opened, stats)
+        names, paging = _page_of(names, marked, tasks)
     entries = []
-    for name in sorted(catalog.tasks):
+    for name in names:
         info, state = catalog.tasks[name], states.get(name)
-        schedule = doc.schedule_of(name, state)
-        runs = doc.recent_runs(name, max(recent, 20))
+        runs = doc.recent_runs(name, recent) if recent else []
         # The task's own last run: its Task.delay calls are apart from its schedule.
         last = next((r for r in runs if r.status in RAN and r.call is None), None)
-        if last is None and len(runs) == max(recent, 20):  # a long run of skips: look further
-            last = next((r for r in doc.recent_runs(name, 50, tuple(RAN)) if r.call is None),
-                        None)
+        if last is None and name in ran and len(runs) == recent:  # further back
+            last = _last_ran(doc, name)
         enabled = state.enabled if state else info.enabled
         next_due = state.next_due if state and enabled else None
-        starved = is_starved(schedule, state, current)
-        marks = []
-        if not enabled:
-            marks.append("disabled")
-        if catalog.error_of(name):
-            marks.append("broken")
-        if last is not None and last.status in FAILING:
-            marks.append("failing")
-        if starved:
-            marks.append("starved")
-        if pause is not None and not info.even_when_paused:
-            marks.append("paused")
-        if info.warn_after and any(r.status == Status.RUNNING and r.call is None and r.start
-                                   and current - r.start > info.warn_after for r in runs):
-            marks.append("running long")
+        hungry = starved(doc, name, state, current)
+        running = opened.get(name, [])
         entries.append({
             "name": name,
             "schedule": info.describe,
@@ -170,19 +165,22 @@ def summary(doc: Docroot, history: int = 0, recent: int = 0) -> dict[str, Any]:
             "timezone": info.zone or str(zone),
             "enabled": enabled,
             "next_run": iso(next_due, zone),
-            "running": any(r.status == Status.RUNNING for r in runs),
-            "pending": any(r.status == Status.PENDING for r in runs),
+            "running": any(r.status == Status.RUNNING for r in running),
+            "pending": any(r.status == Status.PENDING for r in running),
             "last_run": run_dict(last, zone) if last else None,
-            "marks": marks,
+            "marks": marks(enabled=enabled, broken=bool(catalog.error_of(name)),
+                           last_status=last.status if last else None, starved=hungry,
+                           paused=pause is not None and not info.even_when_paused,
+                           running_long=running_long(info, running, current)),
             "error": catalog.error_of(name),
-            "fix": crontab_due_line(doc) if starved else None,
+            "fix": crontab_due_line(doc) if hungry else None,
             "catch_up": info.catch_up,
             "between": info.between,
             "even_when_paused": info.even_when_paused,
         })
         if recent:
-            entries[-1]["recent"] = [strip_dict(r, zone) for r in runs[:recent]]
-    return {
+            entries[-1]["recent"] = [strip_dict(r, zone) for r in runs]
+    data = {
         "docroot": str(doc.path),
         "state": doc.state_location,
         # The deferred calls waiting (for their time, or a process) and running now.
@@ -196,6 +194,36 @@ def summary(doc: Docroot, history: int = 0, recent: int = 0) -> dict[str, Any]:
         "load_errors": [str(e) for e in doc.load_errors()],
         "warnings": doc.warnings(),
         "history": [run_dict(r, zone) for r in doc.recent_runs(None, history)] if history else [],
+    }
+    if paging is not None:
+        data["tasks_page"] = paging
+    return data
+
+
+def _last_ran(doc: Docroot, name: str) -> Run | None:
+    """The task's own latest run that ran, read back from the history (past its calls)."""
+    for limit in (1, 50):  # mostly the first is its own; else look past its calls
+        runs = doc.recent_runs(name, limit, tuple(RAN))
+        own = next((r for r in runs if r.call is None), None)
+        if own is not None or len(runs) < limit:
+            return own
+    return None
+
+
+def _page_of(names: list[str], marked: dict[str, list[str]], wanted: TasksWanted
+             ) -> tuple[list[str], dict[str, Any]]:
+    """The names on the page ``wanted`` (those with marks first, each by name), and where
+    the page is: its number (the last one, past the end), pages, counts of each mark."""
+    needle = (wanted.filter or "").casefold()
+    matching = sorted((n for n in names if needle in n.casefold()),
+                      key=lambda n: (not marked[n], n))
+    pages = max(1, -(-len(matching) // wanted.size))
+    page = min(wanted.page, pages)
+    return matching[(page - 1) * wanted.size:page * wanted.size], {
+        "page": page, "pages": pages, "size": wanted.size, "filter": wanted.filter,
+        "total": len(names), "matching": len(matching),
+        "previous": page - 1 if page > 1 else None, "next": page + 1 if page < pages else None,
+        "marks": count(marked),
     }
 
 

@@ -288,6 +288,11 @@ def test_under_gunicorn_cron_enqueue_rollback_and_the_page(project: Path, serve)
     status, page, headers = staff.open("/reqcron/")
     assert status == 200 and "tick" in page and "send_receipt" in page
     assert headers["X-Frame-Options"] == "DENY"
+    # Each run's own page, linked from the history, through Django too.
+    run_id = re.search(r'<tr><td><a href="/reqcron/\?run=(\d+)">', page).group(1)
+    status, shown, _ = staff.open(f"/reqcron/?run={run_id}")
+    assert status == 200 and f"Run {run_id}" in shown
+    assert staff.open("/reqcron/?run=999999")[0] == 404
     assert staff.open("/reqcron/action", {"action": "disable", "task": "tick"})[0] == 403  # CSRF
     status, _, _ = staff.open("/reqcron/action", {"action": "disable", "task": "tick",
                                                   "csrfmiddlewaretoken": staff.csrf(page)})

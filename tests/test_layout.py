@@ -153,7 +153,7 @@ LAYERS = [
     {"engine"},
     {"run"},
     {"calls"},
-    {"task", "functions", "report"},
+    {"task", "functions", "marks", "report"},
     {"web"},
     {"cli", "asgi", "runtask", "__main__", "reqcron", "contrib"},
 ]

@@ -133,6 +133,14 @@ def test_metrics_count_real_runs_calls_and_agree_between_workers(
             assert value(found, "reqcron_task_broken", task=task) == 0
         assert value(found, "reqcron_load_errors") == 0
         assert value(found, "reqcron_next_run_timestamp_seconds", task="Paused") is None
+        # The site's aggregates beside them.
+        assert value(found, "reqcron_tasks") == 5
+        assert value(found, "reqcron_per_task_series") == 1
+        assert value(found, "reqcron_tasks_marked", mark="failing") == 1  # Crash
+        assert value(found, "reqcron_tasks_marked", mark="disabled") == 1  # Paused
+        assert value(found, "reqcron_tasks_marked", mark="starved") == 0
+        assert value(found, "reqcron_site_runs", status="ok") == 3  # Report twice, Once
+        assert value(found, "reqcron_site_runs", status="running") == 1
     finally:
         flag.touch()
         slow.communicate(timeout=60)
@@ -167,6 +175,7 @@ def test_a_broken_task_and_a_starved_one_show(make_site, middleware, docroot):
     found = samples(generate_latest(registry))
     assert value(found, "reqcron_task_starved", task="Minutely") == 1
     assert value(found, "reqcron_task_starved", task="Fine") == 0
+    assert value(found, "reqcron_tasks_marked", mark="starved") == 1
 
     write(root / "__tasks__.py", """\
         from reqcron import Task
@@ -183,6 +192,7 @@ def test_a_broken_task_and_a_starved_one_show(make_site, middleware, docroot):
                      message="the load error")
     assert value(found, "reqcron_task_broken", task="Minutely") == 1
     assert value(found, "reqcron_task_broken", task="Fine") == 0
+    assert value(found, "reqcron_tasks_marked", mark="broken") == 1
 
 
 def test_run_stats_aggregates_the_kept_history_on_both_stores(make_site, docroot):
@@ -202,6 +212,62 @@ def test_run_stats_aggregates_the_kept_history_on_both_stores(make_site, docroot
     assert counts[("m:f", "queued", True)].runs == 1
     assert stats.lateness == {"A": 1.0}  # of the latest claimed slot
     assert stats.duration == {"A": 1.0}  # of the latest run that ended
+
+
+def many_tasks(n: int) -> str:
+    return "from reqcron import Task\n" + "".join(
+        f"class T{i:04d}(Task):\n    pass\n" for i in range(n))
+
+
+def test_above_the_limit_a_scrape_has_the_aggregates_and_no_per_task_series(
+        make_docroot, middleware, docroot):
+    n = reqcron.web.metrics.PER_TASK_LIMIT + 1
+    root = make_docroot(many_tasks(n))
+    doc = docroot(root)
+    assert len(doc.catalog().tasks) == n
+    t = now()
+    doc.store.add_run(Run("T0000", "manual", Status.FAILED, t, start=t, end=t + 1))
+    doc.store.add_run(Run("T0001", "manual", Status.FAILED, t, start=t, end=t + 1))
+    doc.store.add_run(Run("T0001", "manual", Status.OK, t + 2, start=t + 2, end=t + 3))
+    doc.disable("T0002")
+    app = middleware(hello, root, status_path=PATH, status_token=TOKEN)
+
+    status, body = scrape(app)
+    assert status == "200 OK"
+    found = samples(body)
+    assert [key for key in found if "task" in dict(key[1])] == []
+    assert b"T0000" not in body
+    assert value(found, "reqcron_per_task_series") == 0
+    assert value(found, "reqcron_tasks") == n
+    assert value(found, "reqcron_tasks_marked", mark="failing") == 1  # T0001 ran well since
+    assert value(found, "reqcron_tasks_marked", mark="disabled") == 1
+    assert value(found, "reqcron_tasks_marked", mark="broken") == 0
+    assert value(found, "reqcron_site_runs", status="failed") == 2
+    assert value(found, "reqcron_site_runs", status="ok") == 1
+    assert value(found, "reqcron_calls", status="queued") == 0
+    assert value(found, "reqcron_load_errors") == 0
+
+    # Asked for, they are there, beside the same aggregates.
+    status, body = request(app, PATH + "/metrics", QUERY_STRING="per_task=1",
+                           HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    forced = samples(body)
+    assert value(forced, "reqcron_per_task_series") == 1
+    assert value(forced, "reqcron_runs", task="T0000", status="failed") == 1
+    assert value(forced, "reqcron_task_enabled", task="T0002") == 0
+    assert value(forced, "reqcron_task_enabled", task=f"T{n - 1:04d}") == 1
+    assert {k: v for k, v in forced.items() if "task" not in dict(k[1])} == {
+        k: v for k, v in found.items() if k[0] != "reqcron_per_task_series"} | {
+        ("reqcron_per_task_series", ()): 1.0}
+
+
+def test_a_scrape_may_leave_the_per_task_series_out_and_says_so(make_docroot, middleware):
+    app = middleware(hello, make_docroot(many_tasks(3)), status_path=PATH, status_token=TOKEN)
+    bearer = {"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}
+    found = samples(request(app, PATH + "/metrics", QUERY_STRING="per_task=0", **bearer)[1])
+    assert [key for key in found if "task" in dict(key[1])] == []
+    assert value(found, "reqcron_tasks") == 3 and value(found, "reqcron_per_task_series") == 0
+    status, body = request(app, PATH + "/metrics", QUERY_STRING="per_task=all", **bearer)
+    assert status.startswith("400") and b"per_task must be 1" in body
 
 
 # -- who may read them -------------------------------------------------------------------
@@ -267,6 +333,6 @@ def test_the_metrics_are_all_documented_in_the_readme():
     source = (Path(reqcron.__file__).parent / "web" / "metrics.py").read_text()
     names = {n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant)
              and isinstance(n.value, str) and n.value.startswith("reqcron_")}
-    assert len(names) == 12
+    assert len(names) == 16
     assert [n for n in sorted(names) if f"`{n}`" not in readme] == []
 

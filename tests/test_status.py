@@ -8,7 +8,7 @@ import shutil
 import textwrap
 
 import pytest
-from conftest import STATUS_TOKEN, the_app, wait_for
+from conftest import STATUS_TOKEN, last_run, the_app, wait_for
 from webob import Request
 
 from reqcron import Docroot
@@ -75,7 +75,14 @@ def test_error_text_is_escaped(status_app, site):
     body = authed(status_app, "/_reqcron/").text
     assert "<script>alert" not in body
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in body
-    assert "reindexed &lt;everything&gt;" in body
+    # Outputs are on each run's own page, escaped there too.
+    broken, reindex = (last_run(site, name).id for name in ("Broken", "Reindex"))
+    assert "reindexed" not in body and f'href="/_reqcron/?run={reindex}"' in body
+    shown = authed(status_app, f"/_reqcron/?run={reindex}").text
+    assert "reindexed &lt;everything&gt;" in shown and "<everything>" not in shown
+    shown = authed(status_app, f"/_reqcron/?run={broken}").text
+    assert "<script>alert" not in shown and "Traceback" in shown
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in shown
 
 
 def test_actions_need_post_and_csrf(status_app, site, docroot):
@@ -197,6 +204,10 @@ def test_history_filters_by_task_and_pages_by_run_id(status_app, site):
     ("task=Nope", "No task or call named 'Nope'"),
     ("task=%00x", "task must be the name of a task"),
     ("format=xml", "format must be html or json"),
+    ("tasks_page=0", "tasks_page must be a page number"),
+    ("tasks_page=two", "tasks_page must be a page number"),
+    ("tasks_filter=%07", "tasks_filter must be a part of task names"),
+    ("run=abc", "run must be a run id"),
 ])
 def test_bad_parameters_are_a_clear_400(status_app, query, needle):
     page = authed(status_app, f"/_reqcron/?{query}")

@@ -9,8 +9,7 @@ shows once and the next probe reads ok.
 
 from __future__ import annotations
 
-from ..errors import ScheduleError
-from ..report import is_starved
+from .. import marks
 from ..times import iso
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
@@ -36,10 +35,7 @@ def overdue(doc: Docroot, at: float) -> list[dict[str, Any]]:
         if pause is not None and not info.even_when_paused:
             continue
         late = at - state.next_due
-        try:
-            starved = is_starved(doc.schedule_of(name, state), state, at)
-        except ScheduleError:
-            starved = False
+        starved = marks.starved(doc, name, state, at)
         if late > (info.grace if info.grace is not None else TOLERANCE) or starved:
             found.append({"task": name, "slot": iso(state.next_due, doc.zone),
                           "late": round(late, 1), "starved": starved})

@@ -20,7 +20,6 @@ import io
 import json
 import math
 import os
-import re
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -29,11 +28,10 @@ from urllib.parse import urlsplit
 
 from webob import Request, Response
 
-from .. import report
 from ..engine import registry
 from ..engine.docroot import Docroot
-from ..errors import ReqCronError, StateError, TaskLookupError, UsageError
-from . import actions
+from ..errors import ReqCronError, StateError, UsageError
+from . import actions, page
 from . import status_html as html
 from .gate import SESSION_SECONDS, Gate
 
@@ -150,7 +148,7 @@ class StatusPage:
         from .metrics import exposition  # prometheus_client only when scraped
 
         try:
-            status, content_type, body = exposition(self._docroot())
+            status, content_type, body = exposition(self._docroot(), request.GET.get("per_task"))
         except StateError as exc:
             return _unavailable(request, exc)
         except ReqCronError as exc:
@@ -225,22 +223,13 @@ class StatusPage:
         return Response(status=303, location=request.application_url + self.path + "/")
 
     def _page(self, request: Request, csrf: str) -> Response:
-        query = _history_query(request)
-        if isinstance(query, str):
-            return _bad_request(request, query)
-        doc = self._docroot()
-        try:
-            runs, older, newer = report.history_page(doc, **query)
-        except TaskLookupError as exc:
-            return _bad_request(request, f"No task or call named {exc.name!r} has runs.")
-        data = report.summary(doc, recent=report.STRIP_RUNS)
-        data.update(history=[report.run_dict(r, doc.zone) for r in runs],
-                    task=query["task"], next=older, newer=newer)
-        if request.GET.get("format") == "json":
-            data["csrf"] = csrf
-            return Response(json.dumps(data, indent=2).encode(), content_type="application/json")
-        return Response(html.status_page(data, runs, csrf, self.path),
-                        content_type="text/html", charset="utf-8")
+        """The page, a page of it, or one run's (page.py: the same for Django's view)."""
+        status, content_type, body = page.answer(self._docroot(), request.GET, csrf=csrf,
+                                                 path=self.path,
+                                                 json_errors=_wants_json(request))
+        response = Response(body=body, status=status)
+        response.headers["Content-Type"] = content_type
+        return response
 
     def _refuse(self, request: Request, status: int, message: str) -> Response:
         """A 401 or 429: JSON if asked for, else the login form."""
@@ -315,35 +304,6 @@ def _same_origin(request: Request) -> bool:
     """False if an Origin (else Referer) header names another scheme://host:port."""
     claimed = request.headers.get("Origin") or request.headers.get("Referer")
     return not claimed or _origin(claimed) == _origin(request.host_url)
-
-
-_CURSOR = re.compile("[1-9][0-9]{0,17}")  # a run id; fits a 64-bit integer
-
-
-def _history_query(request: Request) -> dict[str, Any] | str:
-    """The task filter and page cursor asked for, or why they cannot be used."""
-    get = request.GET
-    if get.get("format", "") not in ("", "html", "json"):
-        return "format must be html or json."
-    task = get.get("task") or None
-    if task is not None and (len(task) > 200 or not task.isprintable()):
-        return "task must be the name of a task (printable, at most 200 characters)."
-    cursors = {}
-    for key in ("before", "after"):
-        value = get.get(key)
-        if value is not None:
-            if not _CURSOR.fullmatch(value):
-                return f"{key} must be a run id (a positive whole number), not {value[:40]!r}."
-            cursors[key] = int(value)
-    if len(cursors) > 1:
-        return "Give before (older runs) or after (newer runs), not both."
-    return {"task": task, **cursors}
-
-
-def _bad_request(request: Request, message: str) -> Response:
-    if _wants_json(request):
-        return Response(json_body={"error": message}, status=400)
-    return _plain(400, message)
 
 
 def _unavailable(request: Request, exc: StateError) -> Response:

@@ -7,6 +7,7 @@ Content-Security-Policy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from html import escape
 from typing import Any
@@ -29,7 +30,7 @@ def login_page(path: str, message: str, note: str = "bad") -> str:
 <button>Sign in</button></form></main></html>"""
 
 
-def _when(value: str | None) -> str:
+def when(value: str | None) -> str:
     """An ISO time for people: local wall time and how long ago or ahead."""
     if not value:
         return "-"
@@ -101,10 +102,14 @@ def status_page(data: dict[str, Any], runs: list[Run], csrf: str, path: str,
         return f"{path}/" + (f"?{query}" if query else "")
 
     task = data["task"]
+    paging = data.get("tasks_page")
+    # The tasks table's page and filter, kept by the history's links and forms.
+    kept = {"tasks_page": paging["page"] if paging and paging["page"] > 1 else None,
+            "tasks_filter": paging["filter"] if paging else None}
     paused = data.get("paused")
     if paused:
-        until = f' until {_when(paused["until"])}' if paused["until"] else " until resumed"
-        banner = (f'<p class="paused"><b>PAUSED</b> since {_when(paused["since"])}{until}: '
+        until = f' until {when(paused["until"])}' if paused["until"] else " until resumed"
+        banner = (f'<p class="paused"><b>PAUSED</b> since {when(paused["since"])}{until}: '
                   "slots are recorded as skipped, but those of tasks with even_when_paused. "
                   f'{button("resume", "", "Resume")}</p>')
     else:
@@ -115,26 +120,24 @@ def status_page(data: dict[str, Any], runs: list[Run], csrf: str, path: str,
         last_text = "never"
         if last:
             last_text = (f'<span class="s-{escape(last["status"])}">{escape(last["status"])}'
-                         f'</span> {_when(last["start"] or last["end"])}'
+                         f'</span> {when(last["start"] or last["end"])}'
                          f' ({escape(times.duration(last["duration"]))})')
         marks = " ".join(f'<span class="mark">{escape(m)}</span>' for m in t["marks"])
         toggle = (button("disable", t["name"], "Disable") if t["enabled"]
                   else button("enable", t["name"], "Enable"))
         rows.append(
             f'<tr><td><b>{escape(t["name"])}</b> {marks}</td><td>{escape(t["schedule"])}</td>'
-            f'<td>{_when(t["next_run"])}</td><td>{last_text}</td>'
-            f'<td>{_strip(t["recent"], page(task=t["name"]) + "#runs")}</td>'
+            f'<td>{when(t["next_run"])}</td><td>{last_text}</td>'
+            f'<td>{_strip(t["recent"], page(task=t["name"], **kept) + "#runs")}</td>'
             f'<td>{"yes" if t["enabled"] else "no"}</td>'
             f'<td class="actions">{button("run", t["name"], "Run now")}{toggle}</td></tr>')
     errors = "".join(f"<li><code>{escape(e)}</code></li>" for e in data["load_errors"])
     history = []
     for run, h in zip(runs, data["history"], strict=True):
-        detail = ""
-        if run.output or run.traceback or run.error:
-            parts = [escape(run.error or ""), escape(report.output_without_traceback(run)),
-                     escape(run.traceback or "")]
-            detail = ("<details><summary>output</summary><pre>"
-                      + "\n".join(p for p in parts if p) + "</pre></details>")
+        # The output only on the run's own page: inlined, 50 runs made pages of megabytes.
+        shown = escape(page(run=run.id))
+        detail = (f' <a href="{shown}" class="more">output</a>'
+                  if run.output or run.traceback or run.return_value else "")
         repeated = f" x{h['slots']}" if h["slots"] > 1 else ""
         steer = ""
         if run.call is not None and run.status == "queued":
@@ -142,10 +145,11 @@ def status_page(data: dict[str, Any], runs: list[Run], csrf: str, path: str,
         elif run.call is not None and run.status in RETRYABLE:
             steer = button("retry", "", "Retry", call=run.id)
         history.append(
-            f'<tr><td>{h["id"]}</td><td><a href="{escape(page(task=h["task"]))}#runs">'
+            f'<tr><td><a href="{shown}">{h["id"]}</a></td>'
+            f'<td><a href="{escape(page(task=h["task"], **kept))}#runs">'
             f'{escape(h.get("call", {}).get("label") or h["task"])}</a>'
             f'</td><td>{escape(h["trigger"])}</td>'
-            f'<td>{_when(h["start"] or h["end"])}</td>'
+            f'<td>{when(h["start"] or h["end"])}</td>'
             f'<td>{escape(times.duration(h["duration"]))}</td>'
             f'<td class="s-{escape(h["status"])}">{escape(h["status"])}{repeated}</td>'
             f'<td>{escape(h["error"] or "")}{detail}</td><td class="actions">{steer}</td></tr>')
@@ -154,38 +158,74 @@ def status_page(data: dict[str, Any], runs: list[Run], csrf: str, path: str,
         f'{escape(t["name"])}</option>' for t in data["tasks"])
     if task and task not in {t["name"] for t in data["tasks"]}:  # a call's function
         options += f'<option value="{escape(task)}" selected>{escape(task)}</option>'
-    links = [f'<a href="{escape(page(task=task, after=data["newer"]))}#runs" rel="prev">'
-             "← newer</a>" if data["newer"] else "",
-             f'<a href="{escape(page(task=task))}#runs">newest</a>'
+    links = [f'<a href="{escape(page(task=task, after=data["newer"], **kept))}#runs" '
+             'rel="prev">← newer</a>' if data["newer"] else "",
+             f'<a href="{escape(page(task=task, **kept))}#runs">newest</a>'
              if data["newer"] or data["next"] else "",
-             f'<a href="{escape(page(task=task, before=data["next"]))}#runs" rel="next">'
-             "older →</a>" if data["next"] else ""]
+             f'<a href="{escape(page(task=task, before=data["next"], **kept))}#runs" '
+             'rel="next">older →</a>' if data["next"] else ""]
     nav = " · ".join(link for link in links if link)
+    head, tasks_nav = _tasks_nav(paging, task, page) if paging else ("", "")
+    kept_fields = "".join(f'<input type="hidden" name="{k}" value="{escape(str(v))}">'
+                          for k, v in kept.items() if v is not None)
     title = f"Runs of {escape(task)}" if task else "Recent runs"
     return f"""<!doctype html><html lang="en"><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>reqcron: {escape(data["docroot"])}</title><style>{CSS}</style>
 <main><h1>reqcron <small>{escape(data["docroot"])}</small></h1>
 <p>Times in {escape(data["timezone"])}.
-<a href="{escape(path)}/">Refresh</a> · <a href="{escape(page(format="json", task=task))}">JSON</a>
+<a href="{escape(path)}/">Refresh</a> ·
+<a href="{escape(page(format="json", task=task, **kept))}">JSON</a>
 </p>
 <form method="post" action="{escape(path)}/logout" class="signout">
 <input type="hidden" name="{escape(csrf_field)}" value="{escape(csrf)}">
 <button>Sign out</button></form>
 {banner}
 {f'<h2>Load errors</h2><ul class="bad">{errors}</ul>' if errors else ""}
-<h2>Tasks</h2>
+<h2 id="tasks">Tasks</h2>
+{head}{tasks_nav}
 <table><tr><th>Task</th><th>Schedule</th><th>Next run</th><th>Last run</th><th>Latest runs</th>
 <th>Enabled</th><th></th></tr>{"".join(rows)}</table>
+{tasks_nav if len(rows) > 20 else ""}
 <h2 id="runs">{title}</h2>
 <form method="get" action="{escape(path)}/" class="filter"><label>Task
 <select name="task"><option value="">all tasks and calls</option>{options}</select></label>
-<button>Show</button></form>
+{kept_fields}<button>Show</button></form>
 <table id="history"><tr><th>Run</th><th>Task</th><th>Trigger</th><th>Start</th><th>Duration</th>
 <th>Status</th><th>Result</th><th></th></tr>{"".join(history)}</table>
 {f'<p class="pages">{nav}</p>' if nav else ""}
 {"" if history else "<p>No runs yet.</p>"}</main>
 <script>{SCRIPT}</script></html>"""
+
+
+def _tasks_nav(paging: dict[str, Any], task: str | None, page: Callable[..., str]
+               ) -> tuple[str, str]:
+    """Above the tasks table: how many there are and bear each mark, and the filter by
+    name; and the links to the other pages of tasks (those with marks come first)."""
+    wanted = paging["filter"]
+    tally = ", ".join(f"{n:,} {mark}" for mark, n in paging["marks"].items() if n)
+    found = (f'; {paging["matching"]:,} with “{escape(wanted)}” in their name'
+             if wanted else "")
+    where = (f' · page {paging["page"]} of {paging["pages"]}, tasks with marks first'
+             if paging["pages"] > 1 else "")
+
+    def to(number: int | None, label: str, rel: str = "") -> str:
+        href = escape(page(tasks_page=number if number != 1 else None, tasks_filter=wanted,
+                           task=task))
+        return f'<a href="{href}#tasks"' + (f' rel="{rel}"' if rel else "") + f">{label}</a>"
+
+    links = [to(1, "first") if paging["page"] > 2 else "",
+             to(paging["previous"], "← previous", "prev") if paging["previous"] else "",
+             to(paging["next"], "next →", "next") if paging["next"] else "",
+             to(paging["pages"], "last") if paging["pages"] - paging["page"] > 1 else ""]
+    nav = " · ".join(link for link in links if link)
+    keep = (f'<input type="hidden" name="task" value="{escape(task)}">' if task else "")
+    clear = f' <a href="{escape(page(task=task))}#tasks">all tasks</a>' if wanted else ""
+    return (f'<p class="tally">{paging["total"]:,} tasks{": " + tally if tally else ""}{found}'
+            f'{where}</p><form method="get" action="{escape(page())}#tasks" class="filter">'
+            f'<label>Name contains <input name="tasks_filter" value="{escape(wanted or "")}" '
+            f'size="24"></label>{keep}<button>Find</button>{clear}</form>',
+            f'<p class="pages">{nav}</p>' if nav else "")
 
 
 CSS = """body{font:15px/1.4 system-ui,sans-serif;margin:0;background:#f6f6f4;color:#222}
@@ -200,7 +240,9 @@ background:#fde68a;padding:0 .3rem;border-radius:3px;text-transform:uppercase}.b
 .bar{stroke-width:1}.b-ok{fill:#16a34a}.b-bad{fill:#dc2626}.b-skip{fill:#f59e0b}
 .b-miss{fill:none;stroke:#9ca3af}.b-run{fill:#2563eb}.b-wait{fill:none;stroke:#2563eb}
 .filter{margin:.5rem 0}.pages{text-align:center}.paused{background:#fde68a;padding:.5rem}
-.paused form,.site form{display:inline;margin-left:.5rem}"""
-SCRIPT = """/* refresh while nobody reads an opened output */
-setTimeout(function r() { if (document.querySelector("details[open]")) setTimeout(r, 5000);
+.paused form,.site form{display:inline;margin-left:.5rem}.run pre{max-height:none}
+.facts{width:auto}.facts th{background:none}"""
+SCRIPT = """/* refresh, but not while someone types in a form */
+setTimeout(function r() { var a = document.activeElement;
+if (a && (a.tagName == "INPUT" || a.tagName == "SELECT")) setTimeout(r, 5000);
 else location.reload(); }, 5000);"""

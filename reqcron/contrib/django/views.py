@@ -7,7 +7,6 @@ StatusPage; only who may see it (``is_staff``) and how forms are protected
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -24,12 +23,10 @@ from django.http import (
 from django.middleware.csrf import get_token
 from django.urls import reverse
 
-from ... import report
 from ...engine import registry
 from ...errors import TaskLookupError, UsageError
-from ...web import actions
-from ...web import status_html as html
-from ...web.status import HEADERS, _history_query
+from ...web import actions, page
+from ...web.status import HEADERS
 from .conf import docroot
 
 View = Callable[..., HttpResponse]
@@ -79,23 +76,12 @@ def _path() -> str:
 
 @staff_only("GET", "HEAD")
 def status(request: HttpRequest) -> HttpResponse:
-    """The page (``?format=json``: its data)."""
-    query = _history_query(_Query(request))
-    if isinstance(query, str):
-        return HttpResponse(query, status=400, content_type="text/plain")
-    doc = registry.engine(docroot())
-    try:
-        runs, older, newer = report.history_page(doc, **query)
-    except TaskLookupError as exc:
-        return HttpResponse(f"No task or call named {exc.name!r} has runs.", status=400,
-                            content_type="text/plain")
-    data = report.summary(doc, recent=report.STRIP_RUNS)
-    data.update(history=[report.run_dict(r, doc.zone) for r in runs],
-                task=query["task"], next=older, newer=newer)
-    if request.GET.get("format") == "json":
-        return HttpResponse(json.dumps(data, indent=2), content_type="application/json")
-    return HttpResponse(html.status_page(data, runs, get_token(request), _path(),
-                                         csrf_field="csrfmiddlewaretoken"))
+    """The page (``?format=json``: its data; ``?run=ID``: one run's), as web/page.py makes
+    it for the token-guarded page too."""
+    code, content_type, body = page.answer(
+        registry.engine(docroot()), request.GET, csrf=get_token(request), path=_path(),
+        csrf_field="csrfmiddlewaretoken", csrf_in_json=False)
+    return HttpResponse(body, status=code, content_type=content_type)
 
 
 @staff_only("POST")
@@ -121,10 +107,3 @@ def logout(request: HttpRequest) -> HttpResponse:
     """The page's "Sign out": Django's logout."""
     sign_out(request)
     return redirect_to_login(_path() + "/", _login_url())
-
-
-class _Query:
-    """What ``_history_query`` reads of a request (``.GET``), from Django's."""
-
-    def __init__(self, request: HttpRequest):
-        self.GET = request.GET
