@@ -16,7 +16,7 @@ from .engine.docroot import Docroot
 from .marks import count, glance, marks, open_runs, running_long, starved
 from .records import RAN, Record, Run, Status, now
 from .schedule.forms import Cron, Every
-from .schedule.zones import local_zone, zone_name
+from .schedule.zones import local_zone, same_zone, zone_name
 from .times import iso
 
 TYPE_CHECKING = False
@@ -312,7 +312,8 @@ def crontab_lines(doc: Docroot) -> list[str]:
         if info.kind == "none":
             lines.append(f"# {name}: on demand only")
             continue
-        if isinstance(schedule, Cron) and info.zone == system_zone:
+        if isinstance(schedule, Cron) and info.zone is not None and same_zone(info.zone,
+                                                                              system_zone):
             lines.append(f"{schedule.expr} {command}")
             continue
         if isinstance(schedule, Cron):

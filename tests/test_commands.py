@@ -174,6 +174,19 @@ def test_crontab_lines_are_valid_cron(site):
     assert f"* * * * * {sys.prefix}/bin/reqcron due {site}" in proc.stdout
 
 
+def test_crontab_takes_a_zone_by_any_of_its_names(make_docroot):
+    # timezone = "UTC" in reqcron.toml, the system in Etc/UTC: one zone, so cron runs the
+    # task at its own times rather than every minute.
+    import os
+
+    root = make_docroot("from reqcron import Task\nclass Nightly(Task):\n    cron = '30 2 * * *'\n",
+                        '[reqcron]\ntimezone = "UTC"\n')
+    proc = reqcron_cmd("crontab", str(root), env={**os.environ, "TZ": "Etc/UTC"})
+    assert proc.returncode == 0, proc.stderr
+    assert any(line.startswith("30 2 * * * ") and line.endswith(" Nightly")
+               for line in proc.stdout.splitlines()), proc.stdout
+
+
 def as_cron_runs_it(command: str) -> str:
     """What cron(8) hands the shell for a crontab command field (Debian's cron and cronie
     alike): ``\\%`` becomes ``%``, and an unescaped ``%`` ends the command."""
