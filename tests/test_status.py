@@ -284,18 +284,25 @@ def test_a_real_browser_logs_in_runs_a_task_sees_it_in_the_history_and_signs_out
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
-        driver.get(server.url + "_reqcron/")
-        assert "Reindex" not in driver.page_source
-        driver.find_element(By.NAME, "token").send_keys(TOKEN)
-        driver.find_element(By.TAG_NAME, "button").click()
-        wait_for(lambda: "Run now" in driver.page_source, message="the page after login")
-
         def stale(element):
             try:
                 element.is_enabled()
             except WebDriverException:  # stale, or its document already gone
                 return True
             return False
+
+        def freeze():
+            """Stop this page's 5 s reload: on a loaded machine it could come between
+            finding an element and reading it (the reload itself is the page's, not ours)."""
+            driver.execute_script("let id = window.setTimeout(() => {}, 0);"
+                                  " while (id > 0) { window.clearTimeout(id); id--; }")
+
+        driver.get(server.url + "_reqcron/")
+        assert "Reindex" not in driver.page_source
+        driver.find_element(By.NAME, "token").send_keys(TOKEN)
+        driver.find_element(By.TAG_NAME, "button").click()
+        wait_for(lambda: "Run now" in driver.page_source, message="the page after login")
+        freeze()
 
         row = driver.find_element(By.XPATH, "//tr[td/b[text()='Reindex']]")
         run_now = row.find_element(By.XPATH, ".//button[text()='Run now']")
@@ -311,6 +318,7 @@ def test_a_real_browser_logs_in_runs_a_task_sees_it_in_the_history_and_signs_out
 
         wait_for(reindex_in_history, timeout=20, interval=0.5,
                  message="the Reindex run in the page's history")
+        freeze()
         shot = tmp_path / "status.png"
         driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 1000
@@ -341,6 +349,9 @@ def test_a_real_browser_logs_in_runs_a_task_sees_it_in_the_history_and_signs_out
             link = driver.find_element(By.LINK_TEXT, link_text)
             link.click()
             wait_for(lambda: stale(link), message=f"the page after {link_text!r}")
+            wait_for(lambda: driver.execute_script("return document.readyState") == "complete",
+                     message="the page loaded")
+            freeze()
 
         assert len(rows()) == 50 and not driver.find_elements(By.LINK_TEXT, "← newer")
         newest_ids = [r.find_element(By.XPATH, "td[1]").text for r in rows()]
@@ -357,11 +368,13 @@ def test_a_real_browser_logs_in_runs_a_task_sees_it_in_the_history_and_signs_out
         show = driver.find_element(By.XPATH, "//button[text()='Show']")
         show.click()
         wait_for(lambda: stale(show), message="the page after Show")
+        freeze()
         assert "task=Reindex" in driver.current_url and "Runs of Reindex" in driver.page_source
         assert {r.find_element(By.XPATH, "td[2]").text for r in rows()} == {"Reindex"}
         strip = driver.find_element(By.XPATH, "//tr[td/b[text()='Broken']]//a[@class='strip']")
         strip.click()
         wait_for(lambda: stale(strip), message="the page after the Broken strip")
+        freeze()
         assert "task=Broken" in driver.current_url
         assert {r.find_element(By.XPATH, "td[2]").text for r in rows()} == {"Broken"}
         assert len(rows()) == 50 and driver.find_elements(By.LINK_TEXT, "older →")
