@@ -14,6 +14,7 @@ from ..engine.docroot import Docroot
 from ..errors import ExitCode, ReqCronError
 from ..records import Trigger
 from .call_commands import add_call_commands
+from .check import cmd_check
 from .output import crontab_escaped as _crontab_escaped
 from .output import emit as _emit
 from .output import table as _table
@@ -272,46 +273,6 @@ def cmd_disable(args: argparse.Namespace) -> int:
     sys.stdout.write(f"{args.task} disabled (a run in progress, if any, sees proceed() "
                      "turn False)\n")
     return ExitCode.OK
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    """Errors (exit 2): files that do not load, an unusable state or interpreter.
-    Warnings (exit 1): disagreements that lose nothing yet."""
-    from ..engine.catalog_sync import read_failures_again
-
-    read_failures_again()  # a read that failed is tried now, not after its back-off
-    doc = _open(args)
-    errors = doc.state_problems()
-    warnings: list[str] = []
-    if not errors:  # the tasks are read through the state
-        errors += [str(e) for e in doc.load_errors()]
-        warnings += doc.warnings()
-    errors += _interpreter_problems(doc.settings.python)
-    for error in errors:
-        sys.stderr.write(f"reqcron: {error}\n")
-    for warning in warnings:
-        sys.stderr.write(f"reqcron: warning: {warning}\n")
-    if errors:
-        return ExitCode.USAGE
-    count = len(doc.catalog().tasks)
-    sys.stdout.write(f"{count} task{'' if count == 1 else 's'} load{'s' if count == 1 else ''}"
-                     f" cleanly from {doc.path}; "
-                     f"state at {doc.state_location} is usable\n")
-    return ExitCode.FAILED if warnings else ExitCode.OK
-
-
-def _interpreter_problems(python: str) -> list[str]:
-    import subprocess
-
-    try:
-        done = subprocess.run([python, "-P", "-c", "import reqcron.runtask"], capture_output=True,
-                              text=True, timeout=30, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return [f"the task interpreter {python} cannot be run: {exc}"]
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        return [f"the task interpreter {python} cannot import reqcron: {last}"]
-    return []
 
 
 def cmd_crontab(args: argparse.Namespace) -> int:
