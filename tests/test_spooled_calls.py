@@ -99,8 +99,10 @@ def test_a_call_deferred_while_sqlite_is_locked_is_spooled_then_runs_once(
     check_spooled_then_run(mw, results, root, state_dir, lambda: sqlite_locked(root))
 
 
-def test_a_call_deferred_while_postgresql_is_cut_off_is_spooled_then_runs_once(
-        make_docroot, app_module, middleware, monkeypatch, pg_url, proxy: FaultProxy):
+def behind_proxy(make_docroot: Any, app_module: Any, middleware: Any, monkeypatch: Any,
+                 pg_url: str, proxy: FaultProxy) -> tuple[Any, list[Any], Path, Path]:
+    """A site on PostgreSQL through ``proxy`` under a deferring app, its first call run:
+    (the middleware, the Results of its calls, the DOCROOT, the host's state_dir)."""
     url = with_port(pg_url, proxy.port)
     root = make_docroot("", f'[reqcron]\nstate = "{url}"\nsite = "shop"\n')
     monkeypatch.setenv("REQCRON_DOCROOT", str(root))
@@ -110,6 +112,13 @@ def test_a_call_deferred_while_postgresql_is_cut_off_is_spooled_then_runs_once(
     assert results[0].wait(30).result == 5
     with Docroot(root) as doc:
         state_dir = doc.settings.state_dir
+    return mw, results, root, state_dir
+
+
+def test_a_call_deferred_while_postgresql_is_cut_off_is_spooled_then_runs_once(
+        make_docroot, app_module, middleware, monkeypatch, pg_url, proxy: FaultProxy):
+    mw, results, root, state_dir = behind_proxy(make_docroot, app_module, middleware,
+                                                 monkeypatch, pg_url, proxy)
 
     @contextmanager
     def cut() -> Iterator[None]:
@@ -125,15 +134,8 @@ def test_a_request_deferring_while_postgresql_stalls_answers_within_its_budget(
     """A database that stops answering (connections open, nothing forwarded) holds no
     request: each deferring request waits ~0.1 s at most, its call kept in flight in the
     spool; when the database answers again the late write lands, and each call runs once."""
-    url = with_port(pg_url, proxy.port)
-    root = make_docroot("", f'[reqcron]\nstate = "{url}"\nsite = "shop"\n')
-    monkeypatch.setenv("REQCRON_DOCROOT", str(root))
-    results: list[Any] = []
-    mw = middleware(deferring_app(app_module(JOBS), results), root)
-    assert request(mw)[0] == "200 OK"
-    assert results[0].wait(30).result == 5
-    with Docroot(root) as doc:
-        state_dir = doc.settings.state_dir
+    mw, results, root, state_dir = behind_proxy(make_docroot, app_module, middleware,
+                                                 monkeypatch, pg_url, proxy)
 
     proxy.stall()
     try:
