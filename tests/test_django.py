@@ -164,8 +164,10 @@ def test_gunicorn_runs_orm_tasks_and_a_broken_settings_module_fails_runs_not_the
         call_id = int(get(server.url + "defer"))  # a deferred call's process sets Django up too
         wait_for(lambda: get(server.url) and rows(project, "deferred"), timeout=20, interval=0.1,
                  message="the deferred call's row")
-        run = doc.get_run(call_id)
-        assert run is not None and run.status == "ok"
+        # Its end is recorded once the function has returned: a moment after its row.
+        run = wait_for(lambda: (r := doc.get_run(call_id)) is not None and r.status not in (
+            "queued", "running") and r, timeout=20, message="the deferred call's end")
+        assert run.status == "ok", run
         assert all(r.status == "ok" for r in doc.store.runs("Tick", 100)
                    if r.status not in ("pending", "running"))
 
