@@ -300,6 +300,12 @@ def test_under_gunicorn_cron_enqueue_rollback_and_the_page(project: Path, serve)
     listed = manage(project, "reqcron", "list", "--json")
     assert json.loads(listed.stdout)["tasks"][0]["enabled"] is False
 
+    # A state that cannot be used: 503 and why, in one line, as the token-guarded page.
+    (project / "reqcron.toml").write_text(
+        TOML + 'state = "postgresql://root@127.0.0.1:1/nothing"\nsite = "shop"\n')
+    status, body, _ = staff.open("/reqcron/")
+    assert status == 503 and "cannot be used" in body and len(body.strip().splitlines()) == 1
+
 
 ASGI = """
 from django.conf import settings

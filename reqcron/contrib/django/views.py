@@ -24,7 +24,7 @@ from django.middleware.csrf import get_token
 from django.urls import reverse
 
 from ...engine import registry
-from ...errors import TaskLookupError, UsageError
+from ...errors import StateError, TaskLookupError, UsageError
 from ...web import actions, page
 from ...web.status import HEADERS
 from .conf import docroot
@@ -46,7 +46,11 @@ def _guard(view: View, methods: tuple[str, ...]) -> View:
             return redirect_to_login(request.get_full_path(), _login_url())
         if not (user.is_active and user.is_staff):
             raise PermissionDenied("the reqcron status page is for staff users")
-        response = view(request, *args, **kwargs)
+        try:
+            response = view(request, *args, **kwargs)
+        except StateError as exc:  # as the token-guarded page: 503, its reason in one line
+            reason = (str(exc).strip().splitlines() or ["the state cannot be used"])[0]
+            response = HttpResponse(reason, status=503, content_type="text/plain")
         for key, value in HEADERS.items():
             response[key] = value
         return response
