@@ -68,6 +68,13 @@ class Write:
         if run_ids:
             self.engine.store.release_calls(run_ids, HOLD)
 
+    def settle(self) -> None:
+        """End the spooled calls' flight: stored (their ids kept), or left for an enqueuer."""
+        ids: list[int | None] = ([*self.run_ids] if self.run_ids is not None
+                                else [None] * len(self.tokens))
+        for token, run_id in zip(self.tokens, ids, strict=True):
+            call_spool.settle(self.engine.settings.state_dir, token, run_id)
+
     def _ended(self) -> None:
         """On the thread, once the write ended: settle the calls if the request went on."""
         with self.lock:
@@ -75,14 +82,11 @@ class Write:
             given_up, released = self.given_up, self.released
         if not given_up:
             return
-        state_dir = self.engine.settings.state_dir
-        ids: list[int | None] = ([*self.run_ids] if self.run_ids is not None
-                                else [None] * len(self.tokens))
         try:
-            for token, run_id in zip(self.tokens, ids, strict=True):
-                call_spool.settle(state_dir, token, run_id)
+            self.settle()
         except OSError as exc:  # the spooled files stay; an enqueuer takes them in time
-            log.error("reqcron: cannot settle a spooled call in %s: %s", state_dir, exc)
+            log.error("reqcron: cannot settle a spooled call in %s: %s",
+                      self.engine.settings.state_dir, exc)
         if self.error is not None:
             log.warning("reqcron: %s: calls deferred during a request wait in this host's "
                         "spool: %s", self.engine.path, self.error)
@@ -172,11 +176,7 @@ def store(engine: Docroot, runs: list[Run], spooled: list[Run], tokens: list[str
             job.given_up = not job.done.is_set()
         if job.given_up:
             raise InFlight(job)
-        # It ended while the spool was written: settled here instead.
-        ended: list[int | None] = ([*job.run_ids] if job.run_ids is not None
-                                   else [None] * len(tokens))
-        for token, run_id in zip(tokens, ended, strict=True):
-            call_spool.settle(state_dir, token, run_id)
+        job.settle()  # it ended while the spool was written: settled here instead
         if job.error is not None:
             raise InFlight(job)  # spooled, as settled
     if job.error is not None:
