@@ -127,3 +127,8 @@ def _error(status: int, message: str, as_json: bool) -> tuple[int, str, bytes]:
     if as_json:
         return status, JSON, json.dumps({"error": message}).encode()
     return status, PLAIN, (message + "\n").encode()
+
+
+def unavailable(exc: Exception) -> str:
+    """Why the page cannot be shown now (a 503's body): the state's problem, in one line."""
+    return (str(exc).strip().splitlines() or ["the state cannot be used"])[0]

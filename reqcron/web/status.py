@@ -309,7 +309,7 @@ def _same_origin(request: Request) -> bool:
 def _unavailable(request: Request, exc: StateError) -> Response:
     """503: the state cannot be used now (a database away, a state dir refused), and why,
     in one line; the page works again by itself once it can."""
-    reason = (str(exc).strip().splitlines() or ["the state cannot be used"])[0]
+    reason = page.unavailable(exc)
     if _wants_json(request):
         return Response(json_body={"error": reason}, status=503)
     return _plain(503, reason)

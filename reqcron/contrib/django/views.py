@@ -49,8 +49,8 @@ def _guard(view: View, methods: tuple[str, ...]) -> View:
         try:
             response = view(request, *args, **kwargs)
         except StateError as exc:  # as the token-guarded page: 503, its reason in one line
-            reason = (str(exc).strip().splitlines() or ["the state cannot be used"])[0]
-            response = HttpResponse(reason, status=503, content_type="text/plain")
+            response = HttpResponse(page.unavailable(exc), status=503,
+                                    content_type="text/plain")
         for key, value in HEADERS.items():
             response[key] = value
         return response
