@@ -1,6 +1,6 @@
 """What the benchmarks share: the per-request floor they compare reqcron against (a bare
-app, the cheapest wrapper, an interleaved timer) and their clean-up check.  Imported by
-the scripts beside it."""
+app, the cheapest wrapper, an interleaved timer), their clean-up check, and a database of
+their own on PostgreSQL.  Imported by the scripts beside it."""
 
 from __future__ import annotations
 
@@ -86,3 +86,35 @@ def asgi_ns_per_call(*apps, number: int = 200_000, repeat: int = 7) -> list[floa
         for i, timer in enumerate(timers):
             best[i] = min(best[i], timer.timeit(number))
     return [b / number * 1e9 for b in best]
+
+
+# -- a PostgreSQL database of the benchmark's own --------------------------------------
+
+SERVER = os.environ.get("REQCRON_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/postgres")
+
+
+def ms(samples: list[float]) -> tuple[float, float]:
+    """Median and max of ``samples`` (seconds), in milliseconds."""
+    import statistics
+
+    return statistics.median(samples) * 1000, max(samples) * 1000
+
+
+def create_database() -> str:
+    """A fresh database on SERVER, named reqcron_bench_<random>; drop it with drop_database."""
+    import uuid
+
+    import psycopg
+
+    name = f"reqcron_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(SERVER, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_database(name: str) -> None:
+    import psycopg
+
+    assert name.startswith("reqcron_bench_")
+    with psycopg.connect(SERVER, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

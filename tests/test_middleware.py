@@ -368,3 +368,12 @@ def test_a_status_page_set_up_wrong_says_so_at_construction(make_docroot, middle
     with caplog.at_level(logging.WARNING, logger="reqcron"):
         middleware(hello, root, status_path="/_reqcron")  # no token: off, and said
     assert any("status page is off" in r.getMessage() for r in caplog.records)
+
+
+def test_a_request_without_path_info_still_checks_the_schedule(make_docroot, middleware):
+    # PEP 3333 lets a server leave PATH_INFO out for the application's root.
+    root = make_docroot("from reqcron import Task\nclass Hourly(Task):\n    every = 3600\n")
+    mw = middleware(lambda environ, start_response: [b"ok"], root)
+    wait_for(lambda: mw({}, None) and mw.docroot is not None
+             and "Hourly" in mw.docroot.catalog().tasks, timeout=15,
+             message="the worker to load the tasks")

@@ -149,7 +149,10 @@ class Tender(Generic[App]):
             self._status = StatusPage(os.fspath(docroot), status_path, status_token,
                                       metrics_token, tick=_ticker(weakref.ref(self)))
         # A health probe reads the state first and ticks after (status.py), not before.
-        self._probe_path = self._status.health_path if self._status is not None else None
+        # Without a status page, a path no request has (NUL never is in one): an environ
+        # without PATH_INFO (None) must not pass for the probe and skip the check.
+        self._probe_path = (self._status.health_path if self._status is not None
+                            else "\0no probe")
         # Deferred calls made during a request, per request key, until its response is sent.
         self._held: dict[Hashable, Held] = {}
         if self._fixed is not None:
