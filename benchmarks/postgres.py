@@ -37,13 +37,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common import Cheapest, app, leftovers, ns_per_call
+from common import SERVER, Cheapest, app, create_database, drop_database, leftovers, ms, ns_per_call
 
-SERVER = os.environ.get("REQCRON_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/postgres")
 RACERS = 8
 STEPS = 2_000
 STEP = 10.0  # seconds of fake time per step
@@ -105,28 +103,10 @@ def wall(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def ms(samples: list[float]) -> tuple[float, float]:
-    return statistics.median(samples) * 1000, max(samples) * 1000
-
 
 # -- the database and the DOCROOTs ----------------------------------------------------
 
 
-def create_database() -> str:
-    import psycopg
-
-    name = f"reqcron_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(SERVER, autocommit=True, connect_timeout=3) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name
-
-
-def drop_database(name: str) -> None:
-    import psycopg
-
-    assert name.startswith("reqcron_bench_")
-    with psycopg.connect(SERVER, autocommit=True, connect_timeout=3) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def make_root(where: Path, tasks: str, url: str | None, site: str) -> Path:

@@ -49,18 +49,16 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from wsgiref.util import setup_testing_defaults
 
-from common import leftovers
+from common import SERVER, create_database, drop_database, leftovers, ms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from faultproxy import FaultProxy  # noqa: E402
 
-SERVER = os.environ.get("REQCRON_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/postgres")
 SITE = "bench"
 FLAPS = 10
 CUT_FOR = 0.3  # seconds each cut lasts
@@ -108,28 +106,10 @@ class Collect(logging.Handler):
         self.seen[f"{record.levelname}: {record.getMessage()[:300]}"] += 1
 
 
-def ms(samples: list[float]) -> tuple[float, float]:
-    return statistics.median(samples) * 1000, max(samples) * 1000
-
 
 # -- the database and the DOCROOTs ----------------------------------------------------
 
 
-def create_database() -> str:
-    import psycopg
-
-    name = f"reqcron_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(SERVER, autocommit=True, connect_timeout=3) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name
-
-
-def drop_database(name: str) -> None:
-    import psycopg
-
-    assert name.startswith("reqcron_bench_")
-    with psycopg.connect(SERVER, autocommit=True, connect_timeout=3) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def with_port(url: str, port: int) -> str:
