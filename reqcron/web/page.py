@@ -129,6 +129,8 @@ def _error(status: int, message: str, as_json: bool) -> tuple[int, str, bytes]:
     return status, PLAIN, (message + "\n").encode()
 
 
-def unavailable(exc: Exception) -> str:
-    """Why the page cannot be shown now (a 503's body): the state's problem, in one line."""
-    return (str(exc).strip().splitlines() or ["the state cannot be used"])[0]
+def unavailable(exc: Exception, as_json: bool) -> tuple[int, str, bytes]:
+    """503: the state cannot be used now (a database away, a state dir refused), and why, in
+    one line; the page works again by itself once it can."""
+    return _error(503, (str(exc).strip().splitlines() or ["the state cannot be used"])[0],
+                  as_json)

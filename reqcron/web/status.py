@@ -307,12 +307,10 @@ def _same_origin(request: Request) -> bool:
 
 
 def _unavailable(request: Request, exc: StateError) -> Response:
-    """503: the state cannot be used now (a database away, a state dir refused), and why,
-    in one line; the page works again by itself once it can."""
-    reason = page.unavailable(exc)
-    if _wants_json(request):
-        return Response(json_body={"error": reason}, status=503)
-    return _plain(503, reason)
+    status, content_type, body = page.unavailable(exc, _wants_json(request))
+    response = Response(body=body, status=status)
+    response.headers["Content-Type"] = content_type
+    return response
 
 
 def _plain(status: int, text: str, **headers: str) -> Response:

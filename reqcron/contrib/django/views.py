@@ -49,8 +49,8 @@ def _guard(view: View, methods: tuple[str, ...]) -> View:
         try:
             response = view(request, *args, **kwargs)
         except StateError as exc:  # as the token-guarded page: 503, its reason in one line
-            response = HttpResponse(page.unavailable(exc), status=503,
-                                    content_type="text/plain")
+            code, content_type, body = page.unavailable(exc, request.GET.get("format") == "json")
+            response = HttpResponse(body, status=code, content_type=content_type)
         for key, value in HEADERS.items():
             response[key] = value
         return response
