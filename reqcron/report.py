@@ -23,6 +23,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from .engine.pause import Pause
+
 #: Runs per task in the status page's strip, and per page of its history.
 STRIP_RUNS = 30
 PAGE_SIZE = 50
@@ -255,15 +257,16 @@ def history_page(doc: Docroot, task: str | None = None, *, before: int | None = 
     return runs, older, newer
 
 
-def explain(doc: Docroot, name: str, count: int) -> list[dict[str, Any]]:
+def explain(doc: Docroot, name: str, count: int, pause: Pause | None) -> list[dict[str, Any]]:
     """The next ``count`` runs of a task, each marking a daylight-saving change it crosses
-    and whether the site's pause will skip it."""
+    and whether the site's ``pause`` (``doc.paused()``, read by the caller) will skip it."""
     from .engine.catch_up import Window
 
     schedule = doc.schedule_of(name)
     info = doc.info(name)
     window = Window(info)  # slots outside `between` are not run: not shown
-    pause = None if info.even_when_paused else doc.paused()
+    if info.even_when_paused:
+        pause = None
     zone = getattr(schedule, "zone", doc.zone)
     moment = datetime.now(UTC)
     offset = moment.astimezone(zone).utcoffset()

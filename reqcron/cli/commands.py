@@ -329,8 +329,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if doc.catalog().error_of(args.task):
         sys.stderr.write(f"reqcron: {args.task} does not load; these are the times of its last "
                          f"good schedule: {doc.catalog().error_of(args.task)}\n")
-    runs = report.explain(doc, args.task, args.count)
     pause = doc.paused()
+    runs = report.explain(doc, args.task, args.count, pause)
     paused = None
     if pause is not None:
         paused = {"since": times.iso(pause.since, doc.zone), "until": times.iso(pause.until,
