@@ -172,3 +172,10 @@ def test_each_layer_imports_only_from_itself_and_the_layers_below():
 def test_every_layer_has_its_place():
     placed = {name for layer in LAYERS for name in layer}
     assert {layer_of(m) for m in import_graph()} <= placed
+
+
+def test_no_module_is_over_the_line_limit():
+    # One job a module: past MAX_LINES it is doing two (split it, as run/stopping.py was).
+    long = {module_name(path): n for path in PACKAGE.rglob("*.py")
+            if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert long == {}

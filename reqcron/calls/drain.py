@@ -92,7 +92,7 @@ def drain(settings: Settings, store: Store) -> int:
 def _drain_while_queued(settings: Settings, store: Store, slot: Lock, run_lock: Lock) -> bool:
     """Run calls while some are queued (and a while after); True if asked to stop."""
     from ..engine.spool import spool_dir
-    from ..run.supervise import catch_stop_signals, restore_signals
+    from ..run.stopping import catch_stop_signals, restore_signals
     from .worker import CallWorker
 
     worker = CallWorker(

@@ -24,16 +24,8 @@ import time
 
 from ..engine.stored_calls import Refused
 from ..limits import OUTPUT_LIMIT, RESULT_READ_LIMIT, TRACEBACK_LIMIT
-from ..run.supervise import (
-    STOP_GRACE,
-    Outcome,
-    Stopper,
-    _drained,
-    _outcome,
-    _pidfd,
-    _signal_group,
-    _Sink,
-)
+from ..run.stopping import STOP_GRACE, Stopper, pidfd, signal_group
+from ..run.supervise import Outcome, _drained, _outcome, _Sink
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -84,7 +76,7 @@ class CallWorker:
         for fd in (cmd_r, out_w, res_w, stack_w, life_r):
             os.close(fd)
         self._pid = pid
-        self._exited = _pidfd(pid)
+        self._exited = pidfd(pid)
         self._stack = _Sink(TRACEBACK_LIMIT)  # the child's: its header line, then any dump
 
     def _serve(self, cmd_r: int, out_w: int, res_w: int, stack_w: int,
@@ -119,7 +111,7 @@ class CallWorker:
         if not self._pid:
             return
         pid, self._pid = self._pid, 0
-        _signal_group(pid, signal.SIGKILL)
+        signal_group(pid, signal.SIGKILL)
         try:
             os.waitpid(pid, 0)
         except ChildProcessError:  # reaped by run() already

@@ -34,6 +34,16 @@ from ..limits import (
 from ..records import Record, Status
 from . import child as taskchild
 from .child import bind_context, run_child
+from .stopping import (
+    PEEK,
+    STOP_GRACE,
+    Stopper,
+    catch_stop_signals,
+    exit_status,
+    pidfd,
+    restore_signals,
+    signal_group,
+)
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms
 if TYPE_CHECKING:
@@ -141,7 +151,7 @@ def supervise(
     status: int | None = None
     # Readable once the child has exited: its end is seen at once, not at the
     # next poll (a process running many calls waits for many children).
-    exited = _pidfd(pid)
+    exited = pidfd(pid)
     pause = 0.001
     next_tick = time.monotonic() + TICK_EVERY
     try:
@@ -162,7 +172,7 @@ def supervise(
                 time.sleep(pause)
                 pause = min(pause * 2, 0.05)
             if status is None:
-                status = _exit_status(pid)
+                status = exit_status(pid)
             if status is not None and (not streams or _drained(streams)):
                 break
             stop.check(stop_signal, alive=status is None)
@@ -170,8 +180,8 @@ def supervise(
                 next_tick = time.monotonic() + TICK_EVERY
                 tick()
         if stop.kill_at is not None:  # a stopped run leaves nothing of its group behind
-            _signal_group(pid, signal.SIGKILL)
-        if _PEEK:
+            signal_group(pid, signal.SIGKILL)
+        if PEEK:
             os.waitpid(pid, 0)  # its zombie, kept until the group's last signal
     finally:
         restore_signals(previous)
@@ -184,90 +194,6 @@ def supervise(
 
 
 TICK_EVERY = 1.0  # seconds between calls of supervise()'s ``tick``
-STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a task sets no stop_grace
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-def catch_stop_signals(into: list[int]) -> dict[int, Any]:
-    """Note a stop asked of this supervisor in ``into``; return the handlers to restore."""
-    return {s: signal.signal(s, lambda signum, _frame: into.append(signum))
-            for s in _STOP_SIGNALS}
-
-
-def restore_signals(previous: dict[int, Any]) -> None:
-    for s, handler in previous.items():
-        signal.signal(s, handler)
-
-
-class Stopper:
-    """When a task's process group is asked to stop (its timeout, or a stop asked of the
-    supervisor: SIGTERM) and when it is killed (SIGKILL, its grace later)."""
-
-    __slots__ = ("pgid", "grace", "deadline", "kill_at", "timed_out")
-
-    def __init__(self, pgid: int, grace: float):
-        self.pgid, self.grace = pgid, grace
-        self.deadline: float | None = None
-        self.kill_at: float | None = None
-        self.timed_out = False
-
-    def set_timeout(self, timeout: float | None) -> None:
-        """Start the clock of a run's timeout (None: no timeout)."""
-        self.deadline = time.monotonic() + timeout if timeout else None
-
-    def check(self, stop_signal: list[int], alive: bool = True) -> None:
-        """Send what is due now; call this at every turn of the supervisor's loop."""
-        clock = time.monotonic()
-        if self.kill_at is None and self.deadline is not None and clock >= self.deadline:
-            self.timed_out = True
-            _signal_group(self.pgid, signal.SIGTERM)
-            self.kill_at = clock + self.grace
-        elif self.kill_at is None and stop_signal:
-            _signal_group(self.pgid, signal.SIGTERM)
-            self.kill_at = clock + self.grace
-        elif self.kill_at is not None and clock >= self.kill_at and alive:
-            _signal_group(self.pgid, signal.SIGKILL)
-            self.kill_at = float("inf")
-
-
-#: Whether a child's exit can be seen without reaping it (waitid's WNOWAIT).
-_PEEK = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
-
-
-def _exit_status(pid: int) -> int | None:
-    """The child's wait status once it has exited, else None.
-
-    Seen without reaping it where the system allows: while its zombie holds
-    the pid, which is also its group's id, no new process can take that id,
-    so a signal sent to the group after the child ended never reaches a
-    stranger.  The caller reaps it last.
-    """
-    if not _PEEK:
-        done, code = os.waitpid(pid, os.WNOHANG)
-        return code if done else None
-    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    if info is None or info.si_pid == 0:
-        return None
-    if info.si_code == os.CLD_EXITED:
-        return (info.si_status & 0xFF) << 8  # as waitpid() reports an exit
-    return info.si_status & 0x7F  # killed (or dumped) by this signal
-
-
-def _pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):  # not Linux 5.3+, or the child is gone already
-        return None
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    """Send ``signum`` to the task's process group: the task and what it started."""
-    try:
-        os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):  # the group is gone
-        pass
-
-
 class _Sink:
     """What the supervisor keeps of one of the child's pipes: at most ``limit`` bytes."""
 
