@@ -377,3 +377,46 @@ def test_a_request_without_path_info_still_checks_the_schedule(make_docroot, mid
     wait_for(lambda: mw({}, None) and mw.docroot is not None
              and "Hourly" in mw.docroot.catalog().tasks, timeout=15,
              message="the worker to load the tasks")
+
+
+def test_closing_with_a_task_still_running_leaves_it_to_finish_and_reaps_it(
+        make_docroot, tmp_path):
+    import gc
+    import warnings
+
+    from conftest import processes
+
+    from reqcron import Docroot, ReqCron
+
+    done = tmp_path / "done"
+    root = make_docroot(f"""
+        import pathlib, time
+        from reqcron import Task
+
+        class Long(Task):
+            def run(self):
+                time.sleep(2)
+                pathlib.Path({str(done)!r}).write_text("done")
+    """)
+    with Docroot(root) as doc:
+        doc.run_now("Long")
+    made = [ReqCron(hello, root)]
+    wait_for(lambda: request(made[0]) and processes("reqcron.runtask", str(root)),
+             timeout=15, message="Long's process")
+    (pid, *_) = processes("reqcron.runtask", str(root))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        made[0].close(timeout=0.1)  # gives up on it: it is detached and goes on
+        made.clear()
+        gc.collect()
+    assert not [w for w in caught if "still running" in str(w.message)], caught
+    wait_for(done.exists, timeout=30, message="Long to finish on its own")
+
+    def reaped() -> bool:  # gone, not left a zombie of this process
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0] == "X"
+        except OSError:
+            return True
+
+    wait_for(reaped, timeout=15, message="its process reaped")

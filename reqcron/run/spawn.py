@@ -91,6 +91,15 @@ class Spawner:
             self._children.append((child, docroot, run_id))
         return True
 
+    def leave_running(self) -> None:
+        """Let go of the processes still running (a middleware closing): they are detached
+        and finish on their own; a daemon thread each reaps it when it ends, so no zombie
+        stays behind, and no handle is dropped while its process runs (a ResourceWarning)."""
+        with self._lock:
+            children, self._children = self._children, []
+        for child, _, _ in children:
+            threading.Thread(target=child.wait, name="reqcron-reap", daemon=True).start()
+
     def drainers(self, docroot: Docroot) -> int:
         """How many processes for ``docroot``'s calls this spawner started that have not
         been reaped (some may still be starting, with no slot taken yet; one that ended

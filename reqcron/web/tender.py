@@ -372,6 +372,7 @@ class Tender(Generic[App]):
         deadline = time.monotonic() + timeout
         while self._spawner.reap() and time.monotonic() < deadline:
             time.sleep(0.02)
+        self._spawner.leave_running()  # those still going past the timeout finish alone
         for site in self._sites.values():
             if site.docroot is not None:
                 registry.let_go(site.docroot)
